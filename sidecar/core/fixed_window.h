@@ -1,0 +1,39 @@
+// Fixed window arithmetic, reproducing the older Node gateway's limiter exactly.
+#ifndef RATELIMIT_SIDECAR_CORE_FIXED_WINDOW_H_
+#define RATELIMIT_SIDECAR_CORE_FIXED_WINDOW_H_
+
+#include <cstdint>
+
+#include "sidecar/core/check.h"
+
+namespace ratelimit {
+
+// The older gateway kept (tokens, window_start) per key in whole milliseconds:
+//   no state: tokens = limit, window_start = now
+//   if now - window_start >= window_ms: tokens = limit, window_start = now
+//   if tokens < cost: denied, retry_after_ms = max(window_ms - (now - window_start), 0)
+//   else tokens -= cost
+// A window therefore starts at the first request after the previous one expired. Time is the
+// injected monotonic clock truncated to milliseconds, as the gateway truncated Date.now().
+//
+// Pure functions on a value type; the caller owns the state and supplies the time.
+struct FixedWindow {
+  struct State {
+    int64_t window_start_ms = 0;
+    uint32_t tokens = 0;
+    Policy policy;
+  };
+
+  static State Fresh(const Policy& policy, int64_t now_us);
+
+  // REQUIRES: policy.limit >= 1, policy.window_ms >= 1, cost <= policy.limit.
+  static CheckResult Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us);
+
+  // True when the next request would find the same as no state: the window has expired or
+  // nothing of it was spent.
+  static bool IsFull(const State& state, int64_t now_us);
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CORE_FIXED_WINDOW_H_

@@ -1,0 +1,61 @@
+// MemoryEngine: decides checks against buckets held in this process only.
+#include "sidecar/core/memory_engine.h"
+
+#include "sidecar/core/bucket_table.h"
+#include "sidecar/core/fixed_window.h"
+#include "sidecar/core/token_bucket.h"
+
+namespace ratelimit {
+namespace {
+
+// One implementation per bucket algorithm; Algo supplies State, Fresh, Decide and IsFull.
+template <typename Algo>
+class MemoryEngineImpl final : public MemoryEngine {
+ public:
+  explicit MemoryEngineImpl(Clock& clock) : clock_(clock) {}
+
+  void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override {
+    const int64_t now = clock_.NowMicros();
+    CheckResult result;
+    if (typename Algo::State* state = table_.Find(query.key)) {
+      result = Algo::Decide(*state, query.policy, query.cost, now);
+      if (Algo::IsFull(*state, now)) table_.Erase(query.key);
+    } else {
+      typename Algo::State fresh = Algo::Fresh(query.policy, now);
+      result = Algo::Decide(fresh, query.policy, query.cost, now);
+      if (!Algo::IsFull(fresh, now)) table_.Insert(query.key, fresh);
+    }
+    result.source = Source::kMemory;
+    done.OnCheckDone(tag, result);
+  }
+
+  std::string_view store_name() const override { return "memory"; }
+  bool ready() const override { return true; }
+
+  size_t Sweep(size_t max_slots) override {
+    const int64_t now = clock_.NowMicros();
+    return table_.Sweep(max_slots, [now](const typename Algo::State& state) {
+      return Algo::IsFull(state, now);
+    });
+  }
+
+  size_t size() const override { return table_.size(); }
+
+ private:
+  Clock& clock_;
+  BucketTable<typename Algo::State> table_;
+};
+
+}  // namespace
+
+std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock) {
+  switch (algorithm) {
+    case Algorithm::kTokenBucket:
+      return std::make_unique<MemoryEngineImpl<TokenBucket>>(clock);
+    case Algorithm::kFixedWindow:
+      return std::make_unique<MemoryEngineImpl<FixedWindow>>(clock);
+  }
+  return nullptr;
+}
+
+}  // namespace ratelimit

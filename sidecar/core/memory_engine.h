@@ -1,0 +1,32 @@
+// MemoryEngine: decides checks against buckets held in this process only.
+#ifndef RATELIMIT_SIDECAR_CORE_MEMORY_ENGINE_H_
+#define RATELIMIT_SIDECAR_CORE_MEMORY_ENGINE_H_
+
+#include <memory>
+
+#include "sidecar/core/clock.h"
+#include "sidecar/core/engine.h"
+
+namespace ratelimit {
+
+enum class Algorithm { kTokenBucket, kFixedWindow };
+
+// An Engine over an in-process BucketTable. Every check is answered before Check returns, with
+// source Memory. A bucket that is full is not kept: new keys that are only read are never
+// stored, and Sweep forgets buckets that have refilled since they were last touched.
+// Thread-safety: the loop thread only. The clock must outlive the engine.
+class MemoryEngine : public Engine {
+ public:
+  // Erases buckets that are full at the current time, visiting at most `max_slots` slots of the
+  // table (see BucketTable::Sweep). Call it periodically. Returns how many were erased.
+  virtual size_t Sweep(size_t max_slots) = 0;
+
+  // Number of keys currently held.
+  virtual size_t size() const = 0;
+};
+
+std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock);
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CORE_MEMORY_ENGINE_H_

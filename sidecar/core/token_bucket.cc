@@ -1,0 +1,74 @@
+// Token bucket arithmetic: continuous refill, exact to the microsecond, no floating point.
+#include "sidecar/core/token_bucket.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace ratelimit {
+namespace {
+
+uint128_t WindowMicros(const Policy& policy) {
+  return static_cast<uint128_t>(policy.window_ms) * 1000;
+}
+
+uint128_t Capacity(const Policy& policy) { return policy.limit * WindowMicros(policy); }
+
+// Milliseconds, rounded up, until `units` more units have flowed in at `policy`'s rate.
+uint32_t MillisToGain(uint128_t units, const Policy& policy) {
+  const uint128_t per_ms = static_cast<uint128_t>(policy.limit) * 1000;
+  const uint128_t ms = (units + per_ms - 1) / per_ms;
+  return static_cast<uint32_t>(std::min<uint128_t>(ms, std::numeric_limits<uint32_t>::max()));
+}
+
+void Refill(TokenBucket::State& state, int64_t now_us) {
+  if (now_us <= state.updated_us) return;  // A clock that stands still or steps back adds nothing.
+  const uint128_t elapsed = static_cast<uint64_t>(now_us - state.updated_us);
+  const uint128_t capacity = Capacity(state.policy);
+  const uint128_t missing = capacity - state.level;
+  const uint128_t gained = elapsed * state.policy.limit;
+  state.level = gained >= missing ? capacity : state.level + gained;
+  state.updated_us = now_us;
+}
+
+// Keeps the number of tokens (fractions included) and clamps it to the new capacity.
+void Rescale(TokenBucket::State& state, const Policy& policy) {
+  const uint128_t tokens_scaled = state.level * WindowMicros(policy);  // < 2^74 * 2^42
+  state.level = std::min(tokens_scaled / WindowMicros(state.policy), Capacity(policy));
+  state.policy = policy;
+}
+
+}  // namespace
+
+TokenBucket::State TokenBucket::Fresh(const Policy& policy, int64_t now_us) {
+  return State{Capacity(policy), now_us, policy};
+}
+
+CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cost,
+                                int64_t now_us) {
+  Refill(state, now_us);
+  if (!(state.policy == policy)) Rescale(state, policy);
+
+  const uint128_t window_us = WindowMicros(policy);
+  const uint128_t need = cost * window_us;
+  CheckResult result;
+  result.limit = policy.limit;
+  if (state.level >= need) {
+    state.level -= need;
+    result.allowed = true;
+  } else {
+    result.retry_after_ms = MillisToGain(need - state.level, policy);
+  }
+  result.remaining = static_cast<uint32_t>(state.level / window_us);
+  result.reset_after_ms = MillisToGain(Capacity(policy) - state.level, policy);
+  return result;
+}
+
+bool TokenBucket::IsFull(const State& state, int64_t now_us) {
+  const uint128_t missing = Capacity(state.policy) - state.level;
+  if (missing == 0) return true;
+  if (now_us <= state.updated_us) return false;
+  const uint128_t elapsed = static_cast<uint64_t>(now_us - state.updated_us);
+  return elapsed * state.policy.limit >= missing;
+}
+
+}  // namespace ratelimit

@@ -1,0 +1,42 @@
+// Token bucket arithmetic: continuous refill, exact to the microsecond, no floating point.
+#ifndef RATELIMIT_SIDECAR_CORE_TOKEN_BUCKET_H_
+#define RATELIMIT_SIDECAR_CORE_TOKEN_BUCKET_H_
+
+#include <cstdint>
+
+#include "sidecar/core/check.h"
+
+namespace ratelimit {
+
+__extension__ typedef unsigned __int128 uint128_t;
+
+// A bucket of capacity `limit` that refills continuously at limit / window_ms tokens per ms.
+//
+// The level is kept in fixed point: one token is `window_us` units and the bucket gains `limit`
+// units per microsecond, so refill is an exact integer product and fractional tokens are never
+// rounded away. The largest level, limit * window_us < 2^32 * 2^42, and the largest refill
+// product, elapsed_us * limit < 2^63 * 2^32, both fit in 128 bits.
+//
+// Pure functions on a value type; the caller owns the state and supplies the time.
+struct TokenBucket {
+  struct State {
+    uint128_t level = 0;     // Tokens times window_us.
+    int64_t updated_us = 0;  // Time the level was last brought up to date.
+    Policy policy;
+  };
+
+  // A bucket first seen at `now_us`: full.
+  static State Fresh(const Policy& policy, int64_t now_us);
+
+  // Refills, rescales to `policy` if it differs from the bucket's, then takes `cost` tokens if
+  // they are there. A denial takes nothing. Time that does not move forward refills nothing.
+  // REQUIRES: policy.limit >= 1, policy.window_ms >= 1, cost <= policy.limit.
+  static CheckResult Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us);
+
+  // True when the bucket would be full at `now_us`: it then means the same as no state at all.
+  static bool IsFull(const State& state, int64_t now_us);
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CORE_TOKEN_BUCKET_H_
