@@ -1,0 +1,192 @@
+// Config: the sidecar's settings, read once at start-up from environment variables only.
+#include "sidecar/config/config.h"
+
+#include <charconv>
+#include <limits>
+
+namespace ratelimit {
+
+const std::vector<ConfigVariable> kConfigVariables = {
+    {"RATE_LIMIT_SOCKET", "/var/run/ratelimit/ratelimit.sock",
+     "Unix socket path the sidecar listens on (at most 107 bytes)"},
+    {"RATE_LIMIT_SOCKET_MODE", "0660", "file mode of the socket, octal"},
+    {"RATE_LIMIT_ALLOWED_UIDS", "",
+     "comma-separated peer uids allowed to connect; empty allows any uid the file mode admits"},
+    {"RATE_LIMIT_MAX_CONNECTIONS", "1024", "client connections served at once; more are refused"},
+    {"RATE_LIMIT_MAX_FRAME_BYTES", "65536",
+     "largest frame payload accepted, in bytes (1024 to 16777216)"},
+    {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "5000",
+     "on SIGTERM/SIGINT, how long to wait for answers to drain before closing connections"},
+    {"RATE_LIMIT_MAX_REQUESTS", "100", "default policy: tokens per window (bucket capacity)"},
+    {"RATE_LIMIT_WINDOW_MS", "60000", "default policy: window in milliseconds"},
+    {"RATE_LIMIT_ALGORITHM", "token_bucket", "token_bucket or fixed_window"},
+    {"RATE_LIMIT_STORE", "memory", "where buckets live: memory"},
+    {"RATE_LIMIT_LOG_LEVEL", "info", "debug, info, warn or error"},
+};
+
+namespace {
+
+Status Invalid(std::string_view name, std::string_view value, std::string_view allowed) {
+  std::string msg(name);
+  msg += "=\"";
+  msg += value;
+  msg += "\" is invalid: expected ";
+  msg += allowed;
+  return Status::InvalidArgument(std::move(msg));
+}
+
+// Parses a base-`base` unsigned integer in [min, max]; the whole string must be digits.
+Status ParseUint(std::string_view name, std::string_view value, uint64_t min, uint64_t max,
+                 int base, std::string_view allowed, uint32_t& out) {
+  uint64_t parsed = 0;
+  const char* end = value.data() + value.size();
+  const auto [ptr, ec] = std::from_chars(value.data(), end, parsed, base);
+  if (ec != std::errc() || ptr != end || parsed < min || parsed > max) {
+    return Invalid(name, value, allowed);
+  }
+  out = static_cast<uint32_t>(parsed);
+  return Status::Ok();
+}
+
+Status ParseInteger(std::string_view name, std::string_view value, uint64_t min, uint64_t max,
+                    std::string_view unit, uint32_t& out) {
+  std::string allowed = "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+  if (!unit.empty()) allowed += " (" + std::string(unit) + ")";
+  return ParseUint(name, value, min, max, 10, allowed, out);
+}
+
+template <typename T>
+struct Word {
+  std::string_view word;
+  T value;
+};
+
+template <typename T>
+Status ParseWord(std::string_view name, std::string_view value, std::initializer_list<Word<T>> words,
+                 T& out) {
+  std::string allowed = "one of";
+  for (const Word<T>& w : words) {
+    if (w.word == value) {
+      out = w.value;
+      return Status::Ok();
+    }
+    allowed += allowed.size() == 6 ? " " : ", ";
+    allowed += w.word;
+  }
+  return Invalid(name, value, allowed);
+}
+
+Status ParseUidList(std::string_view name, std::string_view value, std::vector<uint32_t>& out) {
+  constexpr std::string_view kAllowed = "comma-separated uids, each an integer from 0 to 4294967294";
+  size_t start = 0;
+  while (start <= value.size()) {
+    size_t comma = value.find(',', start);
+    if (comma == std::string_view::npos) comma = value.size();
+    std::string_view item = value.substr(start, comma - start);
+    uint32_t uid = 0;
+    if (!ParseUint(name, item, 0, std::numeric_limits<uint32_t>::max() - 1, 10, kAllowed, uid)
+             .ok()) {
+      return Invalid(name, value, kAllowed);
+    }
+    out.push_back(uid);
+    start = comma + 1;
+  }
+  return Status::Ok();
+}
+
+Status ParseSocketPath(std::string_view name, std::string_view value, std::string& out) {
+  if (value.size() > kMaxSocketPathBytes || value.find('\0') != std::string_view::npos) {
+    return Invalid(name, value,
+                   "a path of at most " + std::to_string(kMaxSocketPathBytes) +
+                       " bytes (the Unix socket limit); this one has " +
+                       std::to_string(value.size()));
+  }
+  out = std::string(value);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Config> LoadConfig(const EnvLookup& env) {
+  Config config;
+  // Runs `parse` on the variable's value when it is set and not empty.
+  auto with = [&env](const char* name, auto&& parse) -> Status {
+    const char* raw = env(name);
+    if (raw == nullptr || *raw == '\0') return Status::Ok();
+    return parse(name, std::string_view(raw));
+  };
+  constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+
+  Status statuses[] = {
+      with("RATE_LIMIT_SOCKET",
+           [&](auto name, auto v) { return ParseSocketPath(name, v, config.socket_path); }),
+      with("RATE_LIMIT_SOCKET_MODE",
+           [&](auto name, auto v) {
+             return ParseUint(name, v, 0, 0777, 8, "an octal file mode from 000 to 777",
+                              config.socket_mode);
+           }),
+      with("RATE_LIMIT_ALLOWED_UIDS",
+           [&](auto name, auto v) { return ParseUidList(name, v, config.allowed_uids); }),
+      with("RATE_LIMIT_MAX_CONNECTIONS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1, 1000000, "connections", config.max_connections);
+           }),
+      with("RATE_LIMIT_MAX_FRAME_BYTES",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1024, 16777216, "bytes", config.max_frame_bytes);
+           }),
+      with("RATE_LIMIT_SHUTDOWN_GRACE_MS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 0, 3600000, "milliseconds", config.shutdown_grace_ms);
+           }),
+      with("RATE_LIMIT_MAX_REQUESTS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1, kU32Max, "tokens", config.default_policy.limit);
+           }),
+      with("RATE_LIMIT_WINDOW_MS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1, kU32Max, "milliseconds",
+                                 config.default_policy.window_ms);
+           }),
+      with("RATE_LIMIT_ALGORITHM",
+           [&](auto name, auto v) {
+             return ParseWord<Algorithm>(name, v,
+                                         {{"token_bucket", Algorithm::kTokenBucket},
+                                          {"fixed_window", Algorithm::kFixedWindow}},
+                                         config.algorithm);
+           }),
+      with("RATE_LIMIT_STORE",
+           [&](auto name, auto v) {
+             return ParseWord<StoreKind>(name, v, {{"memory", StoreKind::kMemory}}, config.store);
+           }),
+      with("RATE_LIMIT_LOG_LEVEL",
+           [&](auto name, auto v) {
+             return ParseWord<LogLevel>(name, v,
+                                        {{"debug", LogLevel::kDebug},
+                                         {"info", LogLevel::kInfo},
+                                         {"warn", LogLevel::kWarn},
+                                         {"error", LogLevel::kError}},
+                                        config.log_level);
+           }),
+  };
+  for (Status& status : statuses) {
+    if (!status.ok()) return std::move(status);
+  }
+  return config;
+}
+
+std::vector<std::string> UnknownRateLimitVariables(const char* const* environ_entries) {
+  constexpr std::string_view kPrefix = "RATE_LIMIT_";
+  std::vector<std::string> unknown;
+  for (const char* const* entry = environ_entries; entry && *entry; ++entry) {
+    std::string_view text(*entry);
+    std::string_view name = text.substr(0, text.find('='));
+    if (!name.starts_with(kPrefix)) continue;
+    bool known = false;
+    for (const ConfigVariable& variable : kConfigVariables) known |= variable.name == name;
+    if (!known) unknown.emplace_back(name);
+  }
+  return unknown;
+}
+
+}  // namespace ratelimit

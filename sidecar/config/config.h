@@ -1,0 +1,60 @@
+// Config: the sidecar's settings, read once at start-up from environment variables only.
+#ifndef RATELIMIT_SIDECAR_CONFIG_CONFIG_H_
+#define RATELIMIT_SIDECAR_CONFIG_CONFIG_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sidecar/core/check.h"
+#include "sidecar/core/memory_engine.h"
+#include "sidecar/core/status.h"
+#include "sidecar/log/log.h"
+
+namespace ratelimit {
+
+enum class StoreKind { kMemory };
+
+// Every field's default is the documented default of its variable (see kConfigVariables).
+struct Config {
+  std::string socket_path = "/var/run/ratelimit/ratelimit.sock";
+  uint32_t socket_mode = 0660;
+  std::vector<uint32_t> allowed_uids;  // Empty: whoever the file mode lets in.
+  uint32_t max_connections = 1024;
+  uint32_t max_frame_bytes = 65536;
+  uint32_t shutdown_grace_ms = 5000;
+  Policy default_policy{100, 60000};
+  Algorithm algorithm = Algorithm::kTokenBucket;
+  StoreKind store = StoreKind::kMemory;
+  LogLevel log_level = LogLevel::kInfo;
+};
+
+// One environment variable the sidecar reads: its name, default and meaning, for --help and docs.
+struct ConfigVariable {
+  std::string_view name;
+  std::string_view default_value;
+  std::string_view meaning;
+};
+extern const std::vector<ConfigVariable> kConfigVariables;
+
+// Longest socket path: sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+inline constexpr size_t kMaxSocketPathBytes = 107;
+
+// Returns the value of an environment variable, or nullptr when it is unset.
+using EnvLookup = std::function<const char*(const char* name)>;
+
+// Reads every variable through `env`. An unset or empty variable takes its default. A bad value
+// yields InvalidArgument with one line naming the variable, the value given and what is
+// allowed, e.g.
+//   RATE_LIMIT_WINDOW_MS="abc" is invalid: expected an integer from 1 to 4294967295
+Result<Config> LoadConfig(const EnvLookup& env);
+
+// Names in `environ`-style "NAME=value" entries that start with RATE_LIMIT_ but are not read by
+// this build: most often a typo, worth a warning.
+std::vector<std::string> UnknownRateLimitVariables(const char* const* environ_entries);
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CONFIG_CONFIG_H_
