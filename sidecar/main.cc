@@ -1,0 +1,151 @@
+// ratelimit-sidecar: reads its configuration from the environment and serves until signalled.
+#include <signal.h>
+#include <uv.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "sidecar/config/config.h"
+#include "sidecar/core/limiter.h"
+#include "sidecar/core/memory_engine.h"
+#include "sidecar/log/log.h"
+#include "sidecar/server/server.h"
+#include "sidecar/server/steady_clock.h"
+
+extern char** environ;
+
+namespace ratelimit {
+namespace {
+
+// Forgetting full buckets: every tick visits enough hash slots to cover the table in about
+// kSweepPassTicks ticks, so idle keys leave memory within seconds at any table size.
+constexpr uint64_t kSweepIntervalMs = 100;
+constexpr size_t kSweepPassTicks = 50;
+constexpr size_t kMinSweepSlots = 1024;
+
+void PrintHelp() {
+  std::printf(
+      "ratelimit-sidecar: answers rate-limit checks over a Unix socket.\n"
+      "Configured by environment variables only:\n\n");
+  for (const ConfigVariable& v : kConfigVariables) {
+    std::printf("  %-30.*s default %-36.*s %.*s\n", static_cast<int>(v.name.size()), v.name.data(),
+                static_cast<int>(v.default_value.size()),
+                v.default_value.empty() ? "(empty)" : v.default_value.data(),
+                static_cast<int>(v.meaning.size()), v.meaning.data());
+  }
+}
+
+const char* AlgorithmName(Algorithm algorithm) {
+  return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
+}
+
+// Owns the loop's long-lived handles besides the server's: signals and the sweep timer.
+class Sidecar {
+ public:
+  Sidecar(uv_loop_t* loop, const Config& config)
+      : loop_(loop),
+        engine_(NewMemoryEngine(config.algorithm, clock_)),
+        limiter_(config.default_policy, *engine_),
+        server_(loop, ServerOptions{config.socket_path, config.socket_mode, config.allowed_uids,
+                                    config.max_connections, config.max_frame_bytes,
+                                    config.shutdown_grace_ms},
+                limiter_) {
+    for (uv_signal_t& signal : signals_) {
+      uv_signal_init(loop_, &signal);
+      signal.data = this;
+    }
+    uv_timer_init(loop_, &sweep_timer_);
+    sweep_timer_.data = this;
+  }
+
+  Status Start() {
+    uv_signal_start(&signals_[0], &SignalTrampoline, SIGTERM);
+    uv_signal_start(&signals_[1], &SignalTrampoline, SIGINT);
+    uv_timer_start(&sweep_timer_, &SweepTrampoline, kSweepIntervalMs, kSweepIntervalMs);
+    return server_.Start();
+  }
+
+  // Shuts the server down, then closes every other handle so that uv_run returns.
+  void Stop() {
+    server_.Shutdown([this] {
+      for (uv_signal_t& signal : signals_) uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+    });
+  }
+
+ private:
+  static void SignalTrampoline(uv_signal_t* signal, int signum) {
+    Log(LogLevel::kInfo, "signal received").Str("signal", strsignal(signum));
+    static_cast<Sidecar*>(signal->data)->Stop();
+  }
+
+  static void SweepTrampoline(uv_timer_t* timer) {
+    MemoryEngine& engine = *static_cast<Sidecar*>(timer->data)->engine_;
+    engine.Sweep(std::max(kMinSweepSlots, engine.size() / kSweepPassTicks));
+  }
+
+  uv_loop_t* loop_;
+  SteadyClock clock_;
+  std::unique_ptr<MemoryEngine> engine_;
+  Limiter limiter_;
+  Server server_;
+  uv_signal_t signals_[2];
+  uv_timer_t sweep_timer_;
+};
+
+int Main(int argc, char** argv) {
+  if (argc > 1) {
+    if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+      PrintHelp();
+      return 0;
+    }
+    std::fprintf(stderr, "ratelimit-sidecar takes no arguments (configure it with environment "
+                         "variables; see --help), got: %s\n", argv[1]);
+    return 2;
+  }
+  Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
+  if (!config.ok()) {
+    Log(LogLevel::kError, config.status().message());
+    return 2;
+  }
+  SetLogLevel(config->log_level);
+  for (const std::string& name : UnknownRateLimitVariables(environ)) {
+    Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
+  }
+  // A client that disconnects mid-write must cost an EPIPE, not the process.
+  signal(SIGPIPE, SIG_IGN);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int exit_code = 0;
+  {
+    Sidecar sidecar(&loop, *config);
+    if (Status started = sidecar.Start(); started.ok()) {
+      Log(LogLevel::kInfo, "listening")
+          .Str("socket", config->socket_path)
+          .Str("store", "memory")
+          .Str("algorithm", AlgorithmName(config->algorithm))
+          .Int("default_limit", config->default_policy.limit)
+          .Int("default_window_ms", config->default_policy.window_ms)
+          .Int("max_connections", config->max_connections)
+          .Int("max_frame_bytes", config->max_frame_bytes);
+    } else {
+      Log(LogLevel::kError, "cannot start").Str("error", started.message());
+      exit_code = 1;
+      sidecar.Stop();
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  if (const int rc = uv_loop_close(&loop); rc != 0) {
+    Log(LogLevel::kError, "event loop closed with handles still open").Str("error", uv_strerror(rc));
+    exit_code = exit_code == 0 ? 1 : exit_code;
+  }
+  if (exit_code == 0) Log(LogLevel::kInfo, "stopped");
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace ratelimit
+
+int main(int argc, char** argv) { return ratelimit::Main(argc, argv); }

@@ -1,0 +1,85 @@
+// Connection: one client's Unix socket, its framing, output buffering and backpressure.
+#ifndef RATELIMIT_SIDECAR_SERVER_CONNECTION_H_
+#define RATELIMIT_SIDECAR_SERVER_CONNECTION_H_
+
+#include <uv.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "schema/frame_reader.h"
+#include "sidecar/server/request_handler.h"
+
+namespace ratelimit {
+
+class Server;
+
+// Per-connection caps: past either, the connection stops reading until it drains below half.
+// A slow or hostile client therefore costs the sidecar at most about this much memory.
+inline constexpr size_t kMaxQueuedOutputBytes = 256 * 1024;
+inline constexpr size_t kMaxPendingChecks = 1024;
+
+// A client connection, a small state machine:
+//   kReading  -> kPaused    output or pending checks above their cap
+//   kPaused   -> kReading   both back under half their cap
+//   kReading/kPaused -> kDraining   peer sent EOF, a protocol error, or the server shuts down:
+//                                   no more reads; answer what was read, flush, then close
+//   any       -> kClosing   write/read error, drained, or forced; uv_close issued
+//   kClosing  -> kClosed    close callback ran; freed once no engine callback is pending
+// Thread-safety: the loop thread only. Owned by Server, which deletes it in Release().
+class Connection final : public RequestContext {
+ public:
+  Connection(Server& server, uv_loop_t* loop, uint32_t max_frame_bytes);
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
+
+  // Begins reading. REQUIRES: the pipe was accepted.
+  void Start();
+  // Sends an ErrorResponse and closes once it is written.
+  void Refuse(CheckStatus status, std::string_view message);
+  // Stops reading; closes once everything read has been answered and flushed.
+  void Drain();
+  // Closes now, dropping unsent output. Idempotent.
+  void Close();
+
+  // RequestContext.
+  void Write(std::span<const uint8_t> frame) override;
+  void CheckStarted() override { ++pending_checks_; }
+  void OnCheckDone(uint64_t tag, const CheckResult& result) override;
+
+ private:
+  enum class State { kReading, kPaused, kDraining, kClosing, kClosed };
+
+  void TransitionTo(State next);
+  void OnData(std::span<const uint8_t> data);
+  void OnWriteDone(int status);
+  void Flush();
+  void ApplyBackpressure();
+  void FinishIfDrained();
+  void FreeIfDone();
+  bool OverCap() const;
+  bool UnderLowWater() const;
+
+  static void AllocTrampoline(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
+  static void ReadTrampoline(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void WriteTrampoline(uv_write_t* req, int status);
+  static void CloseTrampoline(uv_handle_t* handle);
+
+  Server& server_;
+  uv_pipe_t pipe_;
+  uv_write_t write_req_;
+  State state_ = State::kReading;
+  FrameReader reader_;
+  std::vector<uint8_t> out_;      // Frames queued since the last write started.
+  std::vector<uint8_t> writing_;  // Bytes owned by write_req_ while a write is in flight.
+  bool write_in_flight_ = false;
+  size_t pending_checks_ = 0;     // Checks handed to the engine and not yet answered.
+  bool in_read_ = false;          // Inside OnData, which flushes once for the whole read.
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_SERVER_CONNECTION_H_

@@ -1,0 +1,166 @@
+// Server: the Unix-socket listener and the set of client connections it serves.
+#include "sidecar/server/server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "sidecar/log/log.h"
+#include "sidecar/server/connection.h"
+#include "sidecar/server/socket_path.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr size_t kReadBufferBytes = 64 * 1024;
+constexpr int kListenBacklog = 511;
+
+Status UvError(const std::string& what, int rc) {
+  return Status::IoError(what + ": " + uv_strerror(rc));
+}
+
+}  // namespace
+
+Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
+    : loop_(loop),
+      options_(std::move(options)),
+      handler_(limiter),
+      read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]) {
+  listener_.data = this;
+  grace_timer_.data = this;
+}
+
+Server::~Server() = default;
+
+Status Server::Start() {
+  if (Status s = PrepareSocketPath(options_.socket_path); !s.ok()) return s;
+  uv_pipe_init(loop_, &listener_, 0);
+  listener_open_ = true;
+  // Create the file with the final mode from the start, so it is never briefly more open.
+  const mode_t old_mask = umask(~options_.socket_mode & 0777);
+  int rc = uv_pipe_bind(&listener_, options_.socket_path.c_str());
+  umask(old_mask);
+  if (rc != 0) return UvError("cannot bind " + options_.socket_path, rc);
+  bound_ = true;
+  if (chmod(options_.socket_path.c_str(), options_.socket_mode) != 0) {
+    return Status::IoError("cannot chmod " + options_.socket_path);
+  }
+  rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kListenBacklog, &ListenTrampoline);
+  if (rc != 0) return UvError("cannot listen on " + options_.socket_path, rc);
+  return Status::Ok();
+}
+
+void Server::OnConnection(int status) {
+  if (status != 0) {
+    Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(status));
+    return;
+  }
+  auto owned = std::make_unique<Connection>(*this, loop_, options_.max_frame_bytes);
+  Connection* connection = owned.get();
+  const size_t admitted = connections_.size();
+  connections_.emplace(connection, std::move(owned));
+  if (const int rc = uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), connection->stream());
+      rc != 0) {
+    Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(rc));
+    connection->Close();
+    return;
+  }
+  if (shutting_down_) {
+    connection->Refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
+  } else if (admitted >= options_.max_connections) {
+    Log(LogLevel::kWarn, "connection refused: too many connections")
+        .Int("max_connections", options_.max_connections);
+    connection->Refuse(CheckStatus::kOverloaded,
+                       "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
+                           std::to_string(options_.max_connections) + ")");
+  } else if (!PeerAllowed(*connection)) {
+    connection->Refuse(CheckStatus::kInvalidRequest,
+                       "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
+  } else {
+    connection->Start();
+  }
+}
+
+bool Server::PeerAllowed(Connection& connection) {
+  if (options_.allowed_uids.empty()) return true;
+  uv_os_fd_t fd = -1;
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(connection.stream()), &fd) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    Log(LogLevel::kWarn, "connection refused: cannot read peer credentials");
+    return false;
+  }
+  const auto& allowed = options_.allowed_uids;
+  if (std::find(allowed.begin(), allowed.end(), cred.uid) != allowed.end()) return true;
+  Log(LogLevel::kWarn, "connection refused: uid not allowed").Int("uid", cred.uid);
+  return false;
+}
+
+uv_buf_t Server::ReadBuffer() {
+  return uv_buf_init(reinterpret_cast<char*>(read_buffer_.get()), kReadBufferBytes);
+}
+
+void Server::Release(Connection* connection) {
+  connections_.erase(connection);
+  MaybeStopped();
+}
+
+void Server::Shutdown(std::function<void()> on_stopped) {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  on_stopped_ = std::move(on_stopped);
+  Log(LogLevel::kInfo, "shutting down").Int("connections", connections_.size());
+  if (listener_open_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
+  }
+  if (bound_) {
+    if (unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
+      Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
+    }
+  }
+  uv_timer_init(loop_, &grace_timer_);
+  grace_timer_open_ = true;
+  uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
+  // Drain may close and release a connection at once, so walk a copy.
+  std::vector<Connection*> all;
+  for (auto& [ptr, owned] : connections_) all.push_back(ptr);
+  for (Connection* connection : all) connection->Drain();
+  MaybeStopped();
+}
+
+void Server::MaybeStopped() {
+  if (!shutting_down_ || listener_open_ || !connections_.empty()) return;
+  if (grace_timer_open_) {
+    grace_timer_open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), &GraceClosedTrampoline);
+  }
+}
+
+void Server::ListenTrampoline(uv_stream_t* server, int status) {
+  static_cast<Server*>(server->data)->OnConnection(status);
+}
+
+void Server::ListenerClosedTrampoline(uv_handle_t* handle) {
+  auto* self = static_cast<Server*>(handle->data);
+  self->listener_open_ = false;
+  self->MaybeStopped();
+}
+
+void Server::GraceTrampoline(uv_timer_t* timer) {
+  auto* self = static_cast<Server*>(timer->data);
+  Log(LogLevel::kWarn, "shutdown grace period over; closing connections")
+      .Int("connections", self->connections_.size());
+  std::vector<Connection*> all;
+  for (auto& [ptr, owned] : self->connections_) all.push_back(ptr);
+  for (Connection* connection : all) connection->Close();
+}
+
+void Server::GraceClosedTrampoline(uv_handle_t* handle) {
+  auto* self = static_cast<Server*>(handle->data);
+  if (self->on_stopped_) self->on_stopped_();
+}
+
+}  // namespace ratelimit

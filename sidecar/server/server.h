@@ -1,0 +1,85 @@
+// Server: the Unix-socket listener and the set of client connections it serves.
+#ifndef RATELIMIT_SIDECAR_SERVER_SERVER_H_
+#define RATELIMIT_SIDECAR_SERVER_SERVER_H_
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "sidecar/core/limiter.h"
+#include "sidecar/core/status.h"
+#include "sidecar/server/request_handler.h"
+
+namespace ratelimit {
+
+class Connection;
+
+struct ServerOptions {
+  std::string socket_path;
+  uint32_t socket_mode = 0660;
+  std::vector<uint32_t> allowed_uids;  // Empty: any peer the file mode lets in.
+  uint32_t max_connections = 1024;
+  uint32_t max_frame_bytes = 65536;
+  uint32_t shutdown_grace_ms = 5000;
+};
+
+// Listens on a Unix socket and owns every accepted Connection. Connections past
+// max_connections, or from a uid not in allowed_uids, get an ErrorResponse and are closed.
+// Thread-safety: the loop thread only. The loop and limiter must outlive the server; the server
+// must be shut down (and its on_stopped called) before it is destroyed.
+class Server {
+ public:
+  Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Prepares the socket path (see PrepareSocketPath), binds with the configured mode, listens.
+  Status Start();
+
+  // Stops accepting and removes the socket file, then lets every connection answer what it has
+  // read and flush it. Connections still open after shutdown_grace_ms are closed. Calls
+  // `on_stopped` once every handle of the server is closed. Idempotent.
+  void Shutdown(std::function<void()> on_stopped);
+
+  size_t connection_count() const { return connections_.size(); }
+
+  // For Connection.
+  RequestHandler& handler() { return handler_; }
+  uv_buf_t ReadBuffer();
+  void Release(Connection* connection);
+
+ private:
+  void OnConnection(int status);
+  bool PeerAllowed(Connection& connection);
+  void MaybeStopped();
+
+  static void ListenTrampoline(uv_stream_t* server, int status);
+  static void ListenerClosedTrampoline(uv_handle_t* handle);
+  static void GraceTrampoline(uv_timer_t* timer);
+  static void GraceClosedTrampoline(uv_handle_t* handle);
+
+  uv_loop_t* loop_;
+  const ServerOptions options_;
+  RequestHandler handler_;
+  uv_pipe_t listener_;
+  uv_timer_t grace_timer_;
+  bool listener_open_ = false;
+  bool bound_ = false;  // The socket file at socket_path is ours.
+  bool grace_timer_open_ = false;
+  bool shutting_down_ = false;
+  std::function<void()> on_stopped_;
+  std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  // One read buffer for all connections: libuv calls alloc and read back to back on one stream,
+  // and frames are consumed before the read callback returns. 8-byte words keep frames aligned.
+  std::unique_ptr<uint64_t[]> read_buffer_;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_SERVER_SERVER_H_
