@@ -11,14 +11,16 @@ Status RequestHandler::HandleFrame(std::span<const uint8_t> frame, RequestContex
   }
   const wire::Frame& root = **verified;
   const uint64_t id = root.id();
-  switch (root.body_type()) {
+  // The Verifier accepts a union whose type is set but whose table is absent: check both.
+  switch (root.body() == nullptr ? wire::Body::NONE : root.body_type()) {
     case wire::Body::CheckRequest:
       context.CheckStarted();
       limiter_.Check(ToCheckArgs(*root.body_as_CheckRequest()), id, context);
       return Status::Ok();
     case wire::Body::PingRequest: {
       Engine& engine = limiter_.engine();
-      context.Write(encoder_.PingResponse(id, kProtocolVersion, engine.store_name(), engine.ready()));
+      context.Write(
+          encoder_.PingResponse(id, kProtocolVersion, engine.store_name(), engine.ready()));
       return Status::Ok();
     }
     case wire::Body::NONE:
@@ -27,15 +29,14 @@ Status RequestHandler::HandleFrame(std::span<const uint8_t> frame, RequestContex
     case wire::Body::ErrorResponse:
       break;
   }
-  // Responses sent to the sidecar, an empty body, or a union member this build does not know.
+  // Responses sent to the sidecar, a missing body, or a union member this build does not know.
   std::string message = "frame body type " + std::to_string(static_cast<int>(root.body_type())) +
                         " is not a request this sidecar serves";
   WriteError(id, CheckStatus::kInvalidRequest, message, context);
   return Status::ProtocolError(std::move(message));
 }
 
-void RequestHandler::AnswerCheck(uint64_t id, const CheckResult& result,
-                                 RequestContext& context) {
+void RequestHandler::AnswerCheck(uint64_t id, const CheckResult& result, RequestContext& context) {
   context.Write(encoder_.CheckResponse(id, result));
 }
 
