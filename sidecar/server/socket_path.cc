@@ -26,7 +26,8 @@ Status MakeParents(const std::string& path) {
 
 // Whether a process accepts connections on the socket at `path`.
 Result<bool> SomeoneListens(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking: a blocking connect waits as long as the listener's backlog stays full.
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Status::IoError(Errno("socket", errno));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -34,7 +35,7 @@ Result<bool> SomeoneListens(const std::string& path) {
   const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   const int err = errno;
   close(fd);
-  if (rc == 0) return true;
+  if (rc == 0 || err == EAGAIN) return true;  // EAGAIN: listening, with a full backlog.
   if (err == ECONNREFUSED) return false;
   return Status::IoError(Errno("cannot probe existing socket " + path, err));
 }
