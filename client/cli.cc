@@ -1,8 +1,8 @@
 // ratelimit-cli: asks a running sidecar for a decision or a ping, for people and scripts.
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <charconv>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -75,9 +75,11 @@ int Parse(int argc, char** argv, Command& cmd) {
       }
       cmd.options.timeout_ms = static_cast<int>(timeout);
     } else if (arg == "--cost") {
-      if (!ParseU32(value, kMax, cmd.args.cost)) return UsageError("--cost must be 0 to 4294967295");
+      if (!ParseU32(value, kMax, cmd.args.cost))
+        return UsageError("--cost must be 0 to 4294967295");
     } else if (arg == "--limit") {
-      if (!ParseU32(value, kMax, cmd.args.limit)) return UsageError("--limit must be 0 to 4294967295");
+      if (!ParseU32(value, kMax, cmd.args.limit))
+        return UsageError("--limit must be 0 to 4294967295");
     } else if (arg == "--window-ms") {
       if (!ParseU32(value, kMax, cmd.args.window_ms)) {
         return UsageError("--window-ms must be 0 to 4294967295");
@@ -125,10 +127,11 @@ int RunCheck(Client& client, Command& cmd) {
         r.allowed ? "true" : "false", CheckStatusName(r.status), r.limit, r.remaining,
         r.retry_after_ms, r.reset_after_ms, SourceName(r.source));
   } else {
-    std::printf("%s key=%s status=%s limit=%u remaining=%u retry_after_ms=%u reset_after_ms=%u "
-                "source=%s\n",
-                r.allowed ? "allowed" : "denied", Quoted(cmd.key).c_str(), CheckStatusName(r.status),
-                r.limit, r.remaining, r.retry_after_ms, r.reset_after_ms, SourceName(r.source));
+    std::printf(
+        "%s key=%s status=%s limit=%u remaining=%u retry_after_ms=%u reset_after_ms=%u "
+        "source=%s\n",
+        r.allowed ? "allowed" : "denied", Quoted(cmd.key).c_str(), CheckStatusName(r.status),
+        r.limit, r.remaining, r.retry_after_ms, r.reset_after_ms, SourceName(r.source));
   }
   if (r.status == CheckStatus::kOk || r.status == CheckStatus::kCostExceedsLimit) {
     return r.allowed ? kExitAllowed : kExitDenied;

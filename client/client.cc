@@ -57,6 +57,11 @@ Result<Reply> Client::RoundTrip(Queue&& queue) {
     if (Status sent = pipeline->Flush(); !sent.ok()) {
       // A pooled connection the sidecar closed while idle: it never read this request.
       if (reused && attempt == 0 && sent.code() == Status::Code::kClosed) continue;
+      // A sidecar that refused this connection (too many, shutting down) said why first.
+      if (pipeline->has_replies()) {
+        Result<Reply> said = pipeline->Receive();
+        if (said.ok() && said->kind == Reply::Kind::kError) return RefusalStatus(*said);
+      }
       return sent;
     }
     Result<Reply> reply = pipeline->Receive();

@@ -32,7 +32,8 @@ Status ErrnoStatus(const std::string& what, int err) {
 Result<Reply> ToReply(const wire::Frame& frame) {
   Reply reply;
   reply.id = frame.id();
-  switch (frame.body_type()) {
+  // The Verifier accepts a union whose type is set but whose table is absent: check both.
+  switch (frame.body() == nullptr ? wire::Body::NONE : frame.body_type()) {
     case wire::Body::CheckResponse:
       reply.kind = Reply::Kind::kCheck;
       reply.check = ToCheckResult(*frame.body_as_CheckResponse());
@@ -117,8 +118,8 @@ void Pipeline::QueuePing(uint64_t id) {
 Status Pipeline::WaitFor(short events, int64_t deadline_ms, short* revents) {
   while (true) {
     const int64_t left = deadline_ms - NowMillis();
-    if (left <= 0) return Status::TimedOut("no progress within " +
-                                           std::to_string(options_.timeout_ms) + " ms");
+    if (left <= 0)
+      return Status::TimedOut("no progress within " + std::to_string(options_.timeout_ms) + " ms");
     pollfd pfd{fd_, events, 0};
     const int rc = poll(&pfd, 1, static_cast<int>(left));
     if (rc < 0 && errno == EINTR) continue;
@@ -139,7 +140,11 @@ Status Pipeline::Flush() {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno != EAGAIN) return ErrnoStatus("send", errno);
+    if (n < 0 && errno != EAGAIN) {
+      const Status failed = ErrnoStatus("send", errno);
+      (void)ReadAvailable();  // Keep what the sidecar said before closing (an ErrorResponse).
+      return failed;
+    }
     short revents = 0;
     if (Status s = WaitFor(POLLOUT | POLLIN, deadline, &revents); !s.ok()) return s;
     // The sidecar may be waiting for us to read before it reads more: take its replies.
@@ -161,22 +166,22 @@ Status Pipeline::ReadAvailable() {
     if (n < 0) return ErrnoStatus("recv", errno);
     if (n == 0) return Status::Closed("the sidecar closed the connection");
     Status failure;
-    const Status fed = reader_.Feed(
-        std::span<const uint8_t>(in_.data(), static_cast<size_t>(n)),
-        [&](std::span<const uint8_t> bytes) {
-          Result<const wire::Frame*> frame = verifier_.Verify(bytes);
-          if (!frame.ok()) {
-            failure = Status::ProtocolError("reply " + frame.status().message());
-            return false;
-          }
-          Result<Reply> reply = ToReply(**frame);
-          if (!reply.ok()) {
-            failure = reply.status();
-            return false;
-          }
-          replies_.push_back(std::move(*reply));
-          return true;
-        });
+    const Status fed =
+        reader_.Feed(std::span<const uint8_t>(in_.data(), static_cast<size_t>(n)),
+                     [&](std::span<const uint8_t> bytes) {
+                       Result<const wire::Frame*> frame = verifier_.Verify(bytes);
+                       if (!frame.ok()) {
+                         failure = Status::ProtocolError("reply " + frame.status().message());
+                         return false;
+                       }
+                       Result<Reply> reply = ToReply(**frame);
+                       if (!reply.ok()) {
+                         failure = reply.status();
+                         return false;
+                       }
+                       replies_.push_back(std::move(*reply));
+                       return true;
+                     });
     if (!fed.ok()) return fed;
     if (!failure.ok()) return failure;
     if (static_cast<size_t>(n) < in_.size()) return Status::Ok();

@@ -41,10 +41,10 @@ struct Reply {
   enum class Kind { kCheck, kPing, kError };
   uint64_t id = 0;
   Kind kind = Kind::kError;
-  CheckResult check;              // kind == kCheck
-  PingResult ping;                // kind == kPing
+  CheckResult check;                            // kind == kCheck
+  PingResult ping;                              // kind == kPing
   CheckStatus error_status = CheckStatus::kOk;  // kind == kError
-  std::string error_message;                   // kind == kError
+  std::string error_message;                    // kind == kError
 };
 
 // A connection for callers that keep many requests in flight: queue requests with ids of your
@@ -71,6 +71,10 @@ class Pipeline {
   // The next reply, waiting at most timeout_ms. Errors as for Flush; ProtocolError when the
   // sidecar sends something that fails verification.
   Result<Reply> Receive();
+
+  // Whether replies have arrived that Receive will return without waiting. After a failed Flush
+  // this may hold the ErrorResponse that explains why the sidecar closed the connection.
+  bool has_replies() const { return !replies_.empty(); }
 
   // Bytes queued and not yet sent.
   size_t queued_bytes() const { return out_.size() - out_sent_; }
