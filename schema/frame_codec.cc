@@ -39,7 +39,7 @@ flatbuffers::Verifier::Options TightOptions() {
 CheckStatus StatusFromWire(wire::Status status) {
   const auto raw = static_cast<uint8_t>(status);
   return raw <= static_cast<uint8_t>(CheckStatus::kShuttingDown) ? static_cast<CheckStatus>(raw)
-                                                                  : CheckStatus::kStoreUnavailable;
+                                                                 : CheckStatus::kStoreUnavailable;
 }
 
 Source SourceFromWire(wire::Source source) {
@@ -73,17 +73,16 @@ std::span<const uint8_t> FrameEncoder::Finish(uint64_t id, wire::Body type,
 std::span<const uint8_t> FrameEncoder::CheckRequest(uint64_t id, const CheckArgs& args) {
   builder_.Clear();
   const auto key = builder_.CreateString(args.key.data(), args.key.size());
-  const auto body =
-      wire::CreateCheckRequest(builder_, key, args.cost, args.limit, args.window_ms);
+  const auto body = wire::CreateCheckRequest(builder_, key, args.cost, args.limit, args.window_ms);
   return Finish(id, wire::Body::CheckRequest, body.Union());
 }
 
 std::span<const uint8_t> FrameEncoder::CheckResponse(uint64_t id, const CheckResult& result) {
   builder_.Clear();
-  const auto body = wire::CreateCheckResponse(
-      builder_, result.allowed, static_cast<wire::Status>(result.status), result.limit,
-      result.remaining, result.retry_after_ms, result.reset_after_ms,
-      static_cast<wire::Source>(result.source));
+  const auto body =
+      wire::CreateCheckResponse(builder_, result.allowed, static_cast<wire::Status>(result.status),
+                                result.limit, result.remaining, result.retry_after_ms,
+                                result.reset_after_ms, static_cast<wire::Source>(result.source));
   return Finish(id, wire::Body::CheckResponse, body.Union());
 }
 

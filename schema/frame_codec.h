@@ -41,8 +41,7 @@ class FrameEncoder {
   std::span<const uint8_t> PingRequest(uint64_t id);
   std::span<const uint8_t> PingResponse(uint64_t id, uint16_t protocol_version,
                                         std::string_view store, bool ready);
-  std::span<const uint8_t> ErrorResponse(uint64_t id, CheckStatus status,
-                                         std::string_view message);
+  std::span<const uint8_t> ErrorResponse(uint64_t id, CheckStatus status, std::string_view message);
 
  private:
   std::span<const uint8_t> Finish(uint64_t id, wire::Body type, flatbuffers::Offset<void> body);

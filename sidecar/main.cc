@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "sidecar/config/config.h"
 #include "sidecar/core/limiter.h"
@@ -29,10 +30,10 @@ void PrintHelp() {
       "ratelimit-sidecar: answers rate-limit checks over a Unix socket.\n"
       "Configured by environment variables only:\n\n");
   for (const ConfigVariable& v : kConfigVariables) {
-    std::printf("  %-30.*s default %-36.*s %.*s\n", static_cast<int>(v.name.size()), v.name.data(),
-                static_cast<int>(v.default_value.size()),
-                v.default_value.empty() ? "(empty)" : v.default_value.data(),
-                static_cast<int>(v.meaning.size()), v.meaning.data());
+    const std::string_view shown = v.default_value.empty() ? "(empty)" : v.default_value;
+    std::printf("  %-30.*s default %-34.*s %.*s\n", static_cast<int>(v.name.size()), v.name.data(),
+                static_cast<int>(shown.size()), shown.data(), static_cast<int>(v.meaning.size()),
+                v.meaning.data());
   }
 }
 
@@ -47,10 +48,11 @@ class Sidecar {
       : loop_(loop),
         engine_(NewMemoryEngine(config.algorithm, clock_)),
         limiter_(config.default_policy, *engine_),
-        server_(loop, ServerOptions{config.socket_path, config.socket_mode, config.allowed_uids,
-                                    config.max_connections, config.max_frame_bytes,
-                                    config.shutdown_grace_ms},
-                limiter_) {
+        server_(
+            loop,
+            ServerOptions{config.socket_path, config.socket_mode, config.allowed_uids,
+                          config.max_connections, config.max_frame_bytes, config.shutdown_grace_ms},
+            limiter_) {
     for (uv_signal_t& signal : signals_) {
       uv_signal_init(loop_, &signal);
       signal.data = this;
@@ -69,7 +71,8 @@ class Sidecar {
   // Shuts the server down, then closes every other handle so that uv_run returns.
   void Stop() {
     server_.Shutdown([this] {
-      for (uv_signal_t& signal : signals_) uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
+      for (uv_signal_t& signal : signals_)
+        uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
     });
   }
@@ -100,8 +103,10 @@ int Main(int argc, char** argv) {
       PrintHelp();
       return 0;
     }
-    std::fprintf(stderr, "ratelimit-sidecar takes no arguments (configure it with environment "
-                         "variables; see --help), got: %s\n", argv[1]);
+    std::fprintf(stderr,
+                 "ratelimit-sidecar takes no arguments (configure it with environment "
+                 "variables; see --help), got: %s\n",
+                 argv[1]);
     return 2;
   }
   Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
@@ -138,7 +143,8 @@ int Main(int argc, char** argv) {
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   if (const int rc = uv_loop_close(&loop); rc != 0) {
-    Log(LogLevel::kError, "event loop closed with handles still open").Str("error", uv_strerror(rc));
+    Log(LogLevel::kError, "event loop closed with handles still open")
+        .Str("error", uv_strerror(rc));
     exit_code = exit_code == 0 ? 1 : exit_code;
   }
   if (exit_code == 0) Log(LogLevel::kInfo, "stopped");

@@ -62,8 +62,8 @@ struct Word {
 };
 
 template <typename T>
-Status ParseWord(std::string_view name, std::string_view value, std::initializer_list<Word<T>> words,
-                 T& out) {
+Status ParseWord(std::string_view name, std::string_view value,
+                 std::initializer_list<Word<T>> words, T& out) {
   std::string allowed = "one of";
   for (const Word<T>& w : words) {
     if (w.word == value) {
@@ -77,7 +77,8 @@ Status ParseWord(std::string_view name, std::string_view value, std::initializer
 }
 
 Status ParseUidList(std::string_view name, std::string_view value, std::vector<uint32_t>& out) {
-  constexpr std::string_view kAllowed = "comma-separated uids, each an integer from 0 to 4294967294";
+  constexpr std::string_view kAllowed =
+      "comma-separated uids, each an integer from 0 to 4294967294";
   size_t start = 0;
   while (start <= value.size()) {
     size_t comma = value.find(',', start);

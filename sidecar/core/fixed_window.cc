@@ -20,8 +20,7 @@ FixedWindow::State FixedWindow::Fresh(const Policy& policy, int64_t now_us) {
   return State{FloorMillis(now_us), policy.limit, policy};
 }
 
-CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cost,
-                                int64_t now_us) {
+CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   const int64_t now_ms = FloorMillis(now_us);
   if (!(state.policy == policy)) {
     state.tokens = std::min(state.tokens, policy.limit);

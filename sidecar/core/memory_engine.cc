@@ -34,9 +34,8 @@ class MemoryEngineImpl final : public MemoryEngine {
 
   size_t Sweep(size_t max_slots) override {
     const int64_t now = clock_.NowMicros();
-    return table_.Sweep(max_slots, [now](const typename Algo::State& state) {
-      return Algo::IsFull(state, now);
-    });
+    return table_.Sweep(
+        max_slots, [now](const typename Algo::State& state) { return Algo::IsFull(state, now); });
   }
 
   size_t size() const override { return table_.size(); }

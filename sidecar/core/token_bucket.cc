@@ -43,8 +43,7 @@ TokenBucket::State TokenBucket::Fresh(const Policy& policy, int64_t now_us) {
   return State{Capacity(policy), now_us, policy};
 }
 
-CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cost,
-                                int64_t now_us) {
+CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   Refill(state, now_us);
   if (!(state.policy == policy)) Rescale(state, policy);
 

@@ -65,8 +65,7 @@ void Connection::OnData(std::span<const uint8_t> data) {
     if (state_ != State::kReading && state_ != State::kPaused) return false;
     Status handled = server_.handler().HandleFrame(frame, *this);
     if (!handled.ok()) {
-      Log(LogLevel::kDebug, "closing connection after bad frame")
-          .Str("error", handled.message());
+      Log(LogLevel::kDebug, "closing connection after bad frame").Str("error", handled.message());
       Drain();
       return false;
     }

@@ -76,8 +76,8 @@ class Connection final : public RequestContext {
   std::vector<uint8_t> out_;      // Frames queued since the last write started.
   std::vector<uint8_t> writing_;  // Bytes owned by write_req_ while a write is in flight.
   bool write_in_flight_ = false;
-  size_t pending_checks_ = 0;     // Checks handed to the engine and not yet answered.
-  bool in_read_ = false;          // Inside OnData, which flushes once for the whole read.
+  size_t pending_checks_ = 0;  // Checks handed to the engine and not yet answered.
+  bool in_read_ = false;       // Inside OnData, which flushes once for the whole read.
 };
 
 }  // namespace ratelimit

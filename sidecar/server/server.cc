@@ -76,8 +76,7 @@ void Server::OnConnection(int status) {
                        "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
                            std::to_string(options_.max_connections) + ")");
   } else if (!PeerAllowed(*connection)) {
-    connection->Refuse(CheckStatus::kInvalidRequest,
-                       "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
+    connection->Refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
   } else {
     connection->Start();
   }
