@@ -45,8 +45,7 @@ CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cos
 }
 
 bool FixedWindow::IsFull(const State& state, int64_t now_us) {
-  return state.tokens >= state.policy.limit ||
-         FloorMillis(now_us) - state.window_start_ms >= state.policy.window_ms;
+  return FloorMillis(now_us) - state.window_start_ms >= state.policy.window_ms;
 }
 
 }  // namespace ratelimit

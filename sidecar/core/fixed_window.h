@@ -29,8 +29,8 @@ struct FixedWindow {
   // REQUIRES: policy.limit >= 1, policy.window_ms >= 1, cost <= policy.limit.
   static CheckResult Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us);
 
-  // True when the next request would find the same as no state: the window has expired or
-  // nothing of it was spent.
+  // True when the next request would find the same as no state: the window has expired. (A
+  // window with nothing spent is not the same: it still fixes when the next window starts.)
   static bool IsFull(const State& state, int64_t now_us);
 };
 

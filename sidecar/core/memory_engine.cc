@@ -14,16 +14,19 @@ class MemoryEngineImpl final : public MemoryEngine {
  public:
   explicit MemoryEngineImpl(Clock& clock) : clock_(clock) {}
 
+  // A read (cost 0) never changes state: it answers from a copy, so it neither stores a new key
+  // nor restarts an expired fixed window nor rescales a bucket to the reader's policy. A check
+  // that takes tokens always leaves a bucket that is not full, which is therefore kept.
   void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override {
     const int64_t now = clock_.NowMicros();
+    typename Algo::State* stored = table_.Find(query.key);
     CheckResult result;
-    if (typename Algo::State* state = table_.Find(query.key)) {
-      result = Algo::Decide(*state, query.policy, query.cost, now);
-      if (Algo::IsFull(*state, now)) table_.Erase(query.key);
+    if (stored != nullptr && query.cost > 0) {
+      result = Algo::Decide(*stored, query.policy, query.cost, now);
     } else {
-      typename Algo::State fresh = Algo::Fresh(query.policy, now);
-      result = Algo::Decide(fresh, query.policy, query.cost, now);
-      if (!Algo::IsFull(fresh, now)) table_.Insert(query.key, fresh);
+      typename Algo::State state = stored ? *stored : Algo::Fresh(query.policy, now);
+      result = Algo::Decide(state, query.policy, query.cost, now);
+      if (stored == nullptr && query.cost > 0) table_.Insert(query.key, state);
     }
     result.source = Source::kMemory;
     done.OnCheckDone(tag, result);

@@ -12,8 +12,8 @@ namespace ratelimit {
 enum class Algorithm { kTokenBucket, kFixedWindow };
 
 // An Engine over an in-process BucketTable. Every check is answered before Check returns, with
-// source Memory. A bucket that is full is not kept: new keys that are only read are never
-// stored, and Sweep forgets buckets that have refilled since they were last touched.
+// source Memory. Memory follows active keys: a read (cost 0) never stores anything, and Sweep
+// forgets buckets that mean the same as no bucket (refilled, or window over).
 // Thread-safety: the loop thread only. The clock must outlive the engine.
 class MemoryEngine : public Engine {
  public:

@@ -1,0 +1,384 @@
+// Tests of the token bucket arithmetic: refill, retry and reset times, extremes, policy changes.
+#include "sidecar/core/token_bucket.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tests/testing/fake_clock.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr uint32_t kMaxU32 = std::numeric_limits<uint32_t>::max();
+constexpr int64_t kMaxI64 = std::numeric_limits<int64_t>::max();
+constexpr int64_t kUsPerMs = 1000;
+constexpr int64_t kUsPerYear = 365LL * 24 * 3600 * 1'000'000;
+
+// A deterministic generator (splitmix64), so every run and every platform sees the same steps.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform enough in [0, bound]; bound may be the largest uint64_t - 1.
+  uint64_t UpTo(uint64_t bound) { return Next() % (bound + 1); }
+
+ private:
+  uint64_t state_;
+};
+
+uint128_t CapacityUnits(const Policy& policy) {
+  return static_cast<uint128_t>(policy.limit) * policy.window_ms * 1000;
+}
+
+std::string PolicyName(const Policy& policy) {
+  return "limit=" + std::to_string(policy.limit) + " window_ms=" + std::to_string(policy.window_ms);
+}
+
+// One check in a scenario: move the clock, take `cost`, expect the whole answer.
+struct Step {
+  int64_t advance_us;
+  uint32_t cost;
+  bool allowed;
+  uint32_t remaining;
+  uint32_t retry_after_ms;
+  uint32_t reset_after_ms;
+};
+
+struct Scenario {
+  const char* name;
+  Policy policy;
+  std::vector<Step> steps;
+};
+
+TEST(TokenBucketTest, ScenariosGiveExactAnswers) {
+  const Scenario kScenarios[] = {
+      // Columns: advance_us, cost, allowed, remaining, retry_after_ms, reset_after_ms.
+      {"burst admits exactly limit then denies",
+       {3, 1000},
+       {{0, 1, true, 2, 0, 334},
+        {0, 1, true, 1, 0, 667},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"limit 10 per second refills one token in exactly 100 ms",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {99'999, 1, false, 0, 1, 901},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+      {"fractional tokens accumulate: 3 per second gives a token at 333.334 ms",
+       {3, 1000},
+       {{0, 3, true, 0, 0, 1000},
+        {333'333, 1, false, 0, 1, 667},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"a denial takes nothing",
+       {3, 1000},
+       {{0, 2, true, 1, 0, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 1, true, 0, 0, 1000}}},
+      {"cost 0 reads without taking, even from an empty bucket",
+       {5, 1000},
+       {{0, 0, true, 5, 0, 0},
+        {0, 2, true, 3, 0, 400},
+        {0, 0, true, 3, 0, 400},
+        {0, 3, true, 0, 0, 1000},
+        {0, 0, true, 0, 0, 1000}}},
+      {"remaining counts whole tokens only",
+       {4, 1000},
+       {{0, 4, true, 0, 0, 1000}, {625'000, 0, true, 2, 0, 375}, {0, 3, false, 2, 125, 375}}},
+      {"refill stops at capacity",
+       {2, 1000},
+       {{0, 2, true, 0, 0, 1000},
+        {10'000'000, 0, true, 2, 0, 0},
+        {0, 1, true, 1, 0, 500},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 500, 1000}}},
+      {"a clock that does not move refills nothing",
+       {1, 1000},
+       {{0, 1, true, 0, 0, 1000}, {0, 1, false, 0, 1000, 1000}, {0, 1, false, 0, 1000, 1000}}},
+      {"a clock that steps back refills nothing, then or when it catches up",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {-500'000, 1, false, 0, 100, 1000},
+        {-500'000, 0, true, 0, 0, 1000},
+        {1'000'000, 1, false, 0, 100, 1000},
+        {100'000, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+  };
+  for (const Scenario& scenario : kScenarios) {
+    SCOPED_TRACE(scenario.name);
+    FakeClock clock(1'234'567);
+    TokenBucket::State state = TokenBucket::Fresh(scenario.policy, clock.NowMicros());
+    for (size_t i = 0; i < scenario.steps.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(i));
+      const Step& step = scenario.steps[i];
+      clock.AdvanceMicros(step.advance_us);
+      const CheckResult r =
+          TokenBucket::Decide(state, scenario.policy, step.cost, clock.NowMicros());
+      EXPECT_EQ(r.status, CheckStatus::kOk);
+      EXPECT_EQ(r.limit, scenario.policy.limit);
+      EXPECT_EQ(r.allowed, step.allowed);
+      EXPECT_EQ(r.remaining, step.remaining);
+      EXPECT_EQ(r.retry_after_ms, step.retry_after_ms);
+      EXPECT_EQ(r.reset_after_ms, step.reset_after_ms);
+    }
+  }
+}
+
+TEST(TokenBucketTest, NewKeyStartsFull) {
+  for (const Policy policy : {Policy{1, 1}, Policy{10, 1000}, Policy{kMaxU32, kMaxU32}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(policy, clock.NowMicros());
+    EXPECT_TRUE(TokenBucket::IsFull(state, clock.NowMicros()));
+    const CheckResult r = TokenBucket::Decide(state, policy, 0, clock.NowMicros());
+    EXPECT_TRUE(r.allowed);
+    EXPECT_EQ(r.remaining, policy.limit);
+    EXPECT_EQ(r.reset_after_ms, 0u);
+  }
+}
+
+TEST(TokenBucketTest, BurstAdmitsExactlyLimitThenDenies) {
+  for (const Policy policy : {Policy{1, 1000}, Policy{3, 1000}, Policy{10, 60'000}, Policy{1000, 1},
+                              Policy{50'000, 10}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(policy, clock.NowMicros());
+    for (uint32_t i = 0; i < policy.limit; ++i) {
+      const CheckResult r = TokenBucket::Decide(state, policy, 1, clock.NowMicros());
+      ASSERT_TRUE(r.allowed) << "check " << i;
+      ASSERT_EQ(r.remaining, policy.limit - 1 - i);
+    }
+    const CheckResult denied = TokenBucket::Decide(state, policy, 1, clock.NowMicros());
+    EXPECT_FALSE(denied.allowed);
+    EXPECT_EQ(denied.remaining, 0u);
+  }
+}
+
+// Refilling in many small steps must give exactly the level that one big step gives.
+TEST(TokenBucketTest, FractionalRefillIsExactWhateverTheStepSize) {
+  for (const Policy policy : {Policy{3, 1000}, Policy{7, 333}, Policy{1, 3}, Policy{997, 1013}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    Rng rng(42);
+    const int64_t start = 5'000'000;
+    TokenBucket::State drained = TokenBucket::Fresh(policy, start);
+    ASSERT_TRUE(TokenBucket::Decide(drained, policy, policy.limit, start).allowed);
+
+    TokenBucket::State stepped = drained;
+    int64_t now = start;
+    const int64_t end = start + 2 * int64_t{policy.window_ms} * kUsPerMs;
+    while (now < end) {
+      now += 1 + static_cast<int64_t>(rng.UpTo(996));
+      const CheckResult small = TokenBucket::Decide(stepped, policy, 0, now);
+      TokenBucket::State jumped = drained;
+      const CheckResult big = TokenBucket::Decide(jumped, policy, 0, now);
+      ASSERT_EQ(stepped.level, jumped.level) << "at +" << now - start << " us";
+      ASSERT_EQ(small.remaining, big.remaining);
+      ASSERT_EQ(small.reset_after_ms, big.reset_after_ms);
+    }
+    EXPECT_EQ(stepped.level, CapacityUnits(policy));
+  }
+}
+
+// Denials promise a wait: the wait must be enough, and one millisecond less must not be. The
+// same holds for the time to full. Checked along a pseudo-random walk of (advance, cost) steps.
+TEST(TokenBucketTest, RetryAfterAndResetAfterAreTheShortestWaitsThatSuffice) {
+  const Policy kPolicies[] = {{1, 1},       {1, 1000},         {3, 1000}, {10, 1000},
+                              {7, 333},     {60, 60'000},      {1000, 1}, {kMaxU32, 1},
+                              {1, kMaxU32}, {kMaxU32, kMaxU32}};
+  for (const Policy& policy : kPolicies) {
+    SCOPED_TRACE(PolicyName(policy));
+    Rng rng(7);
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(policy, clock.NowMicros());
+    const uint64_t token_us = uint64_t{policy.window_ms} * 1000 / policy.limit;
+    int denials = 0;
+    for (int i = 0; i < 2000; ++i) {
+      clock.AdvanceMicros(static_cast<int64_t>(rng.UpTo(3 * token_us + 2)));
+      // Mostly small costs, sometimes anything up to the limit.
+      const uint64_t max_cost = rng.UpTo(3) == 0 ? policy.limit : std::min(policy.limit, 2u);
+      const uint32_t cost = static_cast<uint32_t>(rng.UpTo(max_cost));
+      const int64_t now = clock.NowMicros();
+      const CheckResult r = TokenBucket::Decide(state, policy, cost, now);
+      ASSERT_LE(r.retry_after_ms, policy.window_ms);
+      ASSERT_LE(r.reset_after_ms, policy.window_ms);
+      if (r.allowed) {
+        ASSERT_EQ(r.retry_after_ms, 0u);
+      } else {
+        ++denials;
+        ASSERT_GE(r.retry_after_ms, 1u);
+        const int64_t wait_us = int64_t{r.retry_after_ms} * kUsPerMs;
+        TokenBucket::State early = state;
+        ASSERT_FALSE(TokenBucket::Decide(early, policy, cost, now + wait_us - kUsPerMs).allowed)
+            << "step " << i << ": a millisecond before retry_after_ms already passes";
+        TokenBucket::State on_time = state;
+        ASSERT_TRUE(TokenBucket::Decide(on_time, policy, cost, now + wait_us).allowed)
+            << "step " << i << ": waiting retry_after_ms=" << r.retry_after_ms << " is not enough";
+      }
+      const int64_t reset_us = int64_t{r.reset_after_ms} * kUsPerMs;
+      ASSERT_TRUE(TokenBucket::IsFull(state, now + reset_us)) << "step " << i;
+      if (r.reset_after_ms > 0) {
+        ASSERT_FALSE(TokenBucket::IsFull(state, now + reset_us - kUsPerMs)) << "step " << i;
+      } else {
+        ASSERT_EQ(r.remaining, policy.limit);
+      }
+    }
+    EXPECT_GT(denials, 0) << "the walk never exercised a denial";
+  }
+}
+
+// IsFull(state, t) must say exactly whether a check at t would find the bucket full.
+TEST(TokenBucketTest, IsFullMatchesRefilledToFull) {
+  for (const Policy policy : {Policy{1, 1}, Policy{3, 1000}, Policy{kMaxU32, kMaxU32}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    Rng rng(99);
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(policy, clock.NowMicros());
+    const int64_t window_us = int64_t{policy.window_ms} * kUsPerMs;
+    int full = 0;
+    int not_full = 0;
+    for (int i = 0; i < 1000; ++i) {
+      clock.AdvanceMicros(static_cast<int64_t>(rng.UpTo(static_cast<uint64_t>(window_us) / 2)));
+      const uint32_t cost = static_cast<uint32_t>(rng.UpTo(policy.limit));
+      (void)TokenBucket::Decide(state, policy, cost, clock.NowMicros());
+      // Probe before (the clock stepped back), at, and after the last update.
+      const int64_t probe = clock.NowMicros() - window_us +
+                            static_cast<int64_t>(rng.UpTo(3 * static_cast<uint64_t>(window_us)));
+      TokenBucket::State refilled = state;
+      (void)TokenBucket::Decide(refilled, policy, 0, probe);
+      const bool is_full = refilled.level == CapacityUnits(policy);
+      ASSERT_EQ(TokenBucket::IsFull(state, probe), is_full) << "step " << i;
+      ++(is_full ? full : not_full);
+    }
+    EXPECT_GT(full, 0);
+    EXPECT_GT(not_full, 0);
+  }
+}
+
+// Draining the whole bucket at the extremes of uint32: nothing overflows, and retry/reset times
+// stay within window_ms (which always fits in uint32).
+TEST(TokenBucketTest, ExtremeLimitsAndWindowsDoNotOverflow) {
+  const Policy kPolicies[] = {{1, 1}, {1, kMaxU32}, {kMaxU32, 1}, {kMaxU32, kMaxU32}, {2, kMaxU32}};
+  for (const Policy& policy : kPolicies) {
+    SCOPED_TRACE(PolicyName(policy));
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(policy, clock.NowMicros());
+    const uint32_t cost = policy.limit;  // cost == limit, up to 4294967295.
+
+    CheckResult r = TokenBucket::Decide(state, policy, cost, clock.NowMicros());
+    EXPECT_TRUE(r.allowed);
+    EXPECT_EQ(r.remaining, 0u);
+    EXPECT_EQ(r.reset_after_ms, policy.window_ms);
+
+    r = TokenBucket::Decide(state, policy, cost, clock.NowMicros());
+    EXPECT_FALSE(r.allowed);
+    EXPECT_EQ(r.retry_after_ms, policy.window_ms);
+    EXPECT_EQ(r.reset_after_ms, policy.window_ms);
+
+    clock.AdvanceMillis(int64_t{policy.window_ms} - 1);
+    r = TokenBucket::Decide(state, policy, cost, clock.NowMicros());
+    EXPECT_FALSE(r.allowed);
+    EXPECT_EQ(r.retry_after_ms, 1u);
+
+    clock.AdvanceMillis(1);
+    EXPECT_TRUE(TokenBucket::IsFull(state, clock.NowMicros()));
+    r = TokenBucket::Decide(state, policy, cost, clock.NowMicros());
+    EXPECT_TRUE(r.allowed);
+    EXPECT_EQ(r.remaining, 0u);
+  }
+}
+
+TEST(TokenBucketTest, LongIdleRefillsToFullWithoutOverflow) {
+  struct Case {
+    const char* name;
+    Policy policy;
+    int64_t idle_until_us;  // Absolute time of the second check; the first is at 1 s.
+  };
+  const Case kCases[] = {
+      {"ten years, small policy", {10, 1000}, 1'000'000 + 10 * kUsPerYear},
+      {"ten years, largest policy", {kMaxU32, kMaxU32}, 1'000'000 + 10 * kUsPerYear},
+      {"to the end of int64 time, largest limit", {kMaxU32, 1}, kMaxI64},
+      {"to the end of int64 time, largest policy", {kMaxU32, kMaxU32}, kMaxI64},
+      {"to the end of int64 time, one token per window", {1, kMaxU32}, kMaxI64},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    FakeClock clock(1'000'000);
+    TokenBucket::State state = TokenBucket::Fresh(c.policy, clock.NowMicros());
+    ASSERT_TRUE(TokenBucket::Decide(state, c.policy, c.policy.limit, clock.NowMicros()).allowed);
+    clock.SetMicros(c.idle_until_us);
+    EXPECT_TRUE(TokenBucket::IsFull(state, clock.NowMicros()));
+    const CheckResult read = TokenBucket::Decide(state, c.policy, 0, clock.NowMicros());
+    EXPECT_EQ(read.remaining, c.policy.limit);
+    EXPECT_EQ(read.reset_after_ms, 0u);
+    EXPECT_EQ(state.level, CapacityUnits(c.policy));
+    const CheckResult take =
+        TokenBucket::Decide(state, c.policy, c.policy.limit, clock.NowMicros());
+    EXPECT_TRUE(take.allowed);
+    EXPECT_EQ(take.remaining, 0u);
+  }
+}
+
+// A request with another policy keeps the bucket's tokens (fractions included), never above the
+// new capacity, and never grants the extra capacity at once.
+TEST(TokenBucketTest, PolicyChangeRescalesKeepingTokens) {
+  struct Case {
+    const char* name;
+    Policy before;
+    uint32_t taken;      // At time 0, under `before`.
+    int64_t advance_us;  // Then, under `after`, a read.
+    Policy after;
+    uint32_t remaining;
+    uint32_t reset_after_ms;
+  };
+  const Case kCases[] = {
+      {"smaller capacity clamps to full", {10, 1000}, 2, 0, {5, 1000}, 5, 0},
+      {"larger capacity keeps tokens", {5, 1000}, 2, 0, {10, 1000}, 3, 700},
+      {"longer window keeps tokens", {10, 1000}, 4, 0, {10, 10'000}, 6, 4000},
+      {"shorter window keeps tokens", {10, 10'000}, 4, 0, {10, 1000}, 6, 400},
+      {"refill before the change uses the old rate", {10, 1000}, 10, 500'000, {100, 1000}, 5, 950},
+      {"largest to smallest", {kMaxU32, kMaxU32}, 7, 0, {1, 1}, 1, 0},
+      {"smallest to largest", {1, 1}, 1, 0, {kMaxU32, kMaxU32}, 0, kMaxU32},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(c.before, clock.NowMicros());
+    ASSERT_TRUE(TokenBucket::Decide(state, c.before, c.taken, clock.NowMicros()).allowed);
+    clock.AdvanceMicros(c.advance_us);
+    const CheckResult r = TokenBucket::Decide(state, c.after, 0, clock.NowMicros());
+    EXPECT_EQ(r.limit, c.after.limit);
+    EXPECT_EQ(r.remaining, c.remaining);
+    EXPECT_EQ(r.reset_after_ms, c.reset_after_ms);
+    EXPECT_EQ(state.policy, c.after);
+    EXPECT_LE(state.level, CapacityUnits(c.after));
+  }
+}
+
+TEST(TokenBucketTest, PolicyChangeKeepsFractionalTokens) {
+  FakeClock clock;
+  const Policy before{3, 1000};
+  const Policy after{3, 2000};
+  TokenBucket::State state = TokenBucket::Fresh(before, clock.NowMicros());
+  ASSERT_TRUE(TokenBucket::Decide(state, before, 3, clock.NowMicros()).allowed);
+  clock.AdvanceMillis(500);  // 1.5 tokens.
+  EXPECT_EQ(TokenBucket::Decide(state, after, 0, clock.NowMicros()).remaining, 1u);
+  // At 1.5 tokens per second, the half token missing for 2 takes 333.333... ms.
+  TokenBucket::State early = state;
+  EXPECT_EQ(TokenBucket::Decide(early, after, 0, clock.NowMicros() + 333'333).remaining, 1u);
+  EXPECT_EQ(TokenBucket::Decide(state, after, 0, clock.NowMicros() + 333'334).remaining, 2u);
+}
+
+}  // namespace
+}  // namespace ratelimit
