@@ -49,10 +49,7 @@ Result<Reply> ToReply(const wire::Frame& frame) {
     case wire::Body::ErrorResponse: {
       const wire::ErrorResponse& error = *frame.body_as_ErrorResponse();
       reply.kind = Reply::Kind::kError;
-      const auto raw = static_cast<uint8_t>(error.status());
-      reply.error_status = raw <= static_cast<uint8_t>(CheckStatus::kShuttingDown)
-                               ? static_cast<CheckStatus>(raw)
-                               : CheckStatus::kInvalidRequest;
+      reply.error_status = StatusFromWire(error.status());
       if (error.message() != nullptr) reply.error_message = error.message()->str();
       return reply;
     }

@@ -34,8 +34,8 @@ flatbuffers::Verifier::Options TightOptions() {
   return options;
 }
 
-// Clamps an enum read from the wire into the known range, so an unknown value from a newer peer
-// never becomes an out-of-range C++ enum.
+}  // namespace
+
 CheckStatus StatusFromWire(wire::Status status) {
   const auto raw = static_cast<uint8_t>(status);
   return raw <= static_cast<uint8_t>(CheckStatus::kShuttingDown) ? static_cast<CheckStatus>(raw)
@@ -48,9 +48,11 @@ Source SourceFromWire(wire::Source source) {
                                                         : Source::kFallback;
 }
 
-}  // namespace
-
 Result<const wire::Frame*> FrameVerifier::Verify(std::span<const uint8_t> frame) {
+  if (frame.size() <= kFramePrefixBytes) {
+    return Status::ProtocolError("frame of " + std::to_string(frame.size()) +
+                                 " bytes is too short");
+  }
   const uint8_t* bytes = frame.data();
   if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint64_t) != 0) {
     scratch_.resize((frame.size() + 7) / 8);

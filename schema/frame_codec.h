@@ -49,6 +49,12 @@ class FrameEncoder {
   flatbuffers::FlatBufferBuilder builder_{256};
 };
 
+// Enum values read from the wire, clamped into the range this build knows, so that a value from
+// a newer peer never becomes an out-of-range C++ enum: an unknown status reads as
+// StoreUnavailable (nothing was decided), an unknown source as Fallback.
+CheckStatus StatusFromWire(wire::Status status);
+Source SourceFromWire(wire::Source source);
+
 // Field-by-field views of verified tables. The key view borrows the frame's bytes.
 CheckArgs ToCheckArgs(const wire::CheckRequest& request);
 CheckResult ToCheckResult(const wire::CheckResponse& response);
