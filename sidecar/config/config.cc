@@ -123,8 +123,13 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            [&](auto name, auto v) { return ParseSocketPath(name, v, config.socket_path); }),
       with("RATE_LIMIT_SOCKET_MODE",
            [&](auto name, auto v) {
-             return ParseUint(name, v, 0, 0777, 8, "an octal file mode from 000 to 777",
-                              config.socket_mode);
+             constexpr std::string_view kAllowed =
+                 "an octal file mode from 600 to 777 (the owner must be able to read and write)";
+             Status parsed = ParseUint(name, v, 0, 0777, 8, kAllowed, config.socket_mode);
+             if (parsed.ok() && (config.socket_mode & 0600) != 0600) {
+               return Invalid(name, v, kAllowed);
+             }
+             return parsed;
            }),
       with("RATE_LIMIT_ALLOWED_UIDS",
            [&](auto name, auto v) { return ParseUidList(name, v, config.allowed_uids); }),

@@ -1,0 +1,332 @@
+// Unit tests of LoadConfig and UnknownRateLimitVariables, driven by a fake environment.
+#include "sidecar/config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+#include <ostream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ratelimit {
+namespace {
+
+using Env = std::map<std::string, std::string>;
+
+Result<Config> Load(const Env& env) {
+  return LoadConfig([&env](const char* name) -> const char* {
+    const auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  });
+}
+
+// Every field on one line, so that two configs compare in one EXPECT_EQ with a readable diff.
+std::string Describe(const Config& c) {
+  std::ostringstream out;
+  out << "socket_path=" << c.socket_path << " socket_mode=" << std::oct << c.socket_mode << std::dec
+      << " allowed_uids=";
+  for (uint32_t uid : c.allowed_uids) out << uid << ",";
+  out << " max_connections=" << c.max_connections << " max_frame_bytes=" << c.max_frame_bytes
+      << " shutdown_grace_ms=" << c.shutdown_grace_ms << " limit=" << c.default_policy.limit
+      << " window_ms=" << c.default_policy.window_ms
+      << " algorithm=" << static_cast<int>(c.algorithm) << " store=" << static_cast<int>(c.store)
+      << " log_level=" << static_cast<int>(c.log_level);
+  return out.str();
+}
+
+std::string Describe(const Env& env) {
+  Result<Config> config = Load(env);
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  return config.ok() ? Describe(*config) : "error";
+}
+
+TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
+  Result<Config> config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->socket_path, "/var/run/ratelimit/ratelimit.sock");
+  EXPECT_EQ(config->socket_mode, 0660u);
+  EXPECT_TRUE(config->allowed_uids.empty());
+  EXPECT_EQ(config->max_connections, 1024u);
+  EXPECT_EQ(config->max_frame_bytes, 65536u);
+  EXPECT_EQ(config->shutdown_grace_ms, 5000u);
+  EXPECT_EQ(config->default_policy, (Policy{100, 60000}));
+  EXPECT_EQ(config->algorithm, Algorithm::kTokenBucket);
+  EXPECT_EQ(config->store, StoreKind::kMemory);
+  EXPECT_EQ(config->log_level, LogLevel::kInfo);
+}
+
+// The documentation (kConfigVariables) and the code's defaults must not drift apart: setting each
+// variable to its documented default changes nothing.
+TEST(ConfigTest, EachDocumentedDefaultEqualsTheDefaultInEffect) {
+  const std::string defaults = Describe(Env{});
+  Env all;
+  for (const ConfigVariable& variable : kConfigVariables) {
+    const Env one = {{std::string(variable.name), std::string(variable.default_value)}};
+    EXPECT_EQ(Describe(one), defaults) << variable.name << "=\"" << variable.default_value << "\"";
+    all.insert(one.begin(), one.end());
+  }
+  EXPECT_EQ(Describe(all), defaults);
+}
+
+TEST(ConfigTest, EveryDocumentedVariableIsReadAndNothingElse) {
+  std::set<std::string> asked;
+  const Result<Config> config = LoadConfig([&asked](const char* name) -> const char* {
+    asked.insert(name);
+    return nullptr;
+  });
+  ASSERT_TRUE(config.ok());
+  std::set<std::string> documented;
+  for (const ConfigVariable& variable : kConfigVariables) {
+    EXPECT_TRUE(documented.insert(std::string(variable.name)).second)
+        << variable.name << " documented twice";
+    EXPECT_FALSE(variable.meaning.empty()) << variable.name;
+  }
+  EXPECT_EQ(asked, documented);
+}
+
+TEST(ConfigTest, EmptyValueMeansDefault) {
+  const std::string defaults = Describe(Env{});
+  Env all;
+  for (const ConfigVariable& variable : kConfigVariables) {
+    EXPECT_EQ(Describe(Env{{std::string(variable.name), ""}}), defaults) << variable.name;
+    all[std::string(variable.name)] = "";
+  }
+  EXPECT_EQ(Describe(all), defaults);
+}
+
+// ---- Good values ----
+
+struct GoodCase {
+  std::string name;
+  std::string value;
+  std::function<void(const Config&)> check;
+};
+
+std::string PathOfLength(size_t size) {
+  std::string path = "/tmp/";
+  path += std::string(size - path.size() - 5, 'p');
+  path += ".sock";
+  return path;
+}
+
+std::vector<GoodCase> GoodCases() {
+  return {
+      {"RATE_LIMIT_SOCKET", "/tmp/rl.sock",
+       [](const Config& c) { EXPECT_EQ(c.socket_path, "/tmp/rl.sock"); }},
+      {"RATE_LIMIT_SOCKET", PathOfLength(kMaxSocketPathBytes),
+       [](const Config& c) { EXPECT_EQ(c.socket_path, PathOfLength(107)); }},
+      {"RATE_LIMIT_SOCKET_MODE", "0600", [](const Config& c) { EXPECT_EQ(c.socket_mode, 0600u); }},
+      {"RATE_LIMIT_SOCKET_MODE", "777", [](const Config& c) { EXPECT_EQ(c.socket_mode, 0777u); }},
+      {"RATE_LIMIT_ALLOWED_UIDS", "1000",
+       [](const Config& c) { EXPECT_THAT(c.allowed_uids, testing::ElementsAre(1000u)); }},
+      {"RATE_LIMIT_ALLOWED_UIDS", "0,1000,4294967294",
+       [](const Config& c) {
+         EXPECT_THAT(c.allowed_uids, testing::ElementsAre(0u, 1000u, 4294967294u));
+       }},
+      {"RATE_LIMIT_MAX_CONNECTIONS", "1",
+       [](const Config& c) { EXPECT_EQ(c.max_connections, 1u); }},
+      {"RATE_LIMIT_MAX_CONNECTIONS", "1000000",
+       [](const Config& c) { EXPECT_EQ(c.max_connections, 1000000u); }},
+      {"RATE_LIMIT_MAX_FRAME_BYTES", "1024",
+       [](const Config& c) { EXPECT_EQ(c.max_frame_bytes, 1024u); }},
+      {"RATE_LIMIT_MAX_FRAME_BYTES", "16777216",
+       [](const Config& c) { EXPECT_EQ(c.max_frame_bytes, 16777216u); }},
+      {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "0",
+       [](const Config& c) { EXPECT_EQ(c.shutdown_grace_ms, 0u); }},
+      {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "3600000",
+       [](const Config& c) { EXPECT_EQ(c.shutdown_grace_ms, 3600000u); }},
+      {"RATE_LIMIT_MAX_REQUESTS", "1",
+       [](const Config& c) {
+         EXPECT_EQ(c.default_policy, (Policy{1, 60000}));
+       }},
+      {"RATE_LIMIT_MAX_REQUESTS", "4294967295",
+       [](const Config& c) { EXPECT_EQ(c.default_policy.limit, 4294967295u); }},
+      {"RATE_LIMIT_WINDOW_MS", "1",
+       [](const Config& c) {
+         EXPECT_EQ(c.default_policy, (Policy{100, 1}));
+       }},
+      {"RATE_LIMIT_WINDOW_MS", "4294967295",
+       [](const Config& c) { EXPECT_EQ(c.default_policy.window_ms, 4294967295u); }},
+      {"RATE_LIMIT_ALGORITHM", "token_bucket",
+       [](const Config& c) { EXPECT_EQ(c.algorithm, Algorithm::kTokenBucket); }},
+      {"RATE_LIMIT_ALGORITHM", "fixed_window",
+       [](const Config& c) { EXPECT_EQ(c.algorithm, Algorithm::kFixedWindow); }},
+      {"RATE_LIMIT_STORE", "memory",
+       [](const Config& c) { EXPECT_EQ(c.store, StoreKind::kMemory); }},
+      {"RATE_LIMIT_LOG_LEVEL", "debug",
+       [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kDebug); }},
+      {"RATE_LIMIT_LOG_LEVEL", "info",
+       [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kInfo); }},
+      {"RATE_LIMIT_LOG_LEVEL", "warn",
+       [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kWarn); }},
+      {"RATE_LIMIT_LOG_LEVEL", "error",
+       [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kError); }},
+  };
+}
+
+TEST(ConfigTest, EveryVariableAcceptsGoodValues) {
+  std::set<std::string> covered;
+  for (const GoodCase& c : GoodCases()) {
+    SCOPED_TRACE(c.name + "=\"" + c.value + "\"");
+    Result<Config> config = Load({{c.name, c.value}});
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    c.check(*config);
+    covered.insert(c.name);
+  }
+  for (const ConfigVariable& variable : kConfigVariables) {
+    EXPECT_TRUE(covered.count(std::string(variable.name))) << variable.name << " has no good case";
+  }
+}
+
+TEST(ConfigTest, AllVariablesSetTogetherAreAllApplied) {
+  const Env env = {
+      {"RATE_LIMIT_SOCKET", "/run/rl/s.sock"},  {"RATE_LIMIT_SOCKET_MODE", "0640"},
+      {"RATE_LIMIT_ALLOWED_UIDS", "10,20"},     {"RATE_LIMIT_MAX_CONNECTIONS", "7"},
+      {"RATE_LIMIT_MAX_FRAME_BYTES", "2048"},   {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "250"},
+      {"RATE_LIMIT_MAX_REQUESTS", "5"},         {"RATE_LIMIT_WINDOW_MS", "1000"},
+      {"RATE_LIMIT_ALGORITHM", "fixed_window"}, {"RATE_LIMIT_STORE", "memory"},
+      {"RATE_LIMIT_LOG_LEVEL", "warn"}};
+  Result<Config> config = Load(env);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->socket_path, "/run/rl/s.sock");
+  EXPECT_EQ(config->socket_mode, 0640u);
+  EXPECT_THAT(config->allowed_uids, testing::ElementsAre(10u, 20u));
+  EXPECT_EQ(config->max_connections, 7u);
+  EXPECT_EQ(config->max_frame_bytes, 2048u);
+  EXPECT_EQ(config->shutdown_grace_ms, 250u);
+  EXPECT_EQ(config->default_policy, (Policy{5, 1000}));
+  EXPECT_EQ(config->algorithm, Algorithm::kFixedWindow);
+  EXPECT_EQ(config->store, StoreKind::kMemory);
+  EXPECT_EQ(config->log_level, LogLevel::kWarn);
+}
+
+// ---- Bad values ----
+
+struct BadCase {
+  std::string name;
+  std::string value;
+};
+
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name << "=\"" << c.value << "\""; }
+
+class ConfigBadValueTest : public testing::TestWithParam<BadCase> {};
+
+TEST_P(ConfigBadValueTest, IsInvalidArgumentNamingVariableValueAndWhatIsExpected) {
+  const BadCase& c = GetParam();
+  Result<Config> config = Load({{c.name, c.value}});
+  ASSERT_FALSE(config.ok());
+  const Status& status = config.status();
+  EXPECT_EQ(status.code(), Status::Code::kInvalidArgument);
+  EXPECT_THAT(status.message(), testing::HasSubstr(c.name));
+  EXPECT_THAT(status.message(), testing::HasSubstr(c.value));
+  EXPECT_THAT(status.message(), testing::HasSubstr("expected"));
+  EXPECT_EQ(status.message().find('\n'), std::string::npos) << "one line only";
+}
+
+TEST_P(ConfigBadValueTest, IsReportedAmongGoodValues) {
+  const BadCase& c = GetParam();
+  Env env = {{"RATE_LIMIT_MAX_REQUESTS", "10"}, {"RATE_LIMIT_LOG_LEVEL", "debug"}};
+  env[c.name] = c.value;
+  Result<Config> config = Load(env);
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), testing::HasSubstr(c.name));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Values, ConfigBadValueTest,
+    testing::Values(
+        // Not numbers, signs, fractions, spaces, trailing garbage.
+        BadCase{"RATE_LIMIT_MAX_REQUESTS", "abc"}, BadCase{"RATE_LIMIT_MAX_REQUESTS", "-1"},
+        BadCase{"RATE_LIMIT_MAX_REQUESTS", "+5"}, BadCase{"RATE_LIMIT_MAX_REQUESTS", "1.5"},
+        BadCase{"RATE_LIMIT_MAX_REQUESTS", " 10"}, BadCase{"RATE_LIMIT_MAX_REQUESTS", "10 "},
+        BadCase{"RATE_LIMIT_MAX_REQUESTS", "0x10"}, BadCase{"RATE_LIMIT_MAX_REQUESTS", "1e3"},
+        BadCase{"RATE_LIMIT_WINDOW_MS", "10ms"}, BadCase{"RATE_LIMIT_WINDOW_MS", "abc"},
+        BadCase{"RATE_LIMIT_WINDOW_MS", "-60000"}, BadCase{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "5s"},
+        BadCase{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "-1"},
+        BadCase{"RATE_LIMIT_MAX_CONNECTIONS", "many"}, BadCase{"RATE_LIMIT_MAX_FRAME_BYTES", "64k"},
+        // Out of range, including values that overflow 32 and 64 bits.
+        BadCase{"RATE_LIMIT_MAX_REQUESTS", "0"}, BadCase{"RATE_LIMIT_MAX_REQUESTS", "4294967296"},
+        BadCase{"RATE_LIMIT_WINDOW_MS", "0"}, BadCase{"RATE_LIMIT_WINDOW_MS", "4294967296"},
+        BadCase{"RATE_LIMIT_WINDOW_MS", "18446744073709551616"},
+        BadCase{"RATE_LIMIT_WINDOW_MS", "99999999999999999999999999"},
+        BadCase{"RATE_LIMIT_MAX_CONNECTIONS", "0"},
+        BadCase{"RATE_LIMIT_MAX_CONNECTIONS", "1000001"},
+        BadCase{"RATE_LIMIT_MAX_FRAME_BYTES", "1023"},
+        BadCase{"RATE_LIMIT_MAX_FRAME_BYTES", "16777217"},
+        BadCase{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "3600001"},
+        // Unknown words.
+        BadCase{"RATE_LIMIT_ALGORITHM", "leaky"}, BadCase{"RATE_LIMIT_ALGORITHM", "token-bucket"},
+        BadCase{"RATE_LIMIT_STORE", "postgres"}, BadCase{"RATE_LIMIT_STORE", "redis"},
+        BadCase{"RATE_LIMIT_LOG_LEVEL", "verbose"}, BadCase{"RATE_LIMIT_LOG_LEVEL", "trace"},
+        // Socket modes that are not octal 000..777, or that lock the owner out.
+        BadCase{"RATE_LIMIT_SOCKET_MODE", "999"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "0800"},
+        BadCase{"RATE_LIMIT_SOCKET_MODE", "1000"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "rw-rw----"},
+        BadCase{"RATE_LIMIT_SOCKET_MODE", "-660"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "0"},
+        BadCase{"RATE_LIMIT_SOCKET_MODE", "0460"},
+        // Uid lists.
+        BadCase{"RATE_LIMIT_ALLOWED_UIDS", "1,,2"}, BadCase{"RATE_LIMIT_ALLOWED_UIDS", "abc"},
+        BadCase{"RATE_LIMIT_ALLOWED_UIDS", "1,"}, BadCase{"RATE_LIMIT_ALLOWED_UIDS", ",1"},
+        BadCase{"RATE_LIMIT_ALLOWED_UIDS", "1, 2"}, BadCase{"RATE_LIMIT_ALLOWED_UIDS", "-1"},
+        BadCase{"RATE_LIMIT_ALLOWED_UIDS", "4294967295"},
+        // A socket path one byte over what sockaddr_un holds.
+        BadCase{"RATE_LIMIT_SOCKET", PathOfLength(kMaxSocketPathBytes + 1)}));
+
+TEST(ConfigTest, SocketPathOf107BytesIsAcceptedAnd108Refused) {
+  ASSERT_EQ(PathOfLength(107).size(), 107u);
+  ASSERT_EQ(PathOfLength(108).size(), 108u);
+  EXPECT_TRUE(Load({{"RATE_LIMIT_SOCKET", PathOfLength(107)}}).ok());
+  Result<Config> refused = Load({{"RATE_LIMIT_SOCKET", PathOfLength(108)}});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), testing::HasSubstr("107"));
+}
+
+TEST(ConfigTest, UnknownWordMessageListsTheAllowedWords) {
+  Result<Config> config = Load({{"RATE_LIMIT_ALGORITHM", "leaky"}});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), testing::HasSubstr("token_bucket"));
+  EXPECT_THAT(config.status().message(), testing::HasSubstr("fixed_window"));
+}
+
+TEST(ConfigTest, OutOfRangeMessageGivesTheRange) {
+  Result<Config> config = Load({{"RATE_LIMIT_WINDOW_MS", "4294967296"}});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), testing::HasSubstr("1 to 4294967295"));
+}
+
+// ---- Unknown variables ----
+
+std::vector<std::string> Unknown(std::vector<const char*> entries) {
+  entries.push_back(nullptr);
+  return UnknownRateLimitVariables(entries.data());
+}
+
+TEST(ConfigTest, UnknownRateLimitVariablesFlagsTyposOnly) {
+  EXPECT_THAT(Unknown({"PATH=/usr/bin:/bin", "RATE_LIMIT_TYPO=1", "HOME=/root",
+                       "RATE_LIMIT_WINDOW_MS=1000", "RATE_LIMIT_MAX_REQUEST=5",
+                       "RATE_LIMIT_SOCKET_PATH=/x", "DATABASE_URL=postgres://", "RATE_LIMIT_BARE"}),
+              testing::ElementsAre("RATE_LIMIT_TYPO", "RATE_LIMIT_MAX_REQUEST",
+                                   "RATE_LIMIT_SOCKET_PATH", "RATE_LIMIT_BARE"));
+}
+
+TEST(ConfigTest, UnknownRateLimitVariablesIgnoresEveryKnownName) {
+  std::vector<std::string> storage;
+  for (const ConfigVariable& variable : kConfigVariables) {
+    storage.push_back(std::string(variable.name) + "=x");
+  }
+  std::vector<const char*> entries = {"PATH=/usr/bin", "RATE_LIMIT=1", "LANG=C"};
+  for (const std::string& entry : storage) entries.push_back(entry.c_str());
+  EXPECT_THAT(Unknown(entries), testing::IsEmpty());
+}
+
+TEST(ConfigTest, UnknownRateLimitVariablesOfEmptyOrNullEnvironmentIsEmpty) {
+  EXPECT_THAT(Unknown({}), testing::IsEmpty());
+  EXPECT_THAT(UnknownRateLimitVariables(nullptr), testing::IsEmpty());
+}
+
+}  // namespace
+}  // namespace ratelimit
