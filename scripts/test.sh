@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: formatting, the suite with -Werror, the same suite under
+# ASan+UBSan, and a short libFuzzer run of the connection-input target. Exits non-zero on any
+# failure. RATE_LIMIT_FUZZ_SECONDS sets the fuzz run's length (default 30).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+jobs=$(nproc)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+passed=0
+failed=0
+
+# Runs ctest in build dir $1 and adds its counts to the totals.
+run_ctest() {
+  local status=0
+  ctest --test-dir "$1" -j"$jobs" --output-on-failure --timeout 300 | tee "$logs/ctest.log" ||
+    status=$?
+  local line
+  line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$logs/ctest.log" | tail -1)
+  local total fail
+  total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+  fail=$(sed -E 's/.* ([0-9]+) tests failed.*/\1/' <<<"$line")
+  passed=$((passed + total - fail))
+  failed=$((failed + fail))
+  return "$status"
+}
+
+echo "== format check (clang-format, .clang-format)"
+git ls-files '*.cc' '*.h' | xargs clang-format --dry-run -Werror
+
+echo "== build with -Werror"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRATELIMIT_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+echo "== tests"
+run_ctest build
+
+echo "== build with ASan + UBSan"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRATELIMIT_WERROR=ON \
+  -DRATELIMIT_SANITIZE='address;undefined' >/dev/null
+cmake --build build-asan -j"$jobs"
+echo "== tests under ASan + UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 run_ctest build-asan
+
+echo "== libFuzzer smoke run (connection input, ASan + UBSan)"
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRATELIMIT_WERROR=ON -DRATELIMIT_FUZZ=ON \
+  -DRATELIMIT_SANITIZE='address;undefined' >/dev/null
+cmake --build build-fuzz -j"$jobs" --target connection_input_fuzz
+corpus="$logs/corpus"
+build/bin/connection_input_replay --emit-seeds "$corpus"
+if build-fuzz/bin/connection_input_fuzz -max_total_time="${RATE_LIMIT_FUZZ_SECONDS:-30}" \
+  -artifact_prefix=build-fuzz/ -print_final_stats=1 "$corpus" 2>"$logs/fuzz.log"; then
+  grep -E "^stat::number_of_executed_units" "$logs/fuzz.log" || true
+  passed=$((passed + 1))
+else
+  tail -50 "$logs/fuzz.log"
+  failed=$((failed + 1))
+fi
+
+echo "summary: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
