@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "sidecar/core/memory_engine.h"
+#include "tests/testing/bucket_steps.h"
 #include "tests/testing/fake_clock.h"
 
 namespace ratelimit {
@@ -19,26 +20,6 @@ namespace {
 
 constexpr uint32_t kMaxU32 = std::numeric_limits<uint32_t>::max();
 constexpr int64_t kUsPerMs = 1000;
-
-// A deterministic generator (splitmix64), so every run and every platform sees the same steps.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  uint64_t UpTo(uint64_t bound) { return Next() % (bound + 1); }
-
- private:
-  uint64_t state_;
-};
-
-std::string PolicyName(const Policy& policy) {
-  return "limit=" + std::to_string(policy.limit) + " window_ms=" + std::to_string(policy.window_ms);
-}
 
 // The older gateway's limiter for one key, written down as it was, in integer milliseconds of
 // Date.now(). It is the reference the sidecar must reproduce. reset_after_ms is not the
@@ -77,16 +58,6 @@ class GatewayModel {
 
 // Date.now() for a clock reading that is never negative in the differential tests.
 int64_t DateNow(int64_t now_us) { return now_us / kUsPerMs; }
-
-// One check in a scenario: move the clock, take `cost`, expect the whole answer.
-struct Step {
-  int64_t advance_us;
-  uint32_t cost;
-  bool allowed;
-  uint32_t remaining;
-  uint32_t retry_after_ms;
-  uint32_t reset_after_ms;
-};
 
 struct Scenario {
   const char* name;
@@ -157,21 +128,7 @@ TEST(FixedWindowTest, ScenariosGiveExactAnswers) {
   };
   for (const Scenario& scenario : kScenarios) {
     SCOPED_TRACE(scenario.name);
-    FakeClock clock(scenario.start_us);
-    FixedWindow::State state = FixedWindow::Fresh(scenario.policy, clock.NowMicros());
-    for (size_t i = 0; i < scenario.steps.size(); ++i) {
-      SCOPED_TRACE("step " + std::to_string(i));
-      const Step& step = scenario.steps[i];
-      clock.AdvanceMicros(step.advance_us);
-      const CheckResult r =
-          FixedWindow::Decide(state, scenario.policy, step.cost, clock.NowMicros());
-      EXPECT_EQ(r.status, CheckStatus::kOk);
-      EXPECT_EQ(r.limit, scenario.policy.limit);
-      EXPECT_EQ(r.allowed, step.allowed);
-      EXPECT_EQ(r.remaining, step.remaining);
-      EXPECT_EQ(r.retry_after_ms, step.retry_after_ms);
-      EXPECT_EQ(r.reset_after_ms, step.reset_after_ms);
-    }
+    ExpectSteps<FixedWindow>(scenario.policy, scenario.start_us, scenario.steps);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/bucket_steps.h"
 #include "tests/testing/fake_clock.h"
 
 namespace ratelimit {
@@ -19,40 +20,9 @@ constexpr int64_t kMaxI64 = std::numeric_limits<int64_t>::max();
 constexpr int64_t kUsPerMs = 1000;
 constexpr int64_t kUsPerYear = 365LL * 24 * 3600 * 1'000'000;
 
-// A deterministic generator (splitmix64), so every run and every platform sees the same steps.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform enough in [0, bound]; bound may be the largest uint64_t - 1.
-  uint64_t UpTo(uint64_t bound) { return Next() % (bound + 1); }
-
- private:
-  uint64_t state_;
-};
-
 uint128_t CapacityUnits(const Policy& policy) {
   return static_cast<uint128_t>(policy.limit) * policy.window_ms * 1000;
 }
-
-std::string PolicyName(const Policy& policy) {
-  return "limit=" + std::to_string(policy.limit) + " window_ms=" + std::to_string(policy.window_ms);
-}
-
-// One check in a scenario: move the clock, take `cost`, expect the whole answer.
-struct Step {
-  int64_t advance_us;
-  uint32_t cost;
-  bool allowed;
-  uint32_t remaining;
-  uint32_t retry_after_ms;
-  uint32_t reset_after_ms;
-};
 
 struct Scenario {
   const char* name;
@@ -118,21 +88,7 @@ TEST(TokenBucketTest, ScenariosGiveExactAnswers) {
   };
   for (const Scenario& scenario : kScenarios) {
     SCOPED_TRACE(scenario.name);
-    FakeClock clock(1'234'567);
-    TokenBucket::State state = TokenBucket::Fresh(scenario.policy, clock.NowMicros());
-    for (size_t i = 0; i < scenario.steps.size(); ++i) {
-      SCOPED_TRACE("step " + std::to_string(i));
-      const Step& step = scenario.steps[i];
-      clock.AdvanceMicros(step.advance_us);
-      const CheckResult r =
-          TokenBucket::Decide(state, scenario.policy, step.cost, clock.NowMicros());
-      EXPECT_EQ(r.status, CheckStatus::kOk);
-      EXPECT_EQ(r.limit, scenario.policy.limit);
-      EXPECT_EQ(r.allowed, step.allowed);
-      EXPECT_EQ(r.remaining, step.remaining);
-      EXPECT_EQ(r.retry_after_ms, step.retry_after_ms);
-      EXPECT_EQ(r.reset_after_ms, step.reset_after_ms);
-    }
+    ExpectSteps<TokenBucket>(scenario.policy, 1'234'567, scenario.steps);
   }
 }
 

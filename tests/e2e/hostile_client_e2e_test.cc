@@ -146,17 +146,7 @@ TEST_F(HostileClientE2E, AClientThatNeverReadsDoesNotStallOthers) {
   ASSERT_TRUE(flooder.ok());
   // Write requests without ever reading answers, from a thread, until the sidecar stops reading
   // (backpressure) and our send blocks; a bounded amount either way.
-  std::thread flood([fd = flooder->fd()] {
-    FrameEncoder encoder;
-    std::vector<uint8_t> burst;
-    for (uint64_t id = 0; id < 1000; ++id) {
-      const auto frame = encoder.CheckRequest(id, {.key = "flood"});
-      burst.insert(burst.end(), frame.begin(), frame.end());
-    }
-    for (int i = 0; i < 200; ++i) {
-      if (send(fd, burst.data(), burst.size(), MSG_NOSIGNAL) <= 0) return;
-    }
-  });
+  std::thread flood = FloodWithoutReading(flooder->fd(), "flood");
   usleep(200000);
   for (int i = 0; i < 20; ++i) ExpectHealthyConnectionServed();
   shutdown(flooder->fd(), SHUT_RDWR);  // Wakes the flood thread's blocked send with an error.

@@ -87,17 +87,7 @@ TEST(ShutdownE2ETest, AClientThatNeverReadsIsClosedAfterTheGracePeriod) {
   ASSERT_TRUE(stuck.ok());
   // Requests whose answers overflow the socket buffers, from a client that reads nothing: the
   // sidecar is left with answers it cannot deliver, so only the grace period ends it.
-  std::thread flood([fd = stuck->fd()] {
-    FrameEncoder encoder;
-    std::vector<uint8_t> burst;
-    for (uint64_t id = 0; id < 1000; ++id) {
-      const auto frame = encoder.CheckRequest(id, {.key = "stuck"});
-      burst.insert(burst.end(), frame.begin(), frame.end());
-    }
-    for (int i = 0; i < 200; ++i) {
-      if (send(fd, burst.data(), burst.size(), MSG_NOSIGNAL) <= 0) return;
-    }
-  });
+  std::thread flood = FloodWithoutReading(stuck->fd(), "stuck");
   usleep(200000);  // Let the sidecar fill its output and stop reading.
   (*sidecar)->Signal(SIGTERM);
   EXPECT_EQ((*sidecar)->WaitExit(20000), 0) << (*sidecar)->Stderr();

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "schema/frame_codec.h"
 #include "schema/frame_reader.h"
 
 namespace ratelimit {
@@ -88,6 +89,20 @@ bool RawSocket::WaitForClose(int timeout_ms) {
     if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
     if (r < 0) return false;
   }
+}
+
+std::thread FloodWithoutReading(int fd, const std::string& key) {
+  return std::thread([fd, key] {
+    FrameEncoder encoder;
+    std::vector<uint8_t> burst;
+    for (uint64_t id = 0; id < 1000; ++id) {
+      const auto frame = encoder.CheckRequest(id, {.key = key});
+      burst.insert(burst.end(), frame.begin(), frame.end());
+    }
+    for (int i = 0; i < 200; ++i) {
+      if (send(fd, burst.data(), burst.size(), MSG_NOSIGNAL) <= 0) return;
+    }
+  });
 }
 
 FakeServer::FakeServer(const std::string& path, std::function<void(RawSocket&)> serve)

@@ -36,6 +36,11 @@ class RawSocket {
   int fd_;
 };
 
+// Starts a thread that writes check requests for `key` on `fd` without ever reading answers:
+// up to 200,000 requests, until a send fails. It stops when the caller shuts the socket down
+// (shutdown(fd, SHUT_RDWR) wakes a blocked send), and must then be joined.
+std::thread FloodWithoutReading(int fd, const std::string& key);
+
 // A listener on a Unix socket whose every accepted connection is handed to `serve` on its own
 // thread: a stand-in sidecar that misbehaves on purpose. Stops and joins on destruction.
 class FakeServer {
