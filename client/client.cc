@@ -37,6 +37,14 @@ Result<std::unique_ptr<Pipeline>> Client::Acquire(bool* reused) {
   return Pipeline::Connect(options_);
 }
 
+void Client::DropIdle() {
+  std::vector<std::unique_ptr<Pipeline>> stale;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stale.swap(idle_);
+  }
+}  // Closed here, outside the lock.
+
 void Client::Recycle(std::unique_ptr<Pipeline> pipeline) {
   std::lock_guard<std::mutex> lock(mu_);
   if (idle_.size() < kMaxIdleConnections) idle_.push_back(std::move(pipeline));
@@ -55,8 +63,13 @@ Result<Reply> Client::RoundTrip(Queue&& queue) {
       return queued;
     }
     if (Status sent = pipeline->Flush(); !sent.ok()) {
-      // A pooled connection the sidecar closed while idle: it never read this request.
-      if (reused && attempt == 0 && sent.code() == Status::Code::kClosed) continue;
+      // A pooled connection the sidecar closed while idle: it never read this request. The
+      // sidecar probably restarted, so every idle connection is stale: drop them all and
+      // retry once on a fresh connection.
+      if (reused && attempt == 0 && sent.code() == Status::Code::kClosed) {
+        DropIdle();
+        continue;
+      }
       // A sidecar that refused this connection (too many, shutting down) said why first.
       if (pipeline->has_replies()) {
         Result<Reply> said = pipeline->Receive();

@@ -27,8 +27,9 @@ namespace ratelimit {
 // Reconnection: connections are opened lazily and kept in a small pool. A connection that fails
 // is dropped, and the next call opens a new one, so a restarted sidecar is picked up by itself.
 // A request is re-sent on a fresh connection only when sending it on a pooled connection failed
-// (the sidecar had closed that connection and never read the request); once a request may have
-// reached the sidecar it is never repeated, since a check spends tokens.
+// (the sidecar had closed that connection and never read the request); the whole pool is then
+// dropped, since a sidecar that closed one idle connection has usually restarted. Once a
+// request may have reached the sidecar it is never repeated, since a check spends tokens.
 //
 // Thread-safety: all methods may be called from any number of threads at once. Each concurrent
 // call uses its own pooled connection, so calls do not wait for each other.
@@ -48,6 +49,7 @@ class Client {
   Result<Reply> RoundTrip(Queue&& queue);
   Result<std::unique_ptr<Pipeline>> Acquire(bool* reused);
   void Recycle(std::unique_ptr<Pipeline> pipeline);
+  void DropIdle();
 
   const ClientOptions options_;
   std::atomic<uint64_t> next_id_{1};

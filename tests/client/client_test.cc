@@ -113,6 +113,35 @@ TEST(Client, APooledConnectionClosedBySidecarIsReplacedWithoutLosingTheRequest) 
   ASSERT_TRUE(r.ok()) << r.status().ToString();
 }
 
+TEST(Client, EveryCallSucceedsAfterARestartThatLeftManyPooledConnectionsStale) {
+  TempDir dir;
+  const std::string path = dir.File("stale.sock");
+  auto first = StartSidecar({{"RATE_LIMIT_SOCKET", path}});
+  ASSERT_TRUE(first);
+  Client client({.socket_path = path, .timeout_ms = 5000});
+  // Freeze the sidecar so that concurrent calls cannot finish and each opens its own connection;
+  // once thawed they all complete and leave 4 connections in the pool.
+  first->Signal(SIGSTOP);
+  std::vector<std::thread> callers;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&] { ok += client.Check({.key = "warm"}).ok() ? 1 : 0; });
+  }
+  usleep(200000);
+  first->Signal(SIGCONT);
+  for (std::thread& t : callers) t.join();
+  ASSERT_EQ(ok.load(), 4);
+
+  first->Signal(SIGTERM);
+  ASSERT_EQ(first->WaitExit(), 0);
+  auto second = StartSidecar({{"RATE_LIMIT_SOCKET", path}});
+  ASSERT_TRUE(second);
+  for (int call = 0; call < 4; ++call) {
+    Result<CheckResult> r = client.Check({.key = "k"});
+    EXPECT_TRUE(r.ok()) << "call " << call << ": " << r.status().ToString();
+  }
+}
+
 TEST(Client, ConcurrentCallsFromManyThreadsAdmitExactlyTheLimit) {
   auto sidecar =
       StartSidecar({{"RATE_LIMIT_MAX_REQUESTS", "1500"}, {"RATE_LIMIT_WINDOW_MS", "600000000"}});
