@@ -20,7 +20,7 @@ namespace ratelimit {
 namespace {
 
 // Forgetting full buckets: every tick visits enough hash slots to cover the table in about
-// kSweepPassTicks ticks, so idle keys leave memory within seconds at any table size.
+// kSweepPassTicks ticks (5 s), so idle keys leave memory within seconds at any table size.
 constexpr uint64_t kSweepIntervalMs = 100;
 constexpr size_t kSweepPassTicks = 50;
 constexpr size_t kMinSweepSlots = 1024;
@@ -85,7 +85,7 @@ class Sidecar {
 
   static void SweepTrampoline(uv_timer_t* timer) {
     MemoryEngine& engine = *static_cast<Sidecar*>(timer->data)->engine_;
-    engine.Sweep(std::max(kMinSweepSlots, engine.size() / kSweepPassTicks));
+    engine.Sweep(std::max(kMinSweepSlots, engine.slot_count() / kSweepPassTicks));
   }
 
   uv_loop_t* loop_;

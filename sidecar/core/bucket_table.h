@@ -33,9 +33,13 @@ class BucketTable {
 
   size_t size() const { return map_.size(); }
 
+  // Hash slots a full Sweep pass visits. Shrinks again after the table emptied (see Sweep).
+  size_t slot_count() const { return map_.bucket_count(); }
+
   // Visits up to `max_slots` hash slots, continuing where the previous call stopped, and erases
   // every state for which idle(state) is true. Returns how many were erased. A full pass over
-  // the table takes about bucket_count / max_slots calls.
+  // the table takes slot_count() / max_slots calls. At the end of a pass, a table holding far
+  // fewer keys than slots (after a burst of keys went idle) gives the slots back.
   template <typename IsIdle>
   size_t Sweep(size_t max_slots, IsIdle&& idle) {
     const size_t slots = map_.bucket_count();
@@ -49,6 +53,10 @@ class BucketTable {
     }
     cursor_ = end;
     for (std::string_view key : doomed_) Erase(key);
+    if (end == slots && slots > kMinSlotsToShrink && map_.size() * 4 < slots) {
+      map_.rehash(0);  // As few slots as the remaining keys need.
+      cursor_ = 0;
+    }
     return doomed_.size();
   }
 
@@ -57,6 +65,8 @@ class BucketTable {
     using is_transparent = void;
     size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
   };
+
+  static constexpr size_t kMinSlotsToShrink = 1024;
 
   std::unordered_map<std::string, State, Hash, std::equal_to<>> map_;
   size_t cursor_ = 0;

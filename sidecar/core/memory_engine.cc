@@ -42,6 +42,7 @@ class MemoryEngineImpl final : public MemoryEngine {
   }
 
   size_t size() const override { return table_.size(); }
+  size_t slot_count() const override { return table_.slot_count(); }
 
  private:
   Clock& clock_;

@@ -23,6 +23,10 @@ class MemoryEngine : public Engine {
 
   // Number of keys currently held.
   virtual size_t size() const = 0;
+
+  // Hash slots a full sweep pass visits: size Sweep's budget from this, not from size(), so a
+  // pass takes the same number of calls however many keys have gone idle.
+  virtual size_t slot_count() const = 0;
 };
 
 std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock);

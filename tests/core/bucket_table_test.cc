@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -183,6 +184,29 @@ TEST(BucketTableTest, SweepErasesIdleStatesAmongBusyOnesInTheSameSlots) {
       EXPECT_EQ(*state, i);
     }
   }
+}
+
+// After a burst of keys goes idle the table gives its slots back, so that a pass budgeted from
+// slot_count() stays short and the slot array does not stay at its peak size.
+TEST(BucketTableTest, ATableEmptiedByABurstGivesItsSlotsBack) {
+  BucketTable<int> table;
+  for (int i = 0; i < 100'000; ++i) table.Insert(Key(i), 0);
+  const size_t peak_slots = table.slot_count();
+  ASSERT_GE(peak_slots, 100'000u);
+  for (int pass = 0; pass < 2 && table.size() > 0; ++pass) {
+    for (size_t visited = 0; visited <= peak_slots; visited += 4096) {
+      table.Sweep(4096, [](int) { return true; });
+    }
+  }
+  EXPECT_EQ(table.size(), 0u);
+  EXPECT_LT(table.slot_count(), peak_slots / 10);
+
+  // A thousand keys that then go idle are all found by 50 calls of slot_count() / 50 slots.
+  for (int i = 0; i < 1000; ++i) table.Insert(Key(i), 1);
+  const size_t budget = (table.slot_count() + 49) / 50;
+  size_t erased = 0;
+  for (int call = 0; call < 50; ++call) erased += table.Sweep(budget, [](int) { return true; });
+  EXPECT_EQ(erased, 1000u);
 }
 
 }  // namespace
