@@ -1,7 +1,9 @@
 // ratelimit-sidecar: reads its configuration from the environment and serves until signalled.
 #include <signal.h>
+#include <sys/random.h>
 #include <uv.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,6 +39,15 @@ void PrintHelp() {
   }
 }
 
+// A secret for the bucket table's hash, fresh for every process (see KeyedHash).
+Result<HashKey> RandomHashKey() {
+  HashKey key;
+  if (getrandom(&key, sizeof(key), 0) != static_cast<ssize_t>(sizeof(key))) {
+    return Status::IoError(std::string("getrandom: ") + std::strerror(errno));
+  }
+  return key;
+}
+
 const char* AlgorithmName(Algorithm algorithm) {
   return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
 }
@@ -44,9 +55,9 @@ const char* AlgorithmName(Algorithm algorithm) {
 // Owns the loop's long-lived handles besides the server's: signals and the sweep timer.
 class Sidecar {
  public:
-  Sidecar(uv_loop_t* loop, const Config& config)
+  Sidecar(uv_loop_t* loop, const Config& config, const HashKey& hash_key)
       : loop_(loop),
-        engine_(NewMemoryEngine(config.algorithm, clock_)),
+        engine_(NewMemoryEngine(config.algorithm, clock_, hash_key)),
         limiter_(config.default_policy, *engine_),
         server_(
             loop,
@@ -118,6 +129,11 @@ int Main(int argc, char** argv) {
   for (const std::string& name : UnknownRateLimitVariables(environ)) {
     Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
   }
+  Result<HashKey> hash_key = RandomHashKey();
+  if (!hash_key.ok()) {
+    Log(LogLevel::kError, "cannot start").Str("error", hash_key.status().message());
+    return 1;
+  }
   // A client that disconnects mid-write must cost an EPIPE, not the process.
   signal(SIGPIPE, SIG_IGN);
 
@@ -125,7 +141,7 @@ int Main(int argc, char** argv) {
   uv_loop_init(&loop);
   int exit_code = 0;
   {
-    Sidecar sidecar(&loop, *config);
+    Sidecar sidecar(&loop, *config, *hash_key);
     if (Status started = sidecar.Start(); started.ok()) {
       Log(LogLevel::kInfo, "listening")
           .Str("socket", config->socket_path)

@@ -10,15 +10,21 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sidecar/core/keyed_hash.h"
+
 namespace ratelimit {
 
-// A hash table from key to State with lookups by string_view (no copy of the key) and an
+// A hash table from key to State with lookups by string_view (no copy of the key), a keyed hash
+// (see KeyedHash) so that clients cannot choose keys that collide, and an
 // incremental sweep that forgets states a predicate calls idle, a slice of the table at a time,
 // so memory follows the number of active keys without ever pausing the loop for long.
 // Thread-safety: none; the loop thread only.
 template <typename State>
 class BucketTable {
  public:
+  // Keys are hashed with SipHash under `hash_key`, which must be secret from clients.
+  explicit BucketTable(const HashKey& hash_key) : map_(0, Hash{hash_key}) {}
+
   State* Find(std::string_view key) {
     auto it = map_.find(key);
     return it == map_.end() ? nullptr : &it->second;
@@ -63,7 +69,8 @@ class BucketTable {
  private:
   struct Hash {
     using is_transparent = void;
-    size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
+    size_t operator()(std::string_view key) const { return KeyedHash(secret, key); }
+    HashKey secret;
   };
 
   static constexpr size_t kMinSlotsToShrink = 1024;

@@ -12,7 +12,7 @@ namespace {
 template <typename Algo>
 class MemoryEngineImpl final : public MemoryEngine {
  public:
-  explicit MemoryEngineImpl(Clock& clock) : clock_(clock) {}
+  MemoryEngineImpl(Clock& clock, const HashKey& hash_key) : clock_(clock), table_(hash_key) {}
 
   // A read (cost 0) never changes state: it answers from a copy, so it neither stores a new key
   // nor restarts an expired fixed window nor rescales a bucket to the reader's policy. A check
@@ -51,12 +51,13 @@ class MemoryEngineImpl final : public MemoryEngine {
 
 }  // namespace
 
-std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock) {
+std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock,
+                                              const HashKey& hash_key) {
   switch (algorithm) {
     case Algorithm::kTokenBucket:
-      return std::make_unique<MemoryEngineImpl<TokenBucket>>(clock);
+      return std::make_unique<MemoryEngineImpl<TokenBucket>>(clock, hash_key);
     case Algorithm::kFixedWindow:
-      return std::make_unique<MemoryEngineImpl<FixedWindow>>(clock);
+      return std::make_unique<MemoryEngineImpl<FixedWindow>>(clock, hash_key);
   }
   return nullptr;
 }

@@ -6,6 +6,7 @@
 
 #include "sidecar/core/clock.h"
 #include "sidecar/core/engine.h"
+#include "sidecar/core/keyed_hash.h"
 
 namespace ratelimit {
 
@@ -29,7 +30,9 @@ class MemoryEngine : public Engine {
   virtual size_t slot_count() const = 0;
 };
 
-std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock);
+// `hash_key` keys the table's hash; it must be secret from clients (draw it at start-up).
+std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock,
+                                              const HashKey& hash_key);
 
 }  // namespace ratelimit
 

@@ -14,13 +14,13 @@ namespace {
 std::string Key(int i) { return "key-" + std::to_string(i); }
 
 TEST(BucketTableTest, FindOfAMissingKeyReturnsNull) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   EXPECT_EQ(table.Find("absent"), nullptr);
   EXPECT_EQ(table.size(), 0u);
 }
 
 TEST(BucketTableTest, InsertThenFindReturnsAMutableState) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   table.Insert("a", 1);
   table.Insert("b", 2);
   ASSERT_NE(table.Find("a"), nullptr);
@@ -32,7 +32,7 @@ TEST(BucketTableTest, InsertThenFindReturnsAMutableState) {
 }
 
 TEST(BucketTableTest, KeysAreComparedByAllTheirBytes) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   table.Insert(std::string_view("a\0b", 3), 1);
   table.Insert(std::string_view("a\0c", 3), 2);
   table.Insert("a", 3);
@@ -44,7 +44,7 @@ TEST(BucketTableTest, KeysAreComparedByAllTheirBytes) {
 }
 
 TEST(BucketTableTest, InsertCopiesTheBorrowedKey) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   std::string buffer = "borrowed";
   table.Insert(buffer, 7);
   buffer.assign("overwritten-and-longer-than-before");
@@ -54,7 +54,7 @@ TEST(BucketTableTest, InsertCopiesTheBorrowedKey) {
 }
 
 TEST(BucketTableTest, EraseRemovesOnlyThatKey) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   table.Insert("a", 1);
   table.Insert("b", 2);
   table.Erase("a");
@@ -67,7 +67,7 @@ TEST(BucketTableTest, EraseRemovesOnlyThatKey) {
 }
 
 TEST(BucketTableTest, SweepErasesExactlyTheIdleStates) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   for (int i = 0; i < 1000; ++i) table.Insert(Key(i), i);
   const size_t erased = table.Sweep(1'000'000, [](int state) { return state % 3 == 0; });
   EXPECT_EQ(erased, 334u);
@@ -78,7 +78,7 @@ TEST(BucketTableTest, SweepErasesExactlyTheIdleStates) {
 }
 
 TEST(BucketTableTest, SweepWithNoBudgetVisitsNothing) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   for (int i = 0; i < 10; ++i) table.Insert(Key(i), i);
   int visited = 0;
   EXPECT_EQ(table.Sweep(0,
@@ -92,7 +92,7 @@ TEST(BucketTableTest, SweepWithNoBudgetVisitsNothing) {
 }
 
 TEST(BucketTableTest, SweepOfAnEmptyTableErasesNothing) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   EXPECT_EQ(table.Sweep(16, [](int) { return true; }), 0u);
   EXPECT_EQ(table.Sweep(16, [](int) { return true; }), 0u);
 }
@@ -103,7 +103,7 @@ TEST(BucketTableTest, SweepContinuesWhereItStopped) {
   for (const size_t budget : {size_t{1}, size_t{7}, size_t{64}}) {
     SCOPED_TRACE("budget " + std::to_string(budget));
     constexpr int kKeys = 500;
-    BucketTable<int> table;
+    BucketTable<int> table(HashKey{1, 2});
     for (int i = 0; i < kKeys; ++i) table.Insert(Key(i), i);
 
     std::map<int, int> visits;
@@ -140,7 +140,7 @@ TEST(BucketTableTest, SweepContinuesWhereItStopped) {
 }
 
 TEST(BucketTableTest, SweepSurvivesRehashBetweenCalls) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   for (int i = 0; i < 100; ++i) table.Insert(Key(i), i);
   // Leave the cursor in the middle of the table.
   for (int i = 0; i < 3; ++i) (void)table.Sweep(16, [](int) { return false; });
@@ -168,7 +168,7 @@ TEST(BucketTableTest, SweepSurvivesRehashBetweenCalls) {
 
 // Erasing some states of a slot must not disturb the others that share it.
 TEST(BucketTableTest, SweepErasesIdleStatesAmongBusyOnesInTheSameSlots) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   for (int i = 0; i < 5000; ++i) table.Insert(Key(i), i);
   size_t erased = 0;
   for (int calls = 0; calls < 10'000 && erased < 2500; ++calls) {
@@ -189,7 +189,7 @@ TEST(BucketTableTest, SweepErasesIdleStatesAmongBusyOnesInTheSameSlots) {
 // After a burst of keys goes idle the table gives its slots back, so that a pass budgeted from
 // slot_count() stays short and the slot array does not stay at its peak size.
 TEST(BucketTableTest, ATableEmptiedByABurstGivesItsSlotsBack) {
-  BucketTable<int> table;
+  BucketTable<int> table(HashKey{1, 2});
   for (int i = 0; i < 100'000; ++i) table.Insert(Key(i), 0);
   const size_t peak_slots = table.slot_count();
   ASSERT_GE(peak_slots, 100'000u);

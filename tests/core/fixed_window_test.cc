@@ -292,7 +292,8 @@ TEST(FixedWindowTest, MemoryEngineMatchesTheGatewayModelOnRandomSteps) {
     SCOPED_TRACE(PolicyName(policy));
     Rng rng(1234);
     FakeClock clock(7'000'000);
-    std::unique_ptr<MemoryEngine> engine = NewMemoryEngine(Algorithm::kFixedWindow, clock);
+    std::unique_ptr<MemoryEngine> engine =
+        NewMemoryEngine(Algorithm::kFixedWindow, clock, HashKey{1, 2});
     std::map<std::string, GatewayModel> models;
     for (int i = 0; i < 20'000; ++i) {
       clock.AdvanceMicros(RandomAdvanceMicros(rng, policy) / 2);

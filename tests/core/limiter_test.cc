@@ -160,7 +160,8 @@ TEST(LimiterTest, CostAboveTheLimitIsRefusedWithoutConsultingTheEngine) {
 // With a real engine: refusals leave the bucket untouched, so the whole limit is still there.
 TEST(LimiterTest, RefusalsTakeNothingFromTheBucket) {
   FakeClock clock;
-  std::unique_ptr<MemoryEngine> engine = NewMemoryEngine(Algorithm::kTokenBucket, clock);
+  std::unique_ptr<MemoryEngine> engine =
+      NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{1, 2});
   Limiter limiter(kDefaultPolicy, *engine);
   const CheckArgs kRefused[] = {
       {"user", 11, 0, 0},    // Cost above the default limit.

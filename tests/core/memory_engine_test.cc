@@ -37,7 +37,7 @@ class ResultHolder final : public CheckCallback {
 // Every test runs against both algorithms.
 class MemoryEngineTest : public testing::TestWithParam<Algorithm> {
  protected:
-  MemoryEngineTest() : engine_(NewMemoryEngine(GetParam(), clock_)) {}
+  MemoryEngineTest() : engine_(NewMemoryEngine(GetParam(), clock_, HashKey{1, 2})) {}
 
   // Checks synchronously and returns the answer, which must come exactly once before returning.
   CheckResult Check(std::string_view key, uint32_t cost, Policy policy = kPolicy) {

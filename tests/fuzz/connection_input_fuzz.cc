@@ -47,7 +47,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   FakeClock clock;
   std::unique_ptr<MemoryEngine> engine = NewMemoryEngine(
-      (data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock);
+      (data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock, HashKey{1, 2});
   Limiter limiter(Policy{10, 1000}, *engine);
   RequestHandler handler(limiter);
   CheckingContext context(handler);

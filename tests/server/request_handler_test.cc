@@ -103,7 +103,8 @@ class RequestHandlerTest : public testing::Test {
   }
 
   FakeClock clock_;
-  std::unique_ptr<MemoryEngine> engine_ = NewMemoryEngine(Algorithm::kTokenBucket, clock_);
+  std::unique_ptr<MemoryEngine> engine_ =
+      NewMemoryEngine(Algorithm::kTokenBucket, clock_, HashKey{1, 2});
   Limiter limiter_{kDefaultPolicy, *engine_};
   RequestHandler handler_{limiter_};
   RecordingContext context_{handler_};
