@@ -5,6 +5,8 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config       # build
   libuv1-dev libpq-dev                   # event loop, PostgreSQL client
+  libssl-dev                             # libcrypto: SHA-256 of keys at rest
+  postgresql-15 postgresql-client-15     # throwaway test server (scripts/with-postgres.sh)
   flatbuffers-compiler libflatbuffers-dev  # wire format (flatc and headers of the same version)
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
   clang libclang-rt-14-dev clang-format  # libFuzzer target, format check

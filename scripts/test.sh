@@ -6,16 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
+# Every ctest stage runs inside scripts/with-postgres.sh; PostgreSQL tests fail (not skip) when
+# the database is missing.
+export RATELIMIT_REQUIRE_PG=1
+
 jobs=$(nproc)
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 passed=0
 failed=0
 
-# Runs ctest in build dir $1 and adds its counts to the totals. A failing stage does not stop
-# the later ones: every stage reports, then the summary line decides the exit status.
+# Runs ctest in build dir $1, against a private PostgreSQL 15 that lives as long as the stage,
+# and adds its counts to the totals. A failing stage does not stop the later ones: every stage
+# reports, then the summary line decides the exit status.
 run_ctest() {
-  ctest --test-dir "$1" -j"$jobs" --output-on-failure --timeout 300 | tee "$logs/ctest.log" || true
+  scripts/with-postgres.sh ctest --test-dir "$1" -j"$jobs" --output-on-failure --timeout 300 |
+    tee "$logs/ctest.log" || true
   local line
   line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$logs/ctest.log" | tail -1 || true)
   if [ -z "$line" ]; then
