@@ -1,0 +1,85 @@
+// Shared buckets: one key's row of the shared table, its repair, and the checks decided on it.
+#include "sidecar/core/shared_bucket.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "sidecar/core/token_bucket.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr int64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
+
+bool InRange(const std::optional<int64_t>& v) { return v && *v >= 1 && *v <= kMaxU32; }
+
+void Note(std::string& problems, const char* what) {
+  if (!problems.empty()) problems += "; ";
+  problems += what;
+}
+
+double WindowMicros(const SharedRow& row) { return static_cast<double>(row.window_ms) * 1000.0; }
+
+}  // namespace
+
+std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row) {
+  std::string problems;
+  if (InRange(raw.capacity) && InRange(raw.window_ms)) {
+    row.capacity = static_cast<uint32_t>(*raw.capacity);
+    row.window_ms = static_cast<uint32_t>(*raw.window_ms);
+  } else {
+    Note(problems, "capacity or window missing or out of range");
+    row.capacity = policy.limit;
+    row.window_ms = policy.window_ms;
+  }
+  if (!raw.tokens || !std::isfinite(*raw.tokens)) {
+    Note(problems, "tokens missing or not a number");
+    row.tokens = row.capacity;
+  } else if (*raw.tokens < 0) {
+    Note(problems, "negative tokens");
+    row.tokens = 0;
+  } else if (*raw.tokens > row.capacity) {
+    Note(problems, "tokens above capacity");
+    row.tokens = row.capacity;
+  } else {
+    row.tokens = *raw.tokens;
+  }
+  if (!raw.updated_us) {
+    Note(problems, "updated_at missing");
+    row.updated_us = now_us;
+  } else if (*raw.updated_us > now_us) {
+    Note(problems, "updated_at in the future");
+    row.updated_us = now_us;
+  } else {
+    row.updated_us = *raw.updated_us;
+  }
+  return problems;
+}
+
+bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int64_t now_us,
+                 std::vector<CheckResult>& results) {
+  // Into the memory store's fixed point: tokens * window_us < 2^32 * 2^42 fits in 128 bits.
+  TokenBucket::State state;
+  state.policy = Policy{row.capacity, row.window_ms};
+  const uint128_t full = static_cast<uint128_t>(row.capacity) * row.window_ms * 1000;
+  state.level =
+      std::min(full, static_cast<uint128_t>(std::nearbyint(row.tokens * WindowMicros(row))));
+  state.updated_us = row.updated_us;
+  bool took = false;
+  for (const StoreCheck* check : checks) {
+    CheckResult result = TokenBucket::Decide(state, check->policy, check->cost, now_us);
+    result.source = Source::kDatabase;
+    took |= result.allowed && check->cost > 0;
+    results.push_back(result);
+  }
+  if (took) {
+    row.capacity = state.policy.limit;
+    row.window_ms = state.policy.window_ms;
+    row.tokens = static_cast<double>(state.level) / WindowMicros(row);
+    row.updated_us = state.updated_us;
+  }
+  return took;
+}
+
+}  // namespace ratelimit

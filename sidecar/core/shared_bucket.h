@@ -1,0 +1,52 @@
+// Shared buckets: one key's row of the shared table, its repair, and the checks decided on it.
+#ifndef RATELIMIT_SIDECAR_CORE_SHARED_BUCKET_H_
+#define RATELIMIT_SIDECAR_CORE_SHARED_BUCKET_H_
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sidecar/core/check.h"
+#include "sidecar/core/shared_store.h"
+
+namespace ratelimit {
+
+// A row as read from the table: any column may be NULL or out of range, because operators and
+// older versions write the table too.
+struct RawRow {
+  std::optional<double> tokens;
+  std::optional<int64_t> updated_us;  // Database time, microseconds since the Unix epoch.
+  std::optional<int64_t> capacity;
+  std::optional<int64_t> window_ms;
+};
+
+// A well-formed token bucket row: 0 <= tokens <= capacity, capacity and window_ms in [1, 2^32).
+struct SharedRow {
+  double tokens = 0;
+  int64_t updated_us = 0;
+  uint32_t capacity = 1;
+  uint32_t window_ms = 1;
+
+  friend bool operator==(const SharedRow&, const SharedRow&) = default;
+};
+
+// Makes `raw` well formed at database time `now_us`, so that a damaged row never crashes the
+// sidecar nor locks a key out for good. Returns what was wrong (empty when nothing was):
+//   capacity or window NULL, 0, negative or too large: the bucket takes `policy`;
+//   tokens NULL, NaN or infinite: full; negative: 0; above capacity: capacity;
+//   updated_at NULL or in the future: now (so the future gap refills nothing).
+std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row);
+
+// Decides `checks` of one key, in order, against `row` at database time `now_us`, with the same
+// exact token bucket arithmetic as the memory store. Appends one result per check to `results`.
+// Returns whether the row must be written: only when some check took tokens, so a batch of
+// denials writes nothing. Time that steps back (a failover to a server whose clock is behind)
+// refills nothing.
+bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int64_t now_us,
+                 std::vector<CheckResult>& results);
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CORE_SHARED_BUCKET_H_
