@@ -12,7 +12,9 @@
 #include "sidecar/config/config.h"
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
+#include "sidecar/core/strict_engine.h"
 #include "sidecar/log/log.h"
+#include "sidecar/pg/pg_store.h"
 #include "sidecar/server/server.h"
 #include "sidecar/server/steady_clock.h"
 
@@ -52,12 +54,13 @@ const char* AlgorithmName(Algorithm algorithm) {
   return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
 }
 
-// Owns the loop's long-lived handles besides the server's: signals and the sweep timer.
+// Owns the store, the engine over it, the server, and the loop's other long-lived handles:
+// signals and, for the memory store, the sweep timer.
 class Sidecar {
  public:
   Sidecar(uv_loop_t* loop, const Config& config, const HashKey& hash_key)
       : loop_(loop),
-        engine_(NewMemoryEngine(config.algorithm, clock_, hash_key)),
+        engine_(MakeEngine(loop, config, hash_key)),
         limiter_(config.default_policy, *engine_),
         server_(
             loop,
@@ -75,33 +78,60 @@ class Sidecar {
   Status Start() {
     uv_signal_start(&signals_[0], &SignalTrampoline, SIGTERM);
     uv_signal_start(&signals_[1], &SignalTrampoline, SIGINT);
-    uv_timer_start(&sweep_timer_, &SweepTrampoline, kSweepIntervalMs, kSweepIntervalMs);
+    if (memory_ != nullptr) {
+      uv_timer_start(&sweep_timer_, &SweepTrampoline, kSweepIntervalMs, kSweepIntervalMs);
+    }
+    if (pg_store_ != nullptr) pg_store_->Start();  // Connects in the background.
     return server_.Start();
   }
 
-  // Shuts the server down, then closes every other handle so that uv_run returns.
+  // Shuts the server down (answering what it has read), then the store, then closes every
+  // other handle so that uv_run returns.
   void Stop() {
     server_.Shutdown([this] {
-      for (uv_signal_t& signal : signals_)
-        uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
-      uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+      auto close_rest = [this] {
+        for (uv_signal_t& signal : signals_) {
+          uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+      };
+      if (pg_store_ != nullptr) {
+        pg_store_->Shutdown(close_rest);
+      } else {
+        close_rest();
+      }
     });
   }
 
  private:
+  std::unique_ptr<Engine> MakeEngine(uv_loop_t* loop, const Config& config,
+                                     const HashKey& hash_key) {
+    if (config.store == StoreKind::kPostgres) {
+      pg_store_ = std::make_unique<PgStore>(
+          loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
+                               config.pg_key_hash, config.pg_connections});
+      return std::make_unique<StrictEngine>(*pg_store_);
+    }
+    auto memory = NewMemoryEngine(config.algorithm, clock_, hash_key);
+    memory_ = memory.get();
+    return memory;
+  }
+
   static void SignalTrampoline(uv_signal_t* signal, int signum) {
     Log(LogLevel::kInfo, "signal received").Str("signal", strsignal(signum));
     static_cast<Sidecar*>(signal->data)->Stop();
   }
 
   static void SweepTrampoline(uv_timer_t* timer) {
-    MemoryEngine& engine = *static_cast<Sidecar*>(timer->data)->engine_;
+    MemoryEngine& engine = *static_cast<Sidecar*>(timer->data)->memory_;
     engine.Sweep(std::max(kMinSweepSlots, engine.slot_count() / kSweepPassTicks));
   }
 
   uv_loop_t* loop_;
   SteadyClock clock_;
-  std::unique_ptr<MemoryEngine> engine_;
+  std::unique_ptr<PgStore> pg_store_;  // Declared before the engine that uses it.
+  MemoryEngine* memory_ = nullptr;     // The engine, when the store is memory.
+  std::unique_ptr<Engine> engine_;
   Limiter limiter_;
   Server server_;
   uv_signal_t signals_[2];
@@ -145,7 +175,7 @@ int Main(int argc, char** argv) {
     if (Status started = sidecar.Start(); started.ok()) {
       Log(LogLevel::kInfo, "listening")
           .Str("socket", config->socket_path)
-          .Str("store", "memory")
+          .Str("store", config->store == StoreKind::kPostgres ? "postgres" : "memory")
           .Str("algorithm", AlgorithmName(config->algorithm))
           .Int("default_limit", config->default_policy.limit)
           .Int("default_window_ms", config->default_policy.window_ms)

@@ -20,7 +20,17 @@ const std::vector<ConfigVariable> kConfigVariables = {
     {"RATE_LIMIT_MAX_REQUESTS", "100", "default policy: tokens per window (bucket capacity)"},
     {"RATE_LIMIT_WINDOW_MS", "60000", "default policy: window in milliseconds"},
     {"RATE_LIMIT_ALGORITHM", "token_bucket", "token_bucket or fixed_window"},
-    {"RATE_LIMIT_STORE", "memory", "where buckets live: memory"},
+    {"RATE_LIMIT_STORE", "memory", "where buckets live: memory (this pod only) or postgres"},
+    {"RATE_LIMIT_MODE", "strict",
+     "postgres store: strict (every check decided in the database; lease mode is not built yet)"},
+    {"DATABASE_URL", "", "postgres store: libpq connection string or URI; PG* variables apply"},
+    {"RATE_LIMIT_PG_TABLE", "rate_limit_buckets",
+     "postgres store: table name, optionally schema.table (a-z, 0-9, _, $; 63 bytes a part)"},
+    {"RATE_LIMIT_PG_CREATE_TABLE", "true",
+     "postgres store: create the table if missing (false: apply schema/postgres.sql yourself)"},
+    {"RATE_LIMIT_PG_KEY_HASH", "sha256",
+     "postgres store: keys at rest as SHA-256 digests (sha256) or as sent (none, debugging)"},
+    {"RATE_LIMIT_PG_CONNECTIONS", "2", "postgres store: database sessions (1 to 64)"},
     {"RATE_LIMIT_LOG_LEVEL", "info", "debug, info, warn or error"},
 };
 
@@ -163,7 +173,40 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_STORE",
            [&](auto name, auto v) {
-             return ParseWord<StoreKind>(name, v, {{"memory", StoreKind::kMemory}}, config.store);
+             return ParseWord<StoreKind>(
+                 name, v, {{"memory", StoreKind::kMemory}, {"postgres", StoreKind::kPostgres}},
+                 config.store);
+           }),
+      with("RATE_LIMIT_MODE",
+           [&](auto name, auto v) {
+             return ParseWord<StoreMode>(name, v, {{"strict", StoreMode::kStrict}}, config.mode);
+           }),
+      with("DATABASE_URL",
+           [&](auto, auto v) {
+             config.database_url = std::string(v);
+             return Status::Ok();
+           }),
+      with("RATE_LIMIT_PG_TABLE",
+           [&](auto name, auto v) {
+             Result<TableName> table = ParseTableName(v);
+             if (!table.ok()) return Invalid(name, v, table.status().message());
+             config.pg_table = *table;
+             return Status::Ok();
+           }),
+      with("RATE_LIMIT_PG_CREATE_TABLE",
+           [&](auto name, auto v) {
+             return ParseWord<bool>(name, v, {{"true", true}, {"false", false}},
+                                    config.pg_create_table);
+           }),
+      with("RATE_LIMIT_PG_KEY_HASH",
+           [&](auto name, auto v) {
+             return ParseWord<KeyHashing>(
+                 name, v, {{"sha256", KeyHashing::kSha256}, {"none", KeyHashing::kNone}},
+                 config.pg_key_hash);
+           }),
+      with("RATE_LIMIT_PG_CONNECTIONS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1, 64, "sessions", config.pg_connections);
            }),
       with("RATE_LIMIT_LOG_LEVEL",
            [&](auto name, auto v) {
@@ -178,6 +221,11 @@ Result<Config> LoadConfig(const EnvLookup& env) {
   for (Status& status : statuses) {
     if (!status.ok()) return std::move(status);
   }
+  if (config.store == StoreKind::kPostgres && config.algorithm == Algorithm::kFixedWindow) {
+    const char* raw = env("RATE_LIMIT_ALGORITHM");
+    return Invalid("RATE_LIMIT_ALGORITHM", raw ? raw : "",
+                   "token_bucket with RATE_LIMIT_STORE=postgres (fixed_window is memory-only)");
+  }
   return config;
 }
 
@@ -187,7 +235,7 @@ std::vector<std::string> UnknownRateLimitVariables(const char* const* environ_en
   for (const char* const* entry = environ_entries; entry && *entry; ++entry) {
     std::string_view text(*entry);
     std::string_view name = text.substr(0, text.find('='));
-    if (!name.starts_with(kPrefix)) continue;
+    if (!name.starts_with(kPrefix)) continue;  // DATABASE_URL is read but never flagged.
     bool known = false;
     for (const ConfigVariable& variable : kConfigVariables) known |= variable.name == name;
     if (!known) unknown.emplace_back(name);

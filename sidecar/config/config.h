@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sidecar/config/table_name.h"
 #include "sidecar/core/check.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/status.h"
@@ -15,7 +16,9 @@
 
 namespace ratelimit {
 
-enum class StoreKind { kMemory };
+enum class StoreKind { kMemory, kPostgres };
+enum class StoreMode { kStrict };
+enum class KeyHashing { kSha256, kNone };
 
 // Every field's default is the documented default of its variable (see kConfigVariables).
 struct Config {
@@ -28,6 +31,13 @@ struct Config {
   Policy default_policy{100, 60000};
   Algorithm algorithm = Algorithm::kTokenBucket;
   StoreKind store = StoreKind::kMemory;
+  // PostgreSQL store only.
+  StoreMode mode = StoreMode::kStrict;
+  std::string database_url;  // Empty: libpq's PG* variables and defaults decide.
+  TableName pg_table{"", "rate_limit_buckets"};
+  bool pg_create_table = true;
+  KeyHashing pg_key_hash = KeyHashing::kSha256;
+  uint32_t pg_connections = 2;
   LogLevel log_level = LogLevel::kInfo;
 };
 

@@ -34,7 +34,11 @@ std::string Describe(const Config& c) {
       << " shutdown_grace_ms=" << c.shutdown_grace_ms << " limit=" << c.default_policy.limit
       << " window_ms=" << c.default_policy.window_ms
       << " algorithm=" << static_cast<int>(c.algorithm) << " store=" << static_cast<int>(c.store)
-      << " log_level=" << static_cast<int>(c.log_level);
+      << " log_level=" << static_cast<int>(c.log_level) << " mode=" << static_cast<int>(c.mode)
+      << " database_url=" << c.database_url << " pg_table=" << c.pg_table.Plain()
+      << " pg_create_table=" << c.pg_create_table
+      << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
+      << " pg_connections=" << c.pg_connections;
   return out.str();
 }
 
@@ -57,6 +61,12 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_EQ(config->algorithm, Algorithm::kTokenBucket);
   EXPECT_EQ(config->store, StoreKind::kMemory);
   EXPECT_EQ(config->log_level, LogLevel::kInfo);
+  EXPECT_EQ(config->mode, StoreMode::kStrict);
+  EXPECT_EQ(config->database_url, "");
+  EXPECT_EQ(config->pg_table.Quoted(), "\"rate_limit_buckets\"");
+  EXPECT_TRUE(config->pg_create_table);
+  EXPECT_EQ(config->pg_key_hash, KeyHashing::kSha256);
+  EXPECT_EQ(config->pg_connections, 2u);
 }
 
 // The documentation (kConfigVariables) and the code's defaults must not drift apart: setting each
@@ -157,6 +167,24 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) { EXPECT_EQ(c.algorithm, Algorithm::kFixedWindow); }},
       {"RATE_LIMIT_STORE", "memory",
        [](const Config& c) { EXPECT_EQ(c.store, StoreKind::kMemory); }},
+      {"RATE_LIMIT_STORE", "postgres",
+       [](const Config& c) { EXPECT_EQ(c.store, StoreKind::kPostgres); }},
+      {"RATE_LIMIT_MODE", "strict", [](const Config& c) { EXPECT_EQ(c.mode, StoreMode::kStrict); }},
+      {"DATABASE_URL", "postgresql://rl@db:5432/app",
+       [](const Config& c) { EXPECT_EQ(c.database_url, "postgresql://rl@db:5432/app"); }},
+      {"RATE_LIMIT_PG_TABLE", "limits.buckets_v2",
+       [](const Config& c) {
+         EXPECT_EQ(c.pg_table.Quoted(), "\"limits\".\"buckets_v2\"");
+         EXPECT_EQ(c.pg_table.Plain(), "limits.buckets_v2");
+       }},
+      {"RATE_LIMIT_PG_TABLE", std::string(63, 'a'),
+       [](const Config& c) { EXPECT_EQ(c.pg_table.table, std::string(63, 'a')); }},
+      {"RATE_LIMIT_PG_CREATE_TABLE", "false",
+       [](const Config& c) { EXPECT_FALSE(c.pg_create_table); }},
+      {"RATE_LIMIT_PG_KEY_HASH", "none",
+       [](const Config& c) { EXPECT_EQ(c.pg_key_hash, KeyHashing::kNone); }},
+      {"RATE_LIMIT_PG_CONNECTIONS", "64",
+       [](const Config& c) { EXPECT_EQ(c.pg_connections, 64u); }},
       {"RATE_LIMIT_LOG_LEVEL", "debug",
        [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kDebug); }},
       {"RATE_LIMIT_LOG_LEVEL", "info",
@@ -260,7 +288,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "3600001"},
         // Unknown words.
         BadCase{"RATE_LIMIT_ALGORITHM", "leaky"}, BadCase{"RATE_LIMIT_ALGORITHM", "token-bucket"},
-        BadCase{"RATE_LIMIT_STORE", "postgres"}, BadCase{"RATE_LIMIT_STORE", "redis"},
+        BadCase{"RATE_LIMIT_STORE", "redis"}, BadCase{"RATE_LIMIT_MODE", "lease"},
+        BadCase{"RATE_LIMIT_MODE", "eventual"},
+        // Table names that are not plain identifiers, SQL injection attempts among them.
+        BadCase{"RATE_LIMIT_PG_TABLE", "buckets; DROP TABLE users"},
+        BadCase{"RATE_LIMIT_PG_TABLE", "x\" OR 1=1 --"}, BadCase{"RATE_LIMIT_PG_TABLE", "Buckets"},
+        BadCase{"RATE_LIMIT_PG_TABLE", "a.b.c"}, BadCase{"RATE_LIMIT_PG_TABLE", ".buckets"},
+        BadCase{"RATE_LIMIT_PG_TABLE", "1buckets"}, BadCase{"RATE_LIMIT_PG_TABLE", "$b"},
+        BadCase{"RATE_LIMIT_PG_TABLE", std::string(64, 'a')},
+        BadCase{"RATE_LIMIT_PG_CREATE_TABLE", "yes"}, BadCase{"RATE_LIMIT_PG_KEY_HASH", "md5"},
+        BadCase{"RATE_LIMIT_PG_CONNECTIONS", "0"}, BadCase{"RATE_LIMIT_PG_CONNECTIONS", "65"},
         BadCase{"RATE_LIMIT_LOG_LEVEL", "verbose"}, BadCase{"RATE_LIMIT_LOG_LEVEL", "trace"},
         // Socket modes that are not octal 000..777, or that lock the owner out.
         BadCase{"RATE_LIMIT_SOCKET_MODE", "999"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "0800"},

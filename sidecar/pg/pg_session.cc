@@ -1,0 +1,231 @@
+// PgSession: one non-blocking libpq connection driven by the libuv loop, in pipeline mode.
+#include "sidecar/pg/pg_session.h"
+
+#include <utility>
+
+namespace ratelimit {
+namespace {
+
+std::string ConnError(PGconn* conn) {
+  std::string message = conn != nullptr ? PQerrorMessage(conn) : "out of memory";
+  while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+  return message;
+}
+
+}  // namespace
+
+PgSession::PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state)
+    : loop_(loop), conninfo_(std::move(conninfo)), on_state_(std::move(on_state)) {}
+
+PgSession::~PgSession() { Close(); }
+
+void PgSession::TransitionTo(State next) {
+  if (state_ == next) return;
+  state_ = next;
+  if (on_state_) on_state_(*this);
+}
+
+void PgSession::Connect() {
+  conn_.reset(PQconnectStart(conninfo_.c_str()));
+  if (conn_ == nullptr || PQstatus(conn_.get()) == CONNECTION_BAD) {
+    last_error_ = ConnError(conn_.get());
+    conn_.reset();
+    TransitionTo(State::kBroken);
+    return;
+  }
+  TransitionTo(State::kConnecting);
+  PollConnect();
+}
+
+void PgSession::PollConnect() {
+  switch (PQconnectPoll(conn_.get())) {
+    case PGRES_POLLING_READING:
+      WatchSocket(UV_READABLE);
+      return;
+    case PGRES_POLLING_WRITING:
+      WatchSocket(UV_WRITABLE);
+      return;
+    case PGRES_POLLING_OK:
+      if (PQsetnonblocking(conn_.get(), 1) != 0 || PQenterPipelineMode(conn_.get()) != 1) {
+        Fail(ConnError(conn_.get()));
+        return;
+      }
+      last_error_.clear();
+      WatchSocket(UV_READABLE);  // Notices and a server closing the connection arrive here.
+      TransitionTo(State::kIdle);
+      return;
+    case PGRES_POLLING_FAILED:
+    default:
+      Fail(ConnError(conn_.get()));
+      return;
+  }
+}
+
+void PgSession::WatchSocket(int events) {
+  const int fd = PQsocket(conn_.get());
+  if (fd < 0) {
+    Fail("connection has no socket");
+    return;
+  }
+  if (poll_ != nullptr && fd != watched_fd_) StopWatching();  // libpq moved to a new socket.
+  if (poll_ == nullptr) {
+    poll_ = new uv_poll_t;
+    if (uv_poll_init(loop_, poll_, fd) != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      Fail("cannot watch the database socket");
+      return;
+    }
+    poll_->data = this;
+    watched_fd_ = fd;
+    watched_events_ = 0;
+  }
+  if (events != watched_events_) {
+    uv_poll_start(poll_, events, &PollTrampoline);
+    watched_events_ = events;
+  }
+}
+
+void PgSession::StopWatching() {
+  if (poll_ == nullptr) return;
+  uv_poll_stop(poll_);
+  poll_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+           [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+  poll_ = nullptr;
+  watched_fd_ = -1;
+  watched_events_ = 0;
+}
+
+void PgSession::PollTrampoline(uv_poll_t* handle, int status, int events) {
+  if (handle->data != nullptr) static_cast<PgSession*>(handle->data)->OnSocketEvent(status, events);
+}
+
+void PgSession::OnSocketEvent(int status, int events) {
+  if (status < 0) {
+    Fail(std::string("database socket error: ") + uv_strerror(status));
+    return;
+  }
+  switch (state_) {
+    case State::kConnecting:
+      PollConnect();
+      return;
+    case State::kBusy:
+      if (events & UV_WRITABLE) Flush();
+      if (state_ == State::kBusy && (events & UV_READABLE)) ReadResults();
+      return;
+    case State::kIdle:
+      // Nothing is expected: a notice, or the server going away.
+      if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) == CONNECTION_BAD) {
+        Fail(ConnError(conn_.get()));
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+void PgSession::Run(std::vector<PgQuery> queries, PipelineDone done) {
+  done_ = std::move(done);
+  results_.clear();
+  results_.resize(queries.size());
+  expected_ = queries.size();
+  index_ = 0;
+  awaiting_end_of_statement_ = false;
+  statement_error_.clear();
+  TransitionTo(State::kBusy);
+  for (const PgQuery& query : queries) {
+    std::vector<const char*> values;
+    values.reserve(query.params.size());
+    for (const std::string& p : query.params) values.push_back(p.c_str());
+    if (PQsendQueryParams(conn_.get(), query.sql.c_str(), static_cast<int>(values.size()), nullptr,
+                          values.data(), nullptr, nullptr, 0) != 1) {
+      Fail(ConnError(conn_.get()));
+      return;
+    }
+  }
+  if (PQpipelineSync(conn_.get()) != 1) {
+    Fail(ConnError(conn_.get()));
+    return;
+  }
+  Flush();
+}
+
+void PgSession::Flush() {
+  const int rc = PQflush(conn_.get());
+  if (rc < 0) {
+    Fail(ConnError(conn_.get()));
+  } else {
+    WatchSocket(rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+  }
+}
+
+void PgSession::ReadResults() {
+  if (PQconsumeInput(conn_.get()) == 0) {
+    Fail(ConnError(conn_.get()));
+    return;
+  }
+  while (state_ == State::kBusy && !PQisBusy(conn_.get())) {
+    PgResultPtr result(PQgetResult(conn_.get()));
+    if (result == nullptr) {
+      if (!awaiting_end_of_statement_) return;  // Nothing more has arrived yet.
+      awaiting_end_of_statement_ = false;
+      ++index_;
+      continue;
+    }
+    const ExecStatusType status = PQresultStatus(result.get());
+    if (status == PGRES_PIPELINE_SYNC) {
+      if (!statement_error_.empty()) {
+        Finish(Status::IoError(statement_error_));
+      } else if (index_ != expected_) {
+        Finish(Status::IoError("database answered " + std::to_string(index_) + " of " +
+                               std::to_string(expected_) + " statements"));
+      } else {
+        Finish(std::move(results_));
+      }
+      return;
+    }
+    awaiting_end_of_statement_ = true;
+    if (status == PGRES_FATAL_ERROR && statement_error_.empty()) {
+      statement_error_ = PQresultErrorMessage(result.get());
+      while (!statement_error_.empty() && statement_error_.back() == '\n') {
+        statement_error_.pop_back();
+      }
+      last_error_ = statement_error_;
+    }
+    if (index_ < results_.size() && results_[index_] == nullptr)
+      results_[index_] = std::move(result);
+  }
+}
+
+void PgSession::Finish(Result<std::vector<PgResultPtr>> results) {
+  PipelineDone done = std::move(done_);
+  done_ = nullptr;
+  results_.clear();
+  if (state_ == State::kBusy) TransitionTo(State::kIdle);
+  if (done) done(std::move(results));
+}
+
+void PgSession::Fail(const std::string& message) {
+  last_error_ = message;
+  StopWatching();
+  conn_.reset();
+  PipelineDone done = std::move(done_);
+  done_ = nullptr;
+  results_.clear();
+  TransitionTo(State::kBroken);
+  if (done) done(Status::Unavailable("database connection lost: " + message));
+}
+
+void PgSession::Close() {
+  if (state_ == State::kClosed) return;
+  StopWatching();
+  conn_.reset();
+  PipelineDone done = std::move(done_);
+  done_ = nullptr;
+  on_state_ = nullptr;  // The owner is going away; tell it nothing more.
+  state_ = State::kClosed;
+  if (done) done(Status::Unavailable("database session closed"));
+}
+
+}  // namespace ratelimit

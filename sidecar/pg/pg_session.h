@@ -1,0 +1,106 @@
+// PgSession: one non-blocking libpq connection driven by the libuv loop, in pipeline mode.
+#ifndef RATELIMIT_SIDECAR_PG_PG_SESSION_H_
+#define RATELIMIT_SIDECAR_PG_PG_SESSION_H_
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sidecar/core/status.h"
+
+namespace ratelimit {
+
+struct PgConnDeleter {
+  void operator()(PGconn* conn) const { PQfinish(conn); }
+};
+struct PgResultDeleter {
+  void operator()(PGresult* result) const { PQclear(result); }
+};
+using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
+using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
+
+// One statement of a pipeline: SQL with $n placeholders and its parameters as text.
+struct PgQuery {
+  std::string sql;
+  std::vector<std::string> params;
+};
+
+// Connects without blocking (PQconnectStart/PQconnectPoll under uv_poll), then runs pipelines:
+// a list of statements sent at once, followed by one Sync, answered in one round trip. Within
+// an explicit transaction (BEGIN ... COMMIT spread over several pipelines) a Sync does not end
+// the transaction, so a transaction of two pipelines costs two round trips.
+//
+// States: kConnecting -> kIdle <-> kBusy; any -> kBroken on a connection error (the owner
+// decides when to Connect again); Close() -> kClosed once libuv has released the poll handle.
+// Thread-safety: the loop thread only. Owned by PgStore; its callbacks never outlive it because
+// Close() fails the pipeline in flight before returning.
+class PgSession {
+ public:
+  enum class State { kNew, kConnecting, kIdle, kBusy, kBroken, kClosed };
+
+  // Each result of a pipeline, in statement order; an error names the failing statement.
+  using PipelineDone = std::function<void(Result<std::vector<PgResultPtr>> results)>;
+  // Called after every state change.
+  using StateListener = std::function<void(PgSession& session)>;
+
+  PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state);
+  ~PgSession();
+  PgSession(const PgSession&) = delete;
+  PgSession& operator=(const PgSession&) = delete;
+
+  // Starts connecting. REQUIRES: state is kNew or kBroken.
+  void Connect();
+
+  // Sends `queries` in one pipeline. `done` runs once, later: with one result per statement, or
+  // with an error when a statement failed (the others' results are dropped) or the connection
+  // broke. REQUIRES: state() == kIdle; queries is not empty.
+  void Run(std::vector<PgQuery> queries, PipelineDone done);
+
+  // Drops the connection; a pipeline in flight fails with Unavailable. Idempotent.
+  void Close();
+
+  State state() const { return state_; }
+  // The last connection or statement error, without any password (libpq never echoes one).
+  const std::string& last_error() const { return last_error_; }
+
+ private:
+  void TransitionTo(State next);
+  void Fail(const std::string& message);
+  void PollConnect();
+  void OnSocketEvent(int status, int events);
+  void Flush();
+  void ReadResults();
+  void Finish(Result<std::vector<PgResultPtr>> results);
+  void WatchSocket(int events);
+  void StopWatching();
+
+  static void PollTrampoline(uv_poll_t* handle, int status, int events);
+
+  uv_loop_t* loop_;
+  const std::string conninfo_;
+  StateListener on_state_;
+  State state_ = State::kNew;
+  PgConnPtr conn_;
+  // The uv_poll_t watching conn_'s socket; heap-allocated because libpq may switch sockets
+  // while connecting, and a handle's memory is only released in its close callback.
+  uv_poll_t* poll_ = nullptr;
+  int watched_fd_ = -1;
+  int watched_events_ = 0;
+  std::string last_error_;
+
+  // The pipeline in flight.
+  PipelineDone done_;
+  std::vector<PgResultPtr> results_;
+  size_t expected_ = 0;
+  size_t index_ = 0;
+  bool awaiting_end_of_statement_ = false;
+  std::string statement_error_;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_PG_PG_SESSION_H_

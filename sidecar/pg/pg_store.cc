@@ -1,0 +1,371 @@
+// PgStore: shared buckets in one PostgreSQL table, decided in batched FOR UPDATE transactions.
+#include "sidecar/pg/pg_store.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <map>
+#include <random>
+
+#include "sidecar/core/shared_bucket.h"
+#include "sidecar/log/log.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr uint64_t kMinBackoffMs = 100;
+constexpr uint64_t kMaxBackoffMs = 5000;
+
+// SQL array literals of values that need no quoting (hex strings and numbers).
+std::string ArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i];
+  }
+  return out + "}";
+}
+
+std::string DoubleText(double v) {
+  char buf[40];
+  snprintf(buf, sizeof(buf), "%.17g", v);
+  return buf;
+}
+
+std::optional<int64_t> IntField(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  return std::strtoll(PQgetvalue(r, row, col), nullptr, 10);
+}
+
+std::optional<double> DoubleField(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  return std::strtod(PQgetvalue(r, row, col), nullptr);  // Reads NaN and Infinity too.
+}
+
+}  // namespace
+
+struct PgStore::Slot {
+  PgStore* store = nullptr;
+  std::unique_ptr<PgSession> session;
+  bool in_tx = false;
+  uv_timer_t timer;
+  uint64_t backoff_ms = 0;
+  bool logged_down = false;
+};
+
+struct PgStore::Transaction {
+  std::vector<StoreCheck> batch;
+  TakeDone done;
+  std::vector<std::string> check_keys;  // Row key (hex) of each check, in batch order.
+  std::vector<std::string> keys;        // Distinct row keys, sorted: the locking order.
+};
+
+PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
+    : loop_(loop), options_(std::move(options)), table_sql_(options_.table.Quoted()) {
+  for (size_t i = 0; i < std::max<size_t>(1, options_.connections); ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->store = this;
+    Slot* raw = slot.get();
+    slot->session = std::make_unique<PgSession>(loop_, options_.conninfo,
+                                                [this, raw](PgSession&) { OnSessionState(*raw); });
+    uv_timer_init(loop_, &slot->timer);
+    slot->timer.data = raw;
+    ++open_timers_;
+    slots_.push_back(std::move(slot));
+  }
+}
+
+PgStore::~PgStore() = default;
+
+void PgStore::Start() {
+  for (auto& slot : slots_) slot->session->Connect();
+}
+
+size_t PgStore::free_slots() const {
+  if (!table_ready_ || shutting_down_) return 0;
+  size_t n = 0;
+  for (const auto& slot : slots_) {
+    n += slot->session->state() == PgSession::State::kIdle && !slot->in_tx ? 1 : 0;
+  }
+  return n;
+}
+
+size_t PgStore::free_or_busy_sessions() const {
+  size_t n = 0;
+  for (const auto& slot : slots_) {
+    const PgSession::State s = slot->session->state();
+    n += s == PgSession::State::kIdle || s == PgSession::State::kBusy ? 1 : 0;
+  }
+  return n;
+}
+
+void PgStore::OnSessionState(Slot& slot) {
+  if (shutting_down_) return;
+  switch (slot.session->state()) {
+    case PgSession::State::kIdle:
+      slot.backoff_ms = 0;
+      if (slot.logged_down) {
+        Log(LogLevel::kInfo, "database connection restored");
+        slot.logged_down = false;
+      }
+      if (!table_ready_ && !slot.in_tx) EnsureTable(slot);
+      return;
+    case PgSession::State::kBroken:
+      if (!slot.logged_down) {  // Once per outage, not once per attempt.
+        Log(LogLevel::kWarn, "database connection failed")
+            .Str("table", options_.table.Plain())
+            .Str("error", slot.session->last_error());
+        slot.logged_down = true;
+      }
+      ScheduleReconnect(slot);
+      return;
+    default:
+      return;
+  }
+}
+
+void PgStore::ScheduleReconnect(Slot& slot) {
+  slot.backoff_ms = std::clamp(slot.backoff_ms * 2, kMinBackoffMs, kMaxBackoffMs);
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  // Jitter of +-25% so that sidecars that lost the database together do not return together.
+  const uint64_t jittered =
+      slot.backoff_ms * 3 / 4 + rng() % std::max<uint64_t>(1, slot.backoff_ms / 2);
+  uv_timer_start(
+      &slot.timer,
+      [](uv_timer_t* timer) {
+        auto* s = static_cast<Slot*>(timer->data);
+        if (!s->store->shutting_down_) s->session->Connect();
+      },
+      jittered, 0);
+}
+
+void PgStore::EnsureTable(Slot& slot) {
+  if (creating_table_) return;
+  creating_table_ = true;
+  slot.in_tx = true;
+  std::vector<PgQuery> queries;
+  if (options_.create_table) {
+    // The advisory lock serializes the DDL of sidecars that start together: CREATE TABLE IF NOT
+    // EXISTS alone can still fail on a concurrent creation of the same name.
+    queries = {
+        {"BEGIN", {}},
+        {"SELECT pg_advisory_xact_lock(hashtext($1))", {"ratelimit:" + options_.table.Plain()}},
+        {"CREATE TABLE IF NOT EXISTS " + table_sql_ +
+             " (key bytea PRIMARY KEY, tokens double precision, updated_at timestamptz,"
+             " capacity bigint, window_ms bigint) WITH (fillfactor = 70)",
+         {}},
+        {"COMMIT", {}},
+    };
+  } else {
+    queries = {{"SELECT 1 FROM " + table_sql_ + " LIMIT 0", {}}};
+  }
+  slot.session->Run(std::move(queries), [this, &slot](Result<std::vector<PgResultPtr>> r) {
+    creating_table_ = false;
+    slot.in_tx = false;
+    if (!r.ok()) {
+      Log(LogLevel::kError, options_.create_table ? "cannot create the rate limit table"
+                                                  : "the rate limit table is not usable")
+          .Str("table", options_.table.Plain())
+          .Str("error", r.status().message());
+      if (slot.session->state() == PgSession::State::kIdle) {
+        slot.session->Run({{"ROLLBACK", {}}}, [](Result<std::vector<PgResultPtr>>) {});
+      }
+      ScheduleRetryOfTable(slot);
+      return;
+    }
+    table_ready_ = true;
+    Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
+  });
+}
+
+void PgStore::ScheduleRetryOfTable(Slot& slot) {
+  slot.backoff_ms = std::clamp(slot.backoff_ms * 2, kMinBackoffMs, kMaxBackoffMs);
+  uv_timer_start(
+      &slot.timer,
+      [](uv_timer_t* timer) {
+        auto* s = static_cast<Slot*>(timer->data);
+        PgStore* store = s->store;
+        if (store->shutting_down_ || store->table_ready_) return;
+        if (s->session->state() == PgSession::State::kIdle && !s->in_tx) store->EnsureTable(*s);
+      },
+      slot.backoff_ms, 0);
+}
+
+void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
+  Slot* slot = nullptr;
+  for (auto& s : slots_) {
+    if (s->session->state() == PgSession::State::kIdle && !s->in_tx) {
+      slot = s.get();
+      break;
+    }
+  }
+  if (slot == nullptr || !table_ready_) {  // A broken contract: answer rather than crash.
+    done(Status::Unavailable("no free database session"));
+    return;
+  }
+  auto tx = std::make_shared<Transaction>();
+  tx->batch = std::move(batch);
+  tx->done = std::move(done);
+  std::map<std::string, const StoreCheck*> first_of_key;
+  for (const StoreCheck& check : tx->batch) {
+    tx->check_keys.push_back(RowKeyHex(check.key, options_.key_hashing));
+    first_of_key.emplace(tx->check_keys.back(), &check);
+  }
+  std::vector<std::string> capacities;
+  std::vector<std::string> windows;
+  for (const auto& [key, check] : first_of_key) {  // std::map: sorted, the locking order.
+    tx->keys.push_back(key);
+    capacities.push_back(std::to_string(check->policy.limit));
+    windows.push_back(std::to_string(check->policy.window_ms));
+  }
+  const std::string keys = ArrayLiteral(tx->keys);
+  std::vector<PgQuery> queries = {
+      {"BEGIN", {}},
+      {"INSERT INTO " + table_sql_ +
+           " (key, tokens, updated_at, capacity, window_ms)"
+           " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
+           " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w) ORDER BY 1"
+           " ON CONFLICT (key) DO NOTHING",
+       {keys, ArrayLiteral(capacities), ArrayLiteral(windows)}},
+      {"SELECT encode(key, 'hex'), tokens,"
+       " floor(extract(epoch FROM updated_at) * 1000000)::int8, capacity, window_ms FROM " +
+           table_sql_ +
+           " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
+           " ORDER BY key FOR UPDATE",
+       {keys}},
+      // After the locks are held: the time the checks are decided at.
+      {"SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}},
+  };
+  slot->in_tx = true;
+  ++stats_.transactions;
+  slot->session->Run(std::move(queries), [this, slot, tx](Result<std::vector<PgResultPtr>> r) {
+    OnLocked(*slot, tx, std::move(r));
+  });
+}
+
+void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
+                       Result<std::vector<PgResultPtr>> results) {
+  if (!results.ok()) {
+    Complete(slot, tx, results.status());
+    return;
+  }
+  PGresult* rows = (*results)[2].get();
+  PGresult* clock = (*results)[3].get();
+  if (PQntuples(clock) != 1 || PQgetisnull(clock, 0, 0)) {
+    Complete(slot, tx, Status::IoError("database returned no clock"));
+    return;
+  }
+  const int64_t now_us = std::strtoll(PQgetvalue(clock, 0, 0), nullptr, 10);
+  std::map<std::string, RawRow> raw_rows;
+  for (int i = 0; i < PQntuples(rows); ++i) {
+    raw_rows[PQgetvalue(rows, i, 0)] = RawRow{DoubleField(rows, i, 1), IntField(rows, i, 2),
+                                              IntField(rows, i, 3), IntField(rows, i, 4)};
+  }
+
+  // Decide each key's checks in batch order against its locked row.
+  std::vector<CheckResult> results_by_check(tx->batch.size());
+  std::vector<std::string> upd_keys, upd_tokens, upd_us, upd_caps, upd_windows;
+  for (const std::string& key : tx->keys) {
+    std::vector<const StoreCheck*> checks;
+    std::vector<size_t> positions;
+    for (size_t i = 0; i < tx->batch.size(); ++i) {
+      if (tx->check_keys[i] == key) {
+        checks.push_back(&tx->batch[i]);
+        positions.push_back(i);
+      }
+    }
+    auto found = raw_rows.find(key);
+    if (found == raw_rows.end()) {  // Deleted between our INSERT and SELECT: decide it later.
+      for (size_t pos : positions) {
+        results_by_check[pos] =
+            Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit, Source::kDatabase);
+      }
+      continue;
+    }
+    SharedRow row;
+    const std::string problems = RepairRow(found->second, checks[0]->policy, now_us, row);
+    if (!problems.empty()) {
+      ++stats_.repaired_rows;
+      Log(LogLevel::kWarn, "repaired a malformed rate limit row")
+          .Str("row_key_prefix", key.substr(0, 16))
+          .Str("problems", problems);
+    }
+    std::vector<CheckResult> decided;
+    const bool took = DecideOnRow(row, checks, now_us, decided);
+    for (size_t j = 0; j < positions.size(); ++j) results_by_check[positions[j]] = decided[j];
+    if (took || !problems.empty()) {
+      upd_keys.push_back(key);
+      upd_tokens.push_back(DoubleText(row.tokens));
+      upd_us.push_back(std::to_string(row.updated_us));
+      upd_caps.push_back(std::to_string(row.capacity));
+      upd_windows.push_back(std::to_string(row.window_ms));
+    }
+  }
+
+  std::vector<PgQuery> queries;
+  if (upd_keys.empty()) {
+    queries.push_back({"ROLLBACK", {}});  // Denials and reads write nothing.
+  } else {
+    queries.push_back(
+        {"UPDATE " + table_sql_ +
+             " AS t SET tokens = u.tokens,"
+             " updated_at = 'epoch'::timestamptz + u.us * interval '1 microsecond',"
+             " capacity = u.cap, window_ms = u.win"
+             " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
+             " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
+         {ArrayLiteral(upd_keys), ArrayLiteral(upd_tokens), ArrayLiteral(upd_us),
+          ArrayLiteral(upd_caps), ArrayLiteral(upd_windows)}});
+    queries.push_back({"COMMIT", {}});
+  }
+  slot.session->Run(std::move(queries), [this, &slot, tx, decided = std::move(results_by_check)](
+                                            Result<std::vector<PgResultPtr>> r) mutable {
+    if (!r.ok()) {
+      Complete(slot, tx, r.status());
+    } else {
+      Complete(slot, tx, std::move(decided));
+    }
+  });
+}
+
+void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
+                       Result<std::vector<CheckResult>> results) {
+  if (!results.ok()) {
+    ++stats_.failed_transactions;
+    Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", results.status().message());
+    // A statement error leaves the transaction aborted on a live session: end it first.
+    if (slot.session->state() == PgSession::State::kIdle) {
+      slot.session->Run({{"ROLLBACK", {}}}, [this, &slot, tx, results](auto) mutable {
+        slot.in_tx = false;
+        TakeDone done = std::move(tx->done);
+        done(std::move(results));
+      });
+      return;
+    }
+  }
+  slot.in_tx = false;
+  TakeDone done = std::move(tx->done);
+  done(std::move(results));
+}
+
+void PgStore::Shutdown(std::function<void()> done) {
+  shutting_down_ = true;
+  on_shutdown_ = std::move(done);
+  for (auto& slot : slots_) {
+    slot->session->Close();
+    uv_close(reinterpret_cast<uv_handle_t*>(&slot->timer), [](uv_handle_t* handle) {
+      auto* s = static_cast<Slot*>(handle->data);
+      --s->store->open_timers_;
+      s->store->MaybeShutdownDone();
+    });
+  }
+}
+
+void PgStore::MaybeShutdownDone() {
+  if (open_timers_ == 0 && on_shutdown_) {
+    auto done = std::move(on_shutdown_);
+    on_shutdown_ = nullptr;
+    done();
+  }
+}
+
+}  // namespace ratelimit

@@ -1,0 +1,91 @@
+// PgStore: shared buckets in one PostgreSQL table, decided in batched FOR UPDATE transactions.
+#ifndef RATELIMIT_SIDECAR_PG_PG_STORE_H_
+#define RATELIMIT_SIDECAR_PG_PG_STORE_H_
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sidecar/config/table_name.h"
+#include "sidecar/core/shared_store.h"
+#include "sidecar/pg/key_digest.h"
+#include "sidecar/pg/pg_session.h"
+
+namespace ratelimit {
+
+struct PgStoreOptions {
+  std::string conninfo;      // DATABASE_URL; empty lets libpq's PG* variables decide.
+  TableName table;           // RATE_LIMIT_PG_TABLE.
+  bool create_table = true;  // RATE_LIMIT_PG_CREATE_TABLE.
+  KeyHashing key_hashing = KeyHashing::kSha256;  // RATE_LIMIT_PG_KEY_HASH.
+  size_t connections = 2;                        // RATE_LIMIT_PG_CONNECTIONS.
+};
+
+// Counters an operator may want; read on the loop thread.
+struct PgStoreStats {
+  uint64_t transactions = 0;
+  uint64_t failed_transactions = 0;
+  uint64_t repaired_rows = 0;
+};
+
+// A SharedStore on `connections` PgSessions. A Take is one transaction of two pipelines:
+//   1. BEGIN; INSERT the batch's missing rows (full buckets) ON CONFLICT DO NOTHING, in key
+//      order; SELECT all its rows ORDER BY key FOR UPDATE; read clock_timestamp() -- then the
+//      checks are decided here, on database time, with the memory store's arithmetic;
+//   2. UPDATE the rows that changed; COMMIT -- or ROLLBACK when nothing was taken.
+// Locking every row of a transaction in one statement, in key order, is what keeps sidecars
+// from deadlocking. Keys at rest are SHA-256 digests unless key_hashing is kNone.
+//
+// Start-up never blocks: sessions connect in the background, and a broken session reconnects
+// with jittered exponential backoff (100 ms doubling to 5 s). Until one session is connected
+// and the table exists, ready() is false.
+// Thread-safety: the loop thread only. Shutdown() must complete before destruction.
+class PgStore final : public SharedStore {
+ public:
+  PgStore(uv_loop_t* loop, PgStoreOptions options);
+  ~PgStore() override;
+
+  void Start();
+  // Closes every session (failing Takes in flight) and timer, then calls `done`.
+  void Shutdown(std::function<void()> done);
+
+  void Take(std::vector<StoreCheck> batch, TakeDone done) override;
+  size_t free_slots() const override;
+  bool ready() const override { return table_ready_ && free_or_busy_sessions() > 0; }
+  std::string_view name() const override { return "postgres"; }
+
+  const PgStoreStats& stats() const { return stats_; }
+
+ private:
+  struct Slot;
+  struct Transaction;
+
+  void OnSessionState(Slot& slot);
+  void ScheduleReconnect(Slot& slot);
+  void ScheduleRetryOfTable(Slot& slot);
+  void EnsureTable(Slot& slot);
+  void OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
+                Result<std::vector<PgResultPtr>> results);
+  void Complete(Slot& slot, std::shared_ptr<Transaction> tx, Result<std::vector<CheckResult>>);
+  size_t free_or_busy_sessions() const;
+  void MaybeShutdownDone();
+
+  uv_loop_t* loop_;
+  const PgStoreOptions options_;
+  const std::string table_sql_;  // The quoted table name.
+  std::vector<std::unique_ptr<Slot>> slots_;
+  bool table_ready_ = false;
+  bool creating_table_ = false;
+  bool shutting_down_ = false;
+  size_t open_timers_ = 0;
+  std::function<void()> on_shutdown_;
+  PgStoreStats stats_;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_PG_PG_STORE_H_
