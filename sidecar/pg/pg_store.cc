@@ -73,12 +73,54 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
     ++open_timers_;
     slots_.push_back(std::move(slot));
   }
+  uv_timer_init(loop_, &gc_timer_);
+  gc_timer_.data = this;
+  ++open_timers_;
 }
 
 PgStore::~PgStore() = default;
 
 void PgStore::Start() {
   for (auto& slot : slots_) slot->session->Connect();
+  uv_timer_start(&gc_timer_, &GcTrampoline, kGcIntervalMs, kGcIntervalMs);
+}
+
+void PgStore::GcTrampoline(uv_timer_t* timer) {
+  static_cast<PgStore*>(timer->data)->CollectGarbage();
+}
+
+void PgStore::CollectGarbage() {
+  if (!table_ready_ || shutting_down_ || collecting_) return;
+  Slot* slot = nullptr;
+  for (auto& s : slots_) {
+    if (s->session->state() == PgSession::State::kIdle && !s->in_tx) slot = s.get();
+  }
+  if (slot == nullptr) return;  // Busy with checks: they come first; try again next tick.
+  collecting_ = true;
+  slot->in_tx = true;
+  // Full at clock_timestamp(): the refill since updated_at covers what was missing. Malformed
+  // rows are left to RepairRow when their key is next used.
+  PgQuery query{"DELETE FROM " + table_sql_ + " WHERE key IN (SELECT key FROM " + table_sql_ +
+                    " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
+                    " AND updated_at <= clock_timestamp()"
+                    " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
+                    " * capacity / window_ms >= capacity"
+                    " LIMIT " +
+                    std::to_string(kGcBatch) + " FOR UPDATE SKIP LOCKED)",
+                {}};
+  slot->session->Run({std::move(query)}, [this, slot](Result<std::vector<PgResultPtr>> r) {
+    collecting_ = false;
+    slot->in_tx = false;
+    if (!r.ok()) {
+      Log(LogLevel::kDebug, "garbage collection failed").Str("error", r.status().message());
+      return;
+    }
+    const char* tuples = PQcmdTuples((*r)[0].get());
+    const uint64_t deleted = std::strtoull(tuples, nullptr, 10);
+    stats_.collected_rows += deleted;
+    if (deleted == static_cast<uint64_t>(kGcBatch))
+      uv_timer_start(&gc_timer_, &GcTrampoline, 0, kGcIntervalMs);
+  });
 }
 
 size_t PgStore::free_slots() const {
@@ -350,6 +392,11 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
 void PgStore::Shutdown(std::function<void()> done) {
   shutting_down_ = true;
   on_shutdown_ = std::move(done);
+  uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), [](uv_handle_t* handle) {
+    auto* store = static_cast<PgStore*>(handle->data);
+    --store->open_timers_;
+    store->MaybeShutdownDone();
+  });
   for (auto& slot : slots_) {
     slot->session->Close();
     uv_close(reinterpret_cast<uv_handle_t*>(&slot->timer), [](uv_handle_t* handle) {

@@ -30,6 +30,7 @@ struct PgStoreStats {
   uint64_t transactions = 0;
   uint64_t failed_transactions = 0;
   uint64_t repaired_rows = 0;
+  uint64_t collected_rows = 0;  // Full buckets deleted by garbage collection.
 };
 
 // A SharedStore on `connections` PgSessions. A Take is one transaction of two pipelines:
@@ -40,12 +41,19 @@ struct PgStoreStats {
 // Locking every row of a transaction in one statement, in key order, is what keeps sidecars
 // from deadlocking. Keys at rest are SHA-256 digests unless key_hashing is kNone.
 //
+// Garbage collection: a row whose bucket has refilled to full means the same as no row. Every
+// kGcIntervalMs one idle session deletes up to kGcBatch such rows, skipping rows that checks
+// hold locked (FOR UPDATE SKIP LOCKED), and goes again at once while batches come back full.
+//
 // Start-up never blocks: sessions connect in the background, and a broken session reconnects
 // with jittered exponential backoff (100 ms doubling to 5 s). Until one session is connected
 // and the table exists, ready() is false.
 // Thread-safety: the loop thread only. Shutdown() must complete before destruction.
 class PgStore final : public SharedStore {
  public:
+  static constexpr uint64_t kGcIntervalMs = 5000;
+  static constexpr int kGcBatch = 500;
+
   PgStore(uv_loop_t* loop, PgStoreOptions options);
   ~PgStore() override;
 
@@ -73,6 +81,8 @@ class PgStore final : public SharedStore {
   void Complete(Slot& slot, std::shared_ptr<Transaction> tx, Result<std::vector<CheckResult>>);
   size_t free_or_busy_sessions() const;
   void MaybeShutdownDone();
+  void CollectGarbage();
+  static void GcTrampoline(uv_timer_t* timer);
 
   uv_loop_t* loop_;
   const PgStoreOptions options_;
@@ -80,8 +90,10 @@ class PgStore final : public SharedStore {
   std::vector<std::unique_ptr<Slot>> slots_;
   bool table_ready_ = false;
   bool creating_table_ = false;
+  bool collecting_ = false;
   bool shutting_down_ = false;
   size_t open_timers_ = 0;
+  uv_timer_t gc_timer_;
   std::function<void()> on_shutdown_;
   PgStoreStats stats_;
 };
