@@ -48,7 +48,9 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
   if (!raw.updated_us) {
     Note(problems, "updated_at missing");
     row.updated_us = now_us;
-  } else if (*raw.updated_us > now_us) {
+  } else if (*raw.updated_us > now_us + static_cast<int64_t>(row.window_ms) * 1000) {
+    // Ahead by less than a window is a clock that stepped back (a failover): keeping it only
+    // delays refill, the safe side. Further ahead can only be damage, which would stall refill.
     Note(problems, "updated_at in the future");
     row.updated_us = now_us;
   } else {
@@ -60,11 +62,16 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
 bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int64_t now_us,
                  std::vector<CheckResult>& results) {
   // Into the memory store's fixed point: tokens * window_us < 2^32 * 2^42 fits in 128 bits.
+  // Whole tokens convert exactly; only the fraction goes through double precision, so that a
+  // full row of a huge capacity * window (beyond 2^53 units) reads as exactly full.
   TokenBucket::State state;
   state.policy = Policy{row.capacity, row.window_ms};
-  const uint128_t full = static_cast<uint128_t>(row.capacity) * row.window_ms * 1000;
-  state.level =
-      std::min(full, static_cast<uint128_t>(std::nearbyint(row.tokens * WindowMicros(row))));
+  const uint128_t window_us = static_cast<uint128_t>(row.window_ms) * 1000;
+  const double whole = std::floor(row.tokens);
+  state.level = std::min(
+      static_cast<uint128_t>(row.capacity) * window_us,
+      static_cast<uint128_t>(whole) * window_us +
+          static_cast<uint128_t>(std::nearbyint((row.tokens - whole) * WindowMicros(row))));
   state.updated_us = row.updated_us;
   bool took = false;
   for (const StoreCheck* check : checks) {
@@ -76,7 +83,10 @@ bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int6
   if (took) {
     row.capacity = state.policy.limit;
     row.window_ms = state.policy.window_ms;
-    row.tokens = static_cast<double>(state.level) / WindowMicros(row);
+    const uint128_t new_window_us = static_cast<uint128_t>(row.window_ms) * 1000;
+    row.tokens =
+        static_cast<double>(static_cast<uint64_t>(state.level / new_window_us)) +
+        static_cast<double>(static_cast<uint64_t>(state.level % new_window_us)) / WindowMicros(row);
     row.updated_us = state.updated_us;
   }
   return took;

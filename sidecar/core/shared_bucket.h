@@ -36,7 +36,8 @@ struct SharedRow {
 // sidecar nor locks a key out for good. Returns what was wrong (empty when nothing was):
 //   capacity or window NULL, 0, negative or too large: the bucket takes `policy`;
 //   tokens NULL, NaN or infinite: full; negative: 0; above capacity: capacity;
-//   updated_at NULL or in the future: now (so the future gap refills nothing).
+//   updated_at NULL, or more than one window in the future: now. (Less than a window ahead is a
+//   database clock that stepped back: kept, so refill waits until the clock catches up.)
 std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row);
 
 // Decides `checks` of one key, in order, against `row` at database time `now_us`, with the same

@@ -45,6 +45,18 @@ class SharedStore {
 
   // The store's name as reported by PingResponse.store.
   virtual std::string_view name() const = 0;
+
+  // Registers who to tell when a slot frees up or readiness changes for a reason other than a
+  // Take completing (a session connected, background work ended), so waiting checks start.
+  void set_on_capacity(std::function<void()> listener) { on_capacity_ = std::move(listener); }
+
+ protected:
+  void NotifyCapacity() {
+    if (on_capacity_) on_capacity_();
+  }
+
+ private:
+  std::function<void()> on_capacity_;
 };
 
 }  // namespace ratelimit

@@ -27,7 +27,10 @@ class StrictEngine final : public Engine {
   static constexpr size_t kMaxBatch = 1024;
   static constexpr size_t kMaxQueued = 65536;
 
-  explicit StrictEngine(SharedStore& store) : store_(store) {}
+  explicit StrictEngine(SharedStore& store) : store_(store) {
+    store_.set_on_capacity([this] { Pump(); });
+  }
+  ~StrictEngine() override { store_.set_on_capacity(nullptr); }
 
   void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override;
   std::string_view store_name() const override { return store_.name(); }

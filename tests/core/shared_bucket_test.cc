@@ -1,0 +1,593 @@
+// Tests of shared buckets: repair of malformed rows, and checks decided on a row of the table.
+#include "sidecar/core/shared_bucket.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "sidecar/core/token_bucket.h"
+#include "tests/testing/bucket_steps.h"
+
+namespace ratelimit {
+
+// Let gtest print rows and results in failure messages instead of dumping their bytes.
+void PrintTo(const SharedRow& row, std::ostream* os) {
+  *os << "{tokens=" << row.tokens << " updated_us=" << row.updated_us
+      << " capacity=" << row.capacity << " window_ms=" << row.window_ms << "}";
+}
+void PrintTo(const CheckResult& r, std::ostream* os) {
+  *os << "{allowed=" << r.allowed << " status=" << CheckStatusName(r.status) << " limit=" << r.limit
+      << " remaining=" << r.remaining << " retry_after_ms=" << r.retry_after_ms
+      << " reset_after_ms=" << r.reset_after_ms << " source=" << SourceName(r.source) << "}";
+}
+
+namespace {
+
+constexpr uint32_t kMaxU32 = std::numeric_limits<uint32_t>::max();
+constexpr int64_t kNowUs = 1'700'000'000'000'000;  // Database time, in 2023.
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------
+// RepairRow
+
+constexpr Policy kRepairPolicy{10, 1000};
+constexpr int64_t kPastUs = kNowUs - 5'000;
+
+struct RepairCase {
+  const char* name;
+  RawRow raw;
+  SharedRow repaired;
+};
+
+TEST(RepairRowTest, MalformedRowsAreRepairedAndReported) {
+  constexpr int64_t k2To32 = int64_t{1} << 32;
+  const RepairCase kCases[] = {
+      {"tokens NULL: full", {std::nullopt, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"tokens NaN: full", {kNaN, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"tokens +infinity: full", {kInf, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"tokens -infinity: full", {-kInf, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"tokens negative: empty", {-1.5, kPastUs, 20, 2000}, {0, kPastUs, 20, 2000}},
+      {"tokens barely negative: empty", {-1e-300, kPastUs, 20, 2000}, {0, kPastUs, 20, 2000}},
+      {"tokens above capacity: capacity", {20.5, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"tokens huge: capacity", {1e300, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"capacity NULL: the policy", {2.5, kPastUs, std::nullopt, 2000}, {2.5, kPastUs, 10, 1000}},
+      {"capacity 0: the policy", {2.5, kPastUs, 0, 2000}, {2.5, kPastUs, 10, 1000}},
+      {"capacity negative: the policy", {2.5, kPastUs, -3, 2000}, {2.5, kPastUs, 10, 1000}},
+      {"capacity 2^32: the policy", {2.5, kPastUs, k2To32, 2000}, {2.5, kPastUs, 10, 1000}},
+      {"capacity NULL and tokens above the policy's limit",
+       {15, kPastUs, std::nullopt, 2000},
+       {10, kPastUs, 10, 1000}},
+      {"window NULL: the policy", {2.5, kPastUs, 20, std::nullopt}, {2.5, kPastUs, 10, 1000}},
+      {"window 0: the policy", {2.5, kPastUs, 20, 0}, {2.5, kPastUs, 10, 1000}},
+      {"window negative: the policy", {2.5, kPastUs, 20, -1}, {2.5, kPastUs, 10, 1000}},
+      {"window 2^32: the policy", {2.5, kPastUs, 20, k2To32}, {2.5, kPastUs, 10, 1000}},
+      {"updated_at NULL: now", {2.5, std::nullopt, 20, 2000}, {2.5, kNowUs, 20, 2000}},
+      {"updated_at a window and 1 us in the future: now",
+       {2.5, kNowUs + 2000 * 1000 + 1, 20, 2000},
+       {2.5, kNowUs, 20, 2000}},
+      {"updated_at far in the future: now",
+       {2.5, std::numeric_limits<int64_t>::max(), 20, 2000},
+       {2.5, kNowUs, 20, 2000}},
+      {"everything NULL: a full bucket of the policy, now",
+       {std::nullopt, std::nullopt, std::nullopt, std::nullopt},
+       {10, kNowUs, 10, 1000}},
+      {"everything wrong at once", {kNaN, kNowUs + 7'000'000'000, -1, 0}, {10, kNowUs, 10, 1000}},
+  };
+  for (const RepairCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row{99, 99, 99, 99};  // Every field must be overwritten.
+    const std::string problems = RepairRow(c.raw, kRepairPolicy, kNowUs, row);
+    EXPECT_FALSE(problems.empty()) << "a repair must say what was wrong";
+    EXPECT_EQ(row, c.repaired);
+  }
+}
+
+TEST(RepairRowTest, WellFormedRowsAreKeptAsTheyAre) {
+  const RepairCase kCases[] = {
+      {"fractional tokens", {2.5, kPastUs, 20, 2000}, {2.5, kPastUs, 20, 2000}},
+      {"empty", {0, kPastUs, 20, 2000}, {0, kPastUs, 20, 2000}},
+      {"full", {20, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
+      {"updated exactly now", {2.5, kNowUs, 20, 2000}, {2.5, kNowUs, 20, 2000}},
+      {"updated long ago", {2.5, 0, 20, 2000}, {2.5, 0, 20, 2000}},
+      {"smallest capacity and window", {0.5, kPastUs, 1, 1}, {0.5, kPastUs, 1, 1}},
+      {"largest capacity and window",
+       {kMaxU32, kPastUs, kMaxU32, kMaxU32},
+       {kMaxU32, kPastUs, kMaxU32, kMaxU32}},
+      {"a policy other than the request's", {2.5, kPastUs, 3, 60'000}, {2.5, kPastUs, 3, 60'000}},
+  };
+  for (const RepairCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row{99, 99, 99, 99};
+    EXPECT_EQ(RepairRow(c.raw, kRepairPolicy, kNowUs, row), "");
+    EXPECT_EQ(row, c.repaired);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DecideOnRow
+
+SharedRow FullRow(const Policy& policy, int64_t now_us) {
+  return SharedRow{static_cast<double>(policy.limit), now_us, policy.limit, policy.window_ms};
+}
+
+// The token bucket state a correct reader of `row` holds: the row's exact number of tokens.
+TokenBucket::State StateOf(const SharedRow& row) {
+  const Policy policy{row.capacity, row.window_ms};
+  TokenBucket::State state = TokenBucket::Fresh(policy, row.updated_us);
+  const uint128_t units = static_cast<uint128_t>(row.tokens * 1000) * row.window_ms;
+  state.level = std::min(state.level, units);  // Exact for the small rows built here.
+  return state;
+}
+
+// What the memory store's arithmetic answers, stamped with the database as its source.
+CheckResult Expected(TokenBucket::State& state, const StoreCheck& check, int64_t now_us) {
+  CheckResult r = TokenBucket::Decide(state, check.policy, check.cost, now_us);
+  r.source = Source::kDatabase;
+  return r;
+}
+
+// Decides `checks` on `row` as one batch.
+std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreCheck>& checks,
+                                int64_t now_us, bool& wrote) {
+  std::vector<const StoreCheck*> pointers;
+  for (const StoreCheck& check : checks) pointers.push_back(&check);
+  std::vector<CheckResult> results;
+  wrote = DecideOnRow(row, pointers, now_us, results);
+  EXPECT_EQ(results.size(), checks.size()) << "one result per check";
+  return results;
+}
+
+// Whether some check of `checks` took tokens, i.e. whether the row must be written.
+bool AnyTook(const std::vector<StoreCheck>& checks, const std::vector<CheckResult>& results) {
+  for (size_t i = 0; i < checks.size(); ++i) {
+    if (results[i].allowed && checks[i].cost > 0) return true;
+  }
+  return false;
+}
+
+// The row must be one that RepairRow accepts unchanged: reading it back gives what was written.
+void ExpectWellFormed(const SharedRow& row, int64_t now_us) {
+  ASSERT_TRUE(std::isfinite(row.tokens)) << testing::PrintToString(row);
+  SharedRow reread;
+  const RawRow raw{row.tokens, row.updated_us, row.capacity, row.window_ms};
+  EXPECT_EQ(RepairRow(raw, Policy{row.capacity, row.window_ms}, now_us, reread), "");
+  EXPECT_EQ(reread, row);
+}
+
+TEST(DecideOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
+  for (const Policy policy : {Policy{1, 1000}, Policy{3, 1000}, Policy{10, 60'000}, Policy{1000, 1},
+                              Policy{50'000, 10}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    const std::vector<StoreCheck> kOne = {StoreCheck{"k", 1, policy}};
+
+    // One check per batch, reading back what each batch wrote.
+    SharedRow row = FullRow(policy, kNowUs);
+    for (uint32_t i = 0; i < policy.limit; ++i) {
+      bool wrote = false;
+      const CheckResult r = Decide(row, kOne, kNowUs, wrote)[0];
+      ASSERT_TRUE(r.allowed) << "check " << i;
+      ASSERT_EQ(r.remaining, policy.limit - 1 - i);
+      ASSERT_EQ(r.source, Source::kDatabase);
+      ASSERT_TRUE(wrote);
+    }
+    bool wrote = true;
+    const SharedRow drained = row;
+    const CheckResult denied = Decide(row, kOne, kNowUs, wrote)[0];
+    EXPECT_FALSE(denied.allowed);
+    EXPECT_EQ(denied.status, CheckStatus::kOk);
+    EXPECT_EQ(denied.source, Source::kDatabase);
+    EXPECT_FALSE(wrote);
+    EXPECT_EQ(row, drained);
+
+    // All of them in one batch.
+    SharedRow batch_row = FullRow(policy, kNowUs);
+    const std::vector<StoreCheck> batch(policy.limit + 2, StoreCheck{"k", 1, policy});
+    const std::vector<CheckResult> results = Decide(batch_row, batch, kNowUs, wrote);
+    EXPECT_TRUE(wrote);
+    int allowed = 0;
+    for (size_t i = 0; i < results.size(); ++i) {
+      ASSERT_EQ(results[i].allowed, i < policy.limit) << "check " << i;
+      ASSERT_EQ(results[i].source, Source::kDatabase);
+      allowed += results[i].allowed ? 1 : 0;
+    }
+    EXPECT_EQ(allowed, static_cast<int>(policy.limit));
+    EXPECT_EQ(batch_row, drained) << "one batch ends where one check per batch ended";
+  }
+}
+
+struct RowScenario {
+  const char* name;
+  Policy policy;
+  std::vector<Step> steps;
+};
+
+// The token bucket scenarios, each check its own batch, the row carried between batches the
+// way the table carries it (written only when DecideOnRow says so).
+TEST(DecideOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
+  const RowScenario kScenarios[] = {
+      // Columns: advance_us, cost, allowed, remaining, retry_after_ms, reset_after_ms.
+      {"burst admits exactly limit then denies",
+       {3, 1000},
+       {{0, 1, true, 2, 0, 334},
+        {0, 1, true, 1, 0, 667},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"limit 10 per second refills one token in exactly 100 ms",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {99'999, 1, false, 0, 1, 901},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+      {"fractional tokens accumulate: 3 per second gives a token at 333.334 ms",
+       {3, 1000},
+       {{0, 3, true, 0, 0, 1000},
+        {333'333, 1, false, 0, 1, 667},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"fractions survive the row: 7 per 333 ms",
+       {7, 333},
+       {{0, 7, true, 0, 0, 333},
+        {10'001, 0, true, 0, 0, 323},
+        {37'570, 1, false, 0, 1, 286},
+        {1, 1, true, 0, 0, 333},
+        {47'572, 1, true, 0, 0, 333}}},
+      {"a denial takes nothing",
+       {3, 1000},
+       {{0, 2, true, 1, 0, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 1, true, 0, 0, 1000}}},
+      {"cost 0 reads without taking",
+       {5, 1000},
+       {{0, 0, true, 5, 0, 0}, {0, 2, true, 3, 0, 400}, {0, 0, true, 3, 0, 400}}},
+      {"refill stops at capacity",
+       {2, 1000},
+       {{0, 2, true, 0, 0, 1000},
+        {10'000'000, 0, true, 2, 0, 0},
+        {0, 1, true, 1, 0, 500},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 500, 1000}}},
+      {"a clock that steps back refills nothing, then or when it catches up",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {-500'000, 1, false, 0, 100, 1000},
+        {-500'000, 0, true, 0, 0, 1000},
+        {1'000'000, 1, false, 0, 100, 1000},
+        {100'000, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+  };
+  for (const RowScenario& scenario : kScenarios) {
+    SCOPED_TRACE(scenario.name);
+    // The steps must agree with the memory store's arithmetic in the first place.
+    ExpectSteps<TokenBucket>(scenario.policy, kNowUs, scenario.steps);
+
+    SharedRow row = FullRow(scenario.policy, kNowUs);
+    int64_t now = kNowUs;
+    for (size_t i = 0; i < scenario.steps.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(i));
+      const Step& step = scenario.steps[i];
+      now += step.advance_us;
+      bool wrote = false;
+      const CheckResult r =
+          Decide(row, {StoreCheck{"k", step.cost, scenario.policy}}, now, wrote)[0];
+      EXPECT_EQ(r.status, CheckStatus::kOk);
+      EXPECT_EQ(r.source, Source::kDatabase);
+      EXPECT_EQ(r.limit, scenario.policy.limit);
+      EXPECT_EQ(r.allowed, step.allowed);
+      EXPECT_EQ(r.remaining, step.remaining);
+      EXPECT_EQ(r.retry_after_ms, step.retry_after_ms);
+      EXPECT_EQ(r.reset_after_ms, step.reset_after_ms);
+      EXPECT_EQ(wrote, step.allowed && step.cost > 0);
+    }
+  }
+}
+
+// Pseudo-random batches against one row carried the way the table carries it, compared answer
+// by answer with the memory store's arithmetic carried in memory. Because every later batch is
+// decided from what was written, this also proves the written row is exactly the in-memory
+// state (tokens and updated_us), or the answers would drift apart.
+//
+// Database time only moves forward here. After a read or a denial the row keeps its older
+// updated_us (nothing is written) while the memory bucket has moved on, so if the clock then
+// steps back the row refills from the older time and may hold less than the memory bucket:
+// never more. Steps back are covered by the scenarios above and the test below.
+TEST(DecideOnRowTest, BatchesFromTheWrittenRowMatchTheTokenBucketInMemory) {
+  const Policy kPolicies[] = {{1, 1},       {1, 1000},           {3, 1000}, {7, 333},
+                              {10, 1000},   {60, 60'000},        {1000, 1}, {997, 1013},
+                              {1, kMaxU32}, {100'000, 3'600'000}};
+  for (const Policy& policy : kPolicies) {
+    SCOPED_TRACE(PolicyName(policy));
+    Rng rng(policy.limit * 31 + policy.window_ms);
+    SharedRow row = FullRow(policy, kNowUs);
+    TokenBucket::State state = TokenBucket::Fresh(policy, kNowUs);
+    const uint64_t token_us = uint64_t{policy.window_ms} * 1000 / policy.limit;
+    int64_t now = kNowUs;
+    int writes = 0;
+    int skipped_writes = 0;
+    for (int b = 0; b < 400; ++b) {
+      SCOPED_TRACE("batch " + std::to_string(b));
+      now += static_cast<int64_t>(rng.UpTo(3 * token_us + 2));
+      std::vector<StoreCheck> checks(1 + rng.UpTo(4), StoreCheck{"k", 1, policy});
+      for (StoreCheck& check : checks) {
+        const uint64_t max_cost = rng.UpTo(3) == 0 ? policy.limit : std::min(policy.limit, 2u);
+        check.cost = static_cast<uint32_t>(rng.UpTo(max_cost));
+      }
+      const SharedRow before = row;
+      bool wrote = false;
+      const std::vector<CheckResult> results = Decide(row, checks, now, wrote);
+      for (size_t i = 0; i < checks.size(); ++i) {
+        ASSERT_EQ(results[i], Expected(state, checks[i], now)) << "check " << i;
+      }
+      ASSERT_EQ(wrote, AnyTook(checks, results));
+      if (wrote) {
+        ++writes;
+        ASSERT_NO_FATAL_FAILURE(ExpectWellFormed(row, std::max(now, row.updated_us)));
+      } else {
+        ++skipped_writes;
+        ASSERT_EQ(row, before) << "nothing written, so nothing may change";
+      }
+    }
+    EXPECT_GT(writes, 0);
+    EXPECT_GT(skipped_writes, 0);
+  }
+}
+
+struct NoWriteCase {
+  const char* name;
+  std::vector<StoreCheck> checks;
+};
+
+TEST(DecideOnRowTest, BatchesOfOnlyDenialsOrReadsWriteNothing) {
+  const Policy kThree{3, 1000};
+  // 0.5 tokens, 100 ms ago: 0.8 tokens now.
+  const SharedRow kRow{0.5, kNowUs - 100'000, 3, 1000};
+  const NoWriteCase kCases[] = {
+      {"one denial", {{"k", 1, kThree}}},
+      {"several denials", {{"k", 1, kThree}, {"k", 2, kThree}, {"k", 3, kThree}}},
+      {"one read", {{"k", 0, kThree}}},
+      {"reads and denials", {{"k", 0, kThree}, {"k", 1, kThree}, {"k", 0, kThree}}},
+      {"a read with another policy", {{"k", 0, Policy{100, 10}}}},
+      {"a denial with another policy", {{"k", 1, Policy{2, 60'000}}}},
+  };
+  for (const NoWriteCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row = kRow;
+    TokenBucket::State state = StateOf(kRow);
+    bool wrote = true;
+    const std::vector<CheckResult> results = Decide(row, c.checks, kNowUs, wrote);
+    EXPECT_FALSE(wrote);
+    EXPECT_EQ(row, kRow);
+    for (size_t i = 0; i < c.checks.size(); ++i) {
+      EXPECT_EQ(results[i], Expected(state, c.checks[i], kNowUs)) << "check " << i;
+      EXPECT_EQ(results[i].allowed, c.checks[i].cost == 0);
+    }
+  }
+}
+
+struct WriteCase {
+  const char* name;
+  SharedRow row;
+  std::vector<StoreCheck> checks;
+  int64_t now_us;
+  SharedRow written;
+};
+
+TEST(DecideOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
+  const Policy kThree{3, 1000};
+  const Policy kTen{10, 1000};
+  const WriteCase kCases[] = {
+      {"a take from a full row",
+       FullRow(kThree, kNowUs),
+       {{"k", 1, kThree}},
+       kNowUs,
+       {2, kNowUs, 3, 1000}},
+      {"refill of 1.5 tokens, then a take",
+       {0, kNowUs, 3, 1000},
+       {{"k", 1, kThree}},
+       kNowUs + 500'000,
+       {0.5, kNowUs + 500'000, 3, 1000}},
+      {"a fractional remainder is kept to the microsecond",
+       {0, kNowUs, 3, 1000},
+       {{"k", 1, kThree}},
+       kNowUs + 333'334,
+       {2.0 / 1'000'000, kNowUs + 333'334, 3, 1000}},
+      {"a take after a denial",
+       {1, kNowUs, 10, 1000},
+       {{"k", 2, kTen}, {"k", 1, kTen}},
+       kNowUs + 50'000,
+       {0.5, kNowUs + 50'000, 10, 1000}},
+      {"a denial after a take still writes the take",
+       {2.25, kNowUs, 10, 1000},
+       {{"k", 2, kTen}, {"k", 1, kTen}, {"k", 0, kTen}},
+       kNowUs,
+       {0.25, kNowUs, 10, 1000}},
+      {"a take then a read",
+       {10, kNowUs - 1'000'000, 10, 1000},
+       {{"k", 0, kTen}, {"k", 4, kTen}, {"k", 0, kTen}},
+       kNowUs,
+       {6, kNowUs, 10, 1000}},
+  };
+  for (const WriteCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row = c.row;
+    TokenBucket::State state = StateOf(c.row);
+    bool wrote = false;
+    const std::vector<CheckResult> results = Decide(row, c.checks, c.now_us, wrote);
+    EXPECT_TRUE(wrote);
+    EXPECT_DOUBLE_EQ(row.tokens, c.written.tokens);
+    EXPECT_EQ(row.updated_us, c.written.updated_us);
+    EXPECT_EQ(row.capacity, c.written.capacity);
+    EXPECT_EQ(row.window_ms, c.written.window_ms);
+    for (size_t i = 0; i < c.checks.size(); ++i) {
+      EXPECT_EQ(results[i], Expected(state, c.checks[i], c.now_us)) << "check " << i;
+    }
+
+    // Deciding on from the written row answers as the state kept in memory does.
+    const int64_t later = c.now_us + 123'457;
+    const std::vector<StoreCheck> next = {{"k", 1, c.checks[0].policy},
+                                          {"k", 0, c.checks[0].policy}};
+    const std::vector<CheckResult> reread = Decide(row, next, later, wrote);
+    for (size_t i = 0; i < next.size(); ++i) {
+      EXPECT_EQ(reread[i], Expected(state, next[i], later)) << "next check " << i;
+    }
+  }
+}
+
+TEST(DecideOnRowTest, ARowUpdatedAfterNowRefillsNothing) {
+  const Policy kTen{10, 1000};
+  for (const int64_t ahead_us : {int64_t{1}, int64_t{10'000'000}}) {
+    SCOPED_TRACE("row updated " + std::to_string(ahead_us) + " us after now");
+    const SharedRow kRow{1, kNowUs + ahead_us, 10, 1000};
+    SharedRow row = kRow;
+    TokenBucket::State state = StateOf(kRow);
+    bool wrote = false;
+    const std::vector<StoreCheck> checks = {{"k", 1, kTen}, {"k", 1, kTen}, {"k", 0, kTen}};
+    const std::vector<CheckResult> results = Decide(row, checks, kNowUs, wrote);
+    EXPECT_TRUE(results[0].allowed);
+    EXPECT_EQ(results[0].remaining, 0u);
+    EXPECT_FALSE(results[1].allowed) << "the step back refilled something";
+    EXPECT_EQ(results[1].retry_after_ms, 100u);
+    EXPECT_EQ(results[2].remaining, 0u);
+    for (size_t i = 0; i < checks.size(); ++i) {
+      EXPECT_EQ(results[i], Expected(state, checks[i], kNowUs)) << "check " << i;
+    }
+    EXPECT_TRUE(wrote);
+    EXPECT_EQ(row.tokens, 0);
+    EXPECT_GE(row.updated_us, kNowUs);
+
+    // Still before the row's time: still nothing refilled.
+    const int64_t later = kNowUs + ahead_us / 2;
+    const CheckResult again = Decide(row, {{"k", 1, kTen}}, later, wrote)[0];
+    EXPECT_EQ(again, Expected(state, StoreCheck{"k", 1, kTen}, later));
+    EXPECT_FALSE(again.allowed);
+  }
+}
+
+struct RescaleCase {
+  const char* name;
+  Policy policy;
+  uint32_t cost;
+  bool allowed;
+  uint32_t remaining;
+  bool wrote;
+  SharedRow row_after;
+};
+
+TEST(DecideOnRowTest, AnotherPolicyRescalesAndTheRowRecordsItWhenItTakes) {
+  const SharedRow kRow{4, kNowUs, 10, 1000};  // 4 tokens of 10 per second.
+  const RescaleCase kCases[] = {
+      {"smaller capacity above the tokens keeps them",
+       {5, 500},
+       1,
+       true,
+       3,
+       true,
+       {3, kNowUs, 5, 500}},
+      {"capacity below the tokens clamps them", {2, 1000}, 1, true, 1, true, {1, kNowUs, 2, 1000}},
+      {"larger capacity and window keeps the tokens",
+       {100, 60'000},
+       1,
+       true,
+       3,
+       true,
+       {3, kNowUs, 100, 60'000}},
+      {"a read with another policy records nothing", {2, 1000}, 0, true, 2, false, kRow},
+      {"a denial with another policy records nothing", {5, 1000}, 5, false, 4, false, kRow},
+  };
+  for (const RescaleCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row = kRow;
+    TokenBucket::State state = StateOf(kRow);
+    const StoreCheck check{"k", c.cost, c.policy};
+    bool wrote = !c.wrote;
+    const CheckResult r = Decide(row, {check}, kNowUs, wrote)[0];
+    EXPECT_EQ(r, Expected(state, check, kNowUs));
+    EXPECT_EQ(r.allowed, c.allowed);
+    EXPECT_EQ(r.remaining, c.remaining);
+    EXPECT_EQ(r.limit, c.policy.limit);
+    EXPECT_EQ(wrote, c.wrote);
+    EXPECT_EQ(row, c.row_after);
+  }
+}
+
+// Runs batches that reach the extremes (full, empty, huge time gaps) on a fresh full row of
+// `policy`, expecting the memory store's answers and a well-formed row after each batch.
+void ExpectExtremeBatchesMatchTheTokenBucket(const Policy& policy) {
+  SharedRow row = FullRow(policy, kNowUs);
+  TokenBucket::State state = TokenBucket::Fresh(policy, kNowUs);
+  struct Batch {
+    int64_t advance_us;
+    std::vector<uint32_t> costs;
+  };
+  const Batch kBatches[] = {
+      {0, {0}},                    // A read of the full row.
+      {0, {1}},                    // One token from the full row.
+      {0, {policy.limit}},         // All of them, one short: denied.
+      {1, {0, 1}},                 // One microsecond later.
+      {int64_t{1} << 40, {0}},     // 12.7 days later.
+      {0, {policy.limit, 0}},      // The whole bucket at once.
+      {int64_t{1} << 62, {1, 0}},  // Time far beyond any window.
+  };
+  int64_t now = kNowUs;
+  for (size_t b = 0; b < std::size(kBatches); ++b) {
+    SCOPED_TRACE("batch " + std::to_string(b));
+    now += kBatches[b].advance_us;
+    std::vector<StoreCheck> checks;
+    for (uint32_t cost : kBatches[b].costs) checks.push_back(StoreCheck{"k", cost, policy});
+    bool wrote = false;
+    const std::vector<CheckResult> results = Decide(row, checks, now, wrote);
+    for (size_t i = 0; i < checks.size(); ++i) {
+      EXPECT_EQ(results[i], Expected(state, checks[i], now)) << "check " << i;
+    }
+    ASSERT_TRUE(std::isfinite(row.tokens));
+    EXPECT_GE(row.tokens, 0);
+    EXPECT_LE(row.tokens, policy.limit);
+    EXPECT_EQ(row.capacity, policy.limit);
+    EXPECT_EQ(row.window_ms, policy.window_ms);
+  }
+}
+
+// The largest capacity and window: no overflow, no NaN, and the same answers as the memory store.
+TEST(DecideOnRowTest, ExtremeCapacityOrWindowStayExactWithoutOverflow) {
+  for (const Policy policy :
+       {Policy{kMaxU32, 1}, Policy{1, kMaxU32}, Policy{kMaxU32, 60'000}, Policy{1000, kMaxU32}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    ExpectExtremeBatchesMatchTheTokenBucket(policy);
+  }
+}
+
+// A full row must read as exactly full even when capacity * window_ms * 1000 exceeds 2^53,
+// where a double cannot hold the level: whole tokens convert exactly.
+TEST(DecideOnRowTest, AFullRowOfAHugeCapacityTimesWindowIsExactlyFull) {
+  for (const Policy policy : {Policy{kMaxU32, kMaxU32}, Policy{999'999'999, 86'400'000}}) {
+    SCOPED_TRACE(PolicyName(policy));
+    ExpectExtremeBatchesMatchTheTokenBucket(policy);
+
+    SharedRow row = FullRow(policy, kNowUs);
+    bool wrote = false;
+    const std::vector<CheckResult> all = Decide(row, {{"k", policy.limit, policy}}, kNowUs, wrote);
+    EXPECT_TRUE(all[0].allowed) << "the whole capacity of a full row is denied";
+    EXPECT_EQ(all[0].retry_after_ms, 0u);
+  }
+}
+
+// A database clock that stepped back (a failover) leaves updated_at slightly ahead: that is no
+// damage, and keeping it only delays refill until the clock catches up.
+TEST(RepairRowTest, UpdatedAtLessThanAWindowAheadIsKept) {
+  const RawRow raw{2.5, kNowUs + 2000 * 1000, 20, 2000};
+  SharedRow row;
+  EXPECT_EQ(RepairRow(raw, Policy{10, 1000}, kNowUs, row), "");
+  EXPECT_EQ(row.updated_us, kNowUs + 2000 * 1000);
+}
+
+}  // namespace
+}  // namespace ratelimit
