@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "sidecar/log/log.h"
+
 namespace ratelimit {
 namespace {
 
@@ -33,6 +35,16 @@ void PgSession::Connect() {
     TransitionTo(State::kBroken);
     return;
   }
+  // Server notices ("relation already exists, skipping") would otherwise go to stderr as plain
+  // text, breaking the JSON-lines log; they are of interest only when debugging.
+  PQsetNoticeProcessor(
+      conn_.get(),
+      [](void*, const char* message) {
+        std::string text = message;
+        while (!text.empty() && text.back() == '\n') text.pop_back();
+        Log(LogLevel::kDebug, "database notice").Str("notice", text);
+      },
+      nullptr);
   TransitionTo(State::kConnecting);
   PollConnect();
 }

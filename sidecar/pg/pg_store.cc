@@ -50,6 +50,7 @@ struct PgStore::Slot {
   bool in_tx = false;
   uv_timer_t timer;
   uint64_t backoff_ms = 0;
+  bool connected = false;  // Since the last connect, until the session breaks.
   bool logged_down = false;
 };
 
@@ -111,6 +112,7 @@ void PgStore::CollectGarbage() {
   slot->session->Run({std::move(query)}, [this, slot](Result<std::vector<PgResultPtr>> r) {
     collecting_ = false;
     slot->in_tx = false;
+    NotifyCapacity();
     if (!r.ok()) {
       Log(LogLevel::kDebug, "garbage collection failed").Str("error", r.status().message());
       return;
@@ -145,14 +147,20 @@ void PgStore::OnSessionState(Slot& slot) {
   if (shutting_down_) return;
   switch (slot.session->state()) {
     case PgSession::State::kIdle:
+      // A session turns idle after every pipeline; only a fresh connection is news.
+      if (slot.connected) return;
+      slot.connected = true;
       slot.backoff_ms = 0;
       if (slot.logged_down) {
         Log(LogLevel::kInfo, "database connection restored");
         slot.logged_down = false;
       }
       if (!table_ready_ && !slot.in_tx) EnsureTable(slot);
+      NotifyCapacity();
       return;
     case PgSession::State::kBroken:
+      slot.connected = false;
+      NotifyCapacity();         // Readiness may have changed: waiting checks must not wait on it.
       if (!slot.logged_down) {  // Once per outage, not once per attempt.
         Log(LogLevel::kWarn, "database connection failed")
             .Str("table", options_.table.Plain())
@@ -209,7 +217,7 @@ void PgStore::EnsureTable(Slot& slot) {
                                                   : "the rate limit table is not usable")
           .Str("table", options_.table.Plain())
           .Str("error", r.status().message());
-      if (slot.session->state() == PgSession::State::kIdle) {
+      if (options_.create_table && slot.session->state() == PgSession::State::kIdle) {
         slot.session->Run({{"ROLLBACK", {}}}, [](Result<std::vector<PgResultPtr>>) {});
       }
       ScheduleRetryOfTable(slot);
@@ -217,6 +225,7 @@ void PgStore::EnsureTable(Slot& slot) {
     }
     table_ready_ = true;
     Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
+    NotifyCapacity();
   });
 }
 
@@ -228,7 +237,11 @@ void PgStore::ScheduleRetryOfTable(Slot& slot) {
         auto* s = static_cast<Slot*>(timer->data);
         PgStore* store = s->store;
         if (store->shutting_down_ || store->table_ready_) return;
-        if (s->session->state() == PgSession::State::kIdle && !s->in_tx) store->EnsureTable(*s);
+        if (s->session->state() == PgSession::State::kIdle && !s->in_tx) {
+          store->EnsureTable(*s);
+        } else if (s->session->state() != PgSession::State::kBroken) {
+          store->ScheduleRetryOfTable(*s);  // Busy for now; a broken session retries on connect.
+        }
       },
       slot.backoff_ms, 0);
 }
@@ -269,8 +282,12 @@ void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
            " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w) ORDER BY 1"
            " ON CONFLICT (key) DO NOTHING",
        {keys, ArrayLiteral(capacities), ArrayLiteral(windows)}},
+      // A timestamp outside what int8 microseconds hold ('infinity', year 294276) reads as
+      // NULL, for RepairRow, instead of failing the whole transaction.
       {"SELECT encode(key, 'hex'), tokens,"
-       " floor(extract(epoch FROM updated_at) * 1000000)::int8, capacity, window_ms FROM " +
+       " CASE WHEN updated_at BETWEEN '1900-01-01' AND '9999-12-31'"
+       " THEN floor(extract(epoch FROM updated_at) * 1000000)::int8 END,"
+       " capacity, window_ms FROM " +
            table_sql_ +
            " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
            " ORDER BY key FOR UPDATE",
