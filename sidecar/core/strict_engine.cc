@@ -30,17 +30,36 @@ void StrictEngine::Pump() {
     return;
   }
   while (!queue_.empty() && store_.free_slots() > 0) {
-    const size_t n = std::min(queue_.size(), kMaxBatch);
-    std::vector<StoreCheck> batch(std::make_move_iterator(queue_.begin()),
-                                  std::make_move_iterator(queue_.begin() + n));
-    std::vector<Waiter> waiters(waiters_.begin(), waiters_.begin() + n);
-    queue_.erase(queue_.begin(), queue_.begin() + n);
-    waiters_.erase(waiters_.begin(), waiters_.begin() + n);
-    store_.Take(std::move(batch),
-                [this, waiters = std::move(waiters)](Result<std::vector<CheckResult>> results) {
-                  Deliver(waiters, std::move(results));
-                  Pump();
-                });
+    // Take every waiting check whose key no transaction of ours holds, in arrival order. Checks
+    // of a key in flight stay queued, together and in order, for the transaction after it: two
+    // sessions of one sidecar never queue on the same row lock.
+    std::vector<StoreCheck> batch;
+    std::vector<Waiter> waiters;
+    std::vector<std::string> keys;
+    std::deque<StoreCheck> kept_checks;
+    std::deque<Waiter> kept_waiters;
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      StoreCheck& check = queue_[i];
+      const bool busy = in_flight_keys_.count(check.key) > 0;
+      if (busy || batch.size() >= kMaxBatch) {
+        kept_checks.push_back(std::move(check));
+        kept_waiters.push_back(waiters_[i]);
+        continue;
+      }
+      if (std::find(keys.begin(), keys.end(), check.key) == keys.end()) keys.push_back(check.key);
+      batch.push_back(std::move(check));
+      waiters.push_back(waiters_[i]);
+    }
+    queue_ = std::move(kept_checks);
+    waiters_ = std::move(kept_waiters);
+    if (batch.empty()) return;  // Everything waiting is for keys in flight.
+    for (const std::string& key : keys) in_flight_keys_.insert(key);
+    store_.Take(std::move(batch), [this, waiters = std::move(waiters), keys = std::move(keys)](
+                                      Result<std::vector<CheckResult>> results) {
+      for (const std::string& key : keys) in_flight_keys_.erase(key);
+      Deliver(waiters, std::move(results));
+      Pump();
+    });
   }
 }
 

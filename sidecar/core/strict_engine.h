@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <deque>
+#include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "sidecar/core/engine.h"
@@ -15,6 +17,9 @@ namespace ratelimit {
 // in a queue, and the next transaction to start takes the whole queue (up to kMaxBatch). Light
 // load thus costs one transaction per check and no added latency; heavy load costs one
 // transaction per queue-full, so the database's work grows far slower than the check rate.
+// A key is in at most one transaction of this engine at a time: checks of a key in flight wait
+// for the next one, so a sidecar's own sessions never contend for a hot row's lock (which
+// would split its batches and serialize them behind each other).
 //
 // Refusals without touching the store: StoreUnavailable while the store is not ready (checks
 // never queue behind a database that is down), Overloaded past kMaxQueued waiting checks.
@@ -52,6 +57,8 @@ class StrictEngine final : public Engine {
   SharedStore& store_;
   std::deque<StoreCheck> queue_;
   std::deque<Waiter> waiters_;  // Parallel to queue_.
+  // Keys in some Take of this engine that has not completed.
+  std::unordered_set<std::string> in_flight_keys_;
 };
 
 }  // namespace ratelimit

@@ -201,6 +201,29 @@ TEST_F(StrictEngineTest, WithTwoSlotsTwoTakesRunAtOnce) {
   for (const Recorder::Answer& a : recorder_.answers) EXPECT_EQ(a.result, DeliveredEcho(a.tag));
 }
 
+// A hot key is in at most one transaction of the engine at a time, so the engine's own sessions
+// never queue on its row lock; other keys still use the free session.
+TEST_F(StrictEngineTest, AKeyInFlightWaitsForTheNextTakeWhileOtherKeysUseAFreeSlot) {
+  store_.set_slots(2);
+  Recorder done;
+  engine_.Check(CheckQuery{KeyOf(7), 1, kPolicy}, 0, done);
+  ASSERT_EQ(store_.take_count(), 1u);
+  engine_.Check(CheckQuery{KeyOf(7), 1, kPolicy}, 1, done);
+  EXPECT_EQ(store_.take_count(), 1u) << "the second check of a key in flight must wait";
+  engine_.Check(CheckQuery{KeyOf(8), 1, kPolicy}, 2, done);
+  ASSERT_EQ(store_.take_count(), 2u) << "another key takes the free slot";
+  ASSERT_EQ(store_.batch(1).size(), 1u);
+  EXPECT_EQ(store_.batch(1)[0].key, KeyOf(8));
+  engine_.Check(CheckQuery{KeyOf(7), 1, kPolicy}, 3, done);
+
+  Echo(0);  // KeyOf(7) is free again: both waiting checks of it go together, in order.
+  ASSERT_EQ(store_.take_count(), 3u);
+  ASSERT_EQ(store_.batch(2).size(), 2u);
+  Echo(1);
+  Echo(2);
+  EXPECT_EQ(done.tags(), (std::vector<uint64_t>{0, 2, 1, 3}));
+}
+
 TEST_F(StrictEngineTest, EachAnswerReachesItsOwnCallbackAndTagExactlyOnce) {
   store_.set_slots(2);
   Recorder a;
