@@ -99,11 +99,13 @@ void PgStore::CollectGarbage() {
   if (slot == nullptr) return;  // Busy with checks: they come first; try again next tick.
   collecting_ = true;
   slot->in_tx = true;
-  // Full at clock_timestamp(): the refill since updated_at covers what was missing. Malformed
+  // Full at clock_timestamp(): the refill since updated_at covers what was missing. Only rows
+  // idle for 10 s: a busy key with a large limit is full again within microseconds, and
+  // deleting its row between a check's INSERT and its SELECT would fail that check. Malformed
   // rows are left to RepairRow when their key is next used.
   PgQuery query{"DELETE FROM " + table_sql_ + " WHERE key IN (SELECT key FROM " + table_sql_ +
                     " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
-                    " AND updated_at <= clock_timestamp()"
+                    " AND updated_at <= clock_timestamp() - interval '10 seconds'"
                     " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
                     " * capacity / window_ms >= capacity"
                     " LIMIT " +

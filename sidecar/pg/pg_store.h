@@ -42,8 +42,9 @@ struct PgStoreStats {
 // from deadlocking. Keys at rest are SHA-256 digests unless key_hashing is kNone.
 //
 // Garbage collection: a row whose bucket has refilled to full means the same as no row. Every
-// kGcIntervalMs one idle session deletes up to kGcBatch such rows, skipping rows that checks
-// hold locked (FOR UPDATE SKIP LOCKED), and goes again at once while batches come back full.
+// kGcIntervalMs one idle session deletes up to kGcBatch such rows untouched for 10 s, skipping rows
+// that checks hold locked (FOR UPDATE SKIP LOCKED), and goes again at once while batches come back
+// full.
 //
 // Start-up never blocks: sessions connect in the background, and a broken session reconnects
 // with jittered exponential backoff (100 ms doubling to 5 s). Until one session is connected

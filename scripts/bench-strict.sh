@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Hot-key throughput, strict mode against the older gateway's one-transaction-per-check pattern,
+# measured in the same run on the same private PostgreSQL. Prints both and their ratio.
+#   scripts/bench-strict.sh [SECONDS]   (default 10; needs a build in build/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
+  exec scripts/with-postgres.sh "$0" "$@"
+fi
+sidecars=3
+clients=${RATE_LIMIT_BENCH_CLIENTS:-16}
+work=$(mktemp -d /tmp/rlbench-XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The older gateway: BEGIN; INSERT .. ON CONFLICT DO NOTHING; SELECT .. FOR UPDATE; UPDATE;
+# COMMIT for every check, all clients on one hot key.
+psql -q -c "CREATE TABLE gateway_buckets (key text PRIMARY KEY, tokens double precision,
+            updated_at timestamptz)"
+cat >"$work/gateway.sql" <<'SQL'
+BEGIN;
+INSERT INTO gateway_buckets (key, tokens, updated_at) VALUES ('hot', 1000000000, now())
+  ON CONFLICT DO NOTHING;
+SELECT tokens, updated_at FROM gateway_buckets WHERE key = 'hot' FOR UPDATE;
+UPDATE gateway_buckets SET tokens = tokens - 1, updated_at = now() WHERE key = 'hot';
+COMMIT;
+SQL
+pgbench_bin="${RATELIMIT_TEST_PG_BIN}/pgbench"
+[ -x "$pgbench_bin" ] || pgbench_bin=pgbench
+gateway_tps=$("$pgbench_bin" -n -c $((sidecars * clients)) -j 2 -T "$seconds" -f "$work/gateway.sql" |
+  sed -nE 's/^tps = ([0-9.]+).*/\1/p' | head -1)
+
+# Strict mode: 3 sidecars on one table, 16 blocking connections each, one hot key, a policy so
+# large that every check is admitted and written.
+for i in $(seq 1 $sidecars); do
+  RATE_LIMIT_SOCKET="$work/s$i.sock" RATE_LIMIT_STORE=postgres RATE_LIMIT_MODE=strict \
+    DATABASE_URL="$RATELIMIT_TEST_DATABASE_URL" RATE_LIMIT_PG_TABLE=bench_buckets \
+    RATE_LIMIT_PG_CONNECTIONS="${RATE_LIMIT_PG_CONNECTIONS:-2}" \
+    RATE_LIMIT_LOG_LEVEL=warn build/bin/ratelimit-sidecar 2>>"$work/sidecars.log" &
+  pids+=($!)
+done
+for i in $(seq 1 $sidecars); do
+  for _ in $(seq 1 100); do
+    build/bin/ratelimit-cli --socket "$work/s$i.sock" ping --json 2>/dev/null | grep -q '"ready":true' && break
+    sleep 0.1
+  done
+done
+bench_pids=()
+for i in $(seq 1 $sidecars); do
+  build/bin/ratelimit-bench --socket "$work/s$i.sock" --connections $clients --depth 1 \
+    --duration-s "$seconds" --keys 1 --limit 1000000000 --window-ms 1000 --json \
+    >"$work/bench$i.out" 2>/dev/null &
+  bench_pids+=($!)
+done
+wait "${bench_pids[@]}" || true
+strict_cps=0
+for i in $(seq 1 $sidecars); do
+  line=$(tail -1 "$work/bench$i.out")
+  echo "sidecar $i: $line"
+  cps=$(sed -E 's/.*"checks_per_s":([0-9.]+).*/\1/' <<<"$line")
+  strict_cps=$(awk -v a="$strict_cps" -v b="$cps" 'BEGIN { print a + b }')
+done
+echo "gateway pattern (pgbench, $((sidecars * clients)) clients): $gateway_tps checks/s"
+echo "strict mode ($sidecars sidecars x $clients connections): $strict_cps checks/s"
+awk -v s="$strict_cps" -v g="$gateway_tps" 'BEGIN { printf "ratio: %.1fx\n", s / g }'
