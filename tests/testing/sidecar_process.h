@@ -18,6 +18,7 @@ using Env = std::map<std::string, std::string>;
 
 inline constexpr char kSidecarBin[] = RATELIMIT_SIDECAR_BIN;
 inline constexpr char kCliBin[] = RATELIMIT_CLI_BIN;
+inline constexpr char kBenchBin[] = RATELIMIT_BENCH_BIN;
 
 struct ProcessResult {
   int exit_code = -1;  // -1: killed after the timeout, or by a signal.
