@@ -100,12 +100,13 @@ void PgStore::CollectGarbage() {
   collecting_ = true;
   slot->in_tx = true;
   // Full at clock_timestamp(): the refill since updated_at covers what was missing. Only rows
-  // idle for 10 s: a busy key with a large limit is full again within microseconds, and
-  // deleting its row between a check's INSERT and its SELECT would fail that check. Malformed
-  // rows are left to RepairRow when their key is next used.
+  // untouched for a whole window (and at least a second): a busy key with a large limit is
+  // full again within microseconds, and deleting its row between a check's INSERT and its
+  // SELECT would fail that check. Malformed rows are left to RepairRow when next used.
   PgQuery query{"DELETE FROM " + table_sql_ + " WHERE key IN (SELECT key FROM " + table_sql_ +
                     " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
-                    " AND updated_at <= clock_timestamp() - interval '10 seconds'"
+                    " AND updated_at <= clock_timestamp()"
+                    "   - greatest(window_ms, 1000) * interval '1 millisecond'"
                     " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
                     " * capacity / window_ms >= capacity"
                     " LIMIT " +

@@ -42,7 +42,8 @@ struct PgStoreStats {
 // from deadlocking. Keys at rest are SHA-256 digests unless key_hashing is kNone.
 //
 // Garbage collection: a row whose bucket has refilled to full means the same as no row. Every
-// kGcIntervalMs one idle session deletes up to kGcBatch such rows untouched for 10 s, skipping rows
+// kGcIntervalMs one idle session deletes up to kGcBatch such rows untouched for a window (and at
+// least a second), skipping rows
 // that checks hold locked (FOR UPDATE SKIP LOCKED), and goes again at once while batches come back
 // full.
 //
