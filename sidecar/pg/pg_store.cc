@@ -9,6 +9,7 @@
 
 #include "sidecar/core/shared_bucket.h"
 #include "sidecar/log/log.h"
+#include "sidecar/pg/table_sql.h"
 
 namespace ratelimit {
 namespace {
@@ -203,10 +204,7 @@ void PgStore::EnsureTable(Slot& slot) {
     queries = {
         {"BEGIN", {}},
         {"SELECT pg_advisory_xact_lock(hashtext($1))", {"ratelimit:" + options_.table.Plain()}},
-        {"CREATE TABLE IF NOT EXISTS " + table_sql_ +
-             " (key bytea PRIMARY KEY, tokens double precision, updated_at timestamptz,"
-             " capacity bigint, window_ms bigint) WITH (fillfactor = 70)",
-         {}},
+        {CreateTableSql(options_.table), {}},
         {"COMMIT", {}},
     };
   } else {

@@ -9,6 +9,7 @@
 
 #include "ratelimit/client.h"
 #include "ratelimit/pipeline.h"
+#include "sidecar/pg/table_sql.h"
 #include "tests/pg/strict_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/temp_dir.h"
@@ -33,11 +34,7 @@ using strict_test::WaitUntil;
 constexpr uint32_t kSlowWindowMs = 4'000'000'000;
 
 // schema/postgres.sql, for a table of another name.
-std::string TableDdl(const std::string& table) {
-  return "CREATE TABLE IF NOT EXISTS " + table +
-         " (key bytea PRIMARY KEY, tokens double precision, updated_at timestamptz,"
-         " capacity bigint, window_ms bigint) WITH (fillfactor = 70)";
-}
+std::string TableDdl(const std::string& table) { return CreateTableSql(TableName{"", table}); }
 
 PgConnPtr ConnectOrFail() {
   PgConnPtr conn = ConnectToTestDatabase();
