@@ -2,6 +2,9 @@
 # Hot-key throughput, strict mode against the older gateway's one-transaction-per-check pattern,
 # measured in the same run on the same private PostgreSQL. Prints both and their ratio.
 #   scripts/bench-strict.sh [SECONDS]   (default 10; needs a build in build/)
+# RATE_LIMIT_BENCH_CLIENTS (default 16) sets the checks in flight per sidecar and the pgbench
+# clients per sidecar; RATE_LIMIT_BENCH_CONNECTIONS (default: the same) spreads those checks
+# over fewer connections, each with several in flight.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -51,9 +54,11 @@ for i in $(seq 1 $sidecars); do
     sleep 0.1
   done
 done
+connections=${RATE_LIMIT_BENCH_CONNECTIONS:-$clients}
 bench_pids=()
 for i in $(seq 1 $sidecars); do
-  build/bin/ratelimit-bench --socket "$work/s$i.sock" --connections $clients --depth 1 \
+  build/bin/ratelimit-bench --socket "$work/s$i.sock" --connections "$connections" \
+    --depth $((clients / connections)) \
     --duration-s "$seconds" --keys 1 --limit 1000000000 --window-ms 1000 --json \
     >"$work/bench$i.out" 2>/dev/null &
   bench_pids+=($!)
@@ -67,5 +72,6 @@ for i in $(seq 1 $sidecars); do
   strict_cps=$(awk -v a="$strict_cps" -v b="$cps" 'BEGIN { print a + b }')
 done
 echo "gateway pattern (pgbench, $((sidecars * clients)) clients): $gateway_tps checks/s"
-echo "strict mode ($sidecars sidecars x $clients connections): $strict_cps checks/s"
+echo "strict mode ($sidecars sidecars x $connections connections x depth" \
+  "$((clients / connections))): $strict_cps checks/s"
 awk -v s="$strict_cps" -v g="$gateway_tps" 'BEGIN { printf "ratio: %.1fx\n", s / g }'
