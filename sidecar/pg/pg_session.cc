@@ -1,6 +1,7 @@
 // PgSession: one non-blocking libpq connection driven by the libuv loop, in pipeline mode.
 #include "sidecar/pg/pg_session.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "sidecar/log/log.h"
@@ -28,6 +29,7 @@ void PgSession::TransitionTo(State next) {
 }
 
 void PgSession::Connect() {
+  prepared_.clear();  // Prepared statements belong to a connection.
   conn_.reset(PQconnectStart(conninfo_.c_str()));
   if (conn_ == nullptr || PQstatus(conn_.get()) == CONNECTION_BAD) {
     last_error_ = ConnError(conn_.get());
@@ -140,22 +142,42 @@ void PgSession::OnSocketEvent(int status, int events) {
 void PgSession::Run(std::vector<PgQuery> queries, PipelineDone done) {
   done_ = std::move(done);
   results_.clear();
-  results_.resize(queries.size());
-  expected_ = queries.size();
+  entry_statement_.clear();
+  entry_prepare_.clear();
   index_ = 0;
   awaiting_end_of_statement_ = false;
   statement_error_.clear();
   TransitionTo(State::kBusy);
-  for (const PgQuery& query : queries) {
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const PgQuery& query = queries[q];
     std::vector<const char*> values;
     values.reserve(query.params.size());
     for (const std::string& p : query.params) values.push_back(p.c_str());
-    if (PQsendQueryParams(conn_.get(), query.sql.c_str(), static_cast<int>(values.size()), nullptr,
-                          values.data(), nullptr, nullptr, 0) != 1) {
+    const int n = static_cast<int>(values.size());
+    int sent = 1;
+    if (query.name.empty()) {
+      sent = PQsendQueryParams(conn_.get(), query.sql.c_str(), n, nullptr, values.data(), nullptr,
+                               nullptr, 0);
+    } else {
+      if (!prepared_.count(query.name) && std::find(entry_prepare_.begin(), entry_prepare_.end(),
+                                                    query.name) == entry_prepare_.end()) {
+        sent = PQsendPrepare(conn_.get(), query.name.c_str(), query.sql.c_str(), n, nullptr);
+        entry_statement_.push_back(-1);
+        entry_prepare_.push_back(query.name);
+      }
+      sent = sent == 1 ? PQsendQueryPrepared(conn_.get(), query.name.c_str(), n, values.data(),
+                                             nullptr, nullptr, 0)
+                       : sent;
+    }
+    if (sent != 1) {
       Fail(ConnError(conn_.get()));
       return;
     }
+    entry_statement_.push_back(static_cast<int>(q));
+    entry_prepare_.emplace_back();
   }
+  expected_ = entry_statement_.size();
+  results_.resize(expected_);
   if (PQpipelineSync(conn_.get()) != 1) {
     Fail(ConnError(conn_.get()));
     return;
@@ -187,13 +209,23 @@ void PgSession::ReadResults() {
     }
     const ExecStatusType status = PQresultStatus(result.get());
     if (status == PGRES_PIPELINE_SYNC) {
+      // Remember what got prepared, even in a pipeline that failed later on.
+      std::vector<PgResultPtr> statements;
+      for (size_t i = 0; i < results_.size(); ++i) {
+        if (entry_statement_[i] >= 0) {
+          statements.push_back(std::move(results_[i]));
+        } else if (results_[i] != nullptr &&
+                   PQresultStatus(results_[i].get()) == PGRES_COMMAND_OK) {
+          prepared_.insert(entry_prepare_[i]);
+        }
+      }
       if (!statement_error_.empty()) {
         Finish(Status::IoError(statement_error_));
       } else if (index_ != expected_) {
         Finish(Status::IoError("database answered " + std::to_string(index_) + " of " +
                                std::to_string(expected_) + " statements"));
       } else {
-        Finish(std::move(results_));
+        Finish(std::move(statements));
       }
       return;
     }

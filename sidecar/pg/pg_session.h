@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "sidecar/core/status.h"
@@ -23,10 +24,14 @@ struct PgResultDeleter {
 using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
 using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
-// One statement of a pipeline: SQL with $n placeholders and its parameters as text.
+// One statement of a pipeline: SQL with $n placeholders and its parameters as text. A statement
+// with a `name` is prepared once per connection (parsed and planned once, inside the same
+// pipeline as its first use) and executed by name afterwards; the same name must always carry
+// the same SQL.
 struct PgQuery {
   std::string sql;
-  std::vector<std::string> params;
+  std::vector<std::string> params = {};
+  std::string name = {};
 };
 
 // Connects without blocking (PQconnectStart/PQconnectPoll under uv_poll), then runs pipelines:
@@ -92,9 +97,15 @@ class PgSession {
   int watched_events_ = 0;
   std::string last_error_;
 
-  // The pipeline in flight.
+  // Statements prepared on the current connection.
+  std::unordered_set<std::string> prepared_;
+
+  // The pipeline in flight. Its entries are the statements plus a Prepare before each first use
+  // of a name; entry_statement_[i] is the statement index of entry i, or -1 for a Prepare.
   PipelineDone done_;
-  std::vector<PgResultPtr> results_;
+  std::vector<PgResultPtr> results_;  // One per entry.
+  std::vector<int> entry_statement_;
+  std::vector<std::string> entry_prepare_;  // The name an entry prepares, else empty.
   size_t expected_ = 0;
   size_t index_ = 0;
   bool awaiting_end_of_statement_ = false;

@@ -282,7 +282,8 @@ void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
            " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
            " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w) ORDER BY 1"
            " ON CONFLICT (key) DO NOTHING",
-       {keys, ArrayLiteral(capacities), ArrayLiteral(windows)}},
+       {keys, ArrayLiteral(capacities), ArrayLiteral(windows)},
+       "rl_insert"},
       // A timestamp outside what int8 microseconds hold ('infinity', year 294276) reads as
       // NULL, for RepairRow, instead of failing the whole transaction.
       {"SELECT encode(key, 'hex'), tokens,"
@@ -292,9 +293,10 @@ void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
            table_sql_ +
            " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
            " ORDER BY key FOR UPDATE",
-       {keys}},
+       {keys},
+       "rl_lock"},
       // After the locks are held: the time the checks are decided at.
-      {"SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}},
+      {"SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}, "rl_clock"},
   };
   slot->in_tx = true;
   ++stats_.transactions;
@@ -374,7 +376,8 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
              " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
              " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
          {ArrayLiteral(upd_keys), ArrayLiteral(upd_tokens), ArrayLiteral(upd_us),
-          ArrayLiteral(upd_caps), ArrayLiteral(upd_windows)}});
+          ArrayLiteral(upd_caps), ArrayLiteral(upd_windows)},
+         "rl_update"});
     queries.push_back({"COMMIT", {}});
   }
   slot.session->Run(std::move(queries), [this, &slot, tx, decided = std::move(results_by_check)](
