@@ -14,6 +14,7 @@
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/strict_engine.h"
 #include "sidecar/log/log.h"
+#include "sidecar/pg/conninfo.h"
 #include "sidecar/pg/pg_store.h"
 #include "sidecar/server/server.h"
 #include "sidecar/server/steady_clock.h"
@@ -86,24 +87,30 @@ class Sidecar {
   }
 
   // Shuts the server down (answering what it has read), then the store, then closes every
-  // other handle so that uv_run returns.
+  // other handle so that uv_run returns. The store stops at the latest when the grace period
+  // ends: connections with checks waiting on a stuck database get their answers (failures)
+  // from it, and only then can the server finish.
   void Stop() {
-    server_.Shutdown([this] {
-      auto close_rest = [this] {
-        for (uv_signal_t& signal : signals_) {
-          uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
-        }
-        uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
-      };
-      if (pg_store_ != nullptr) {
-        pg_store_->Shutdown(close_rest);
-      } else {
-        close_rest();
-      }
-    });
+    server_.Shutdown([this] { StopStore(); }, [this] { StopStore(); });
   }
 
  private:
+  void StopStore() {
+    if (store_stopping_) return;
+    store_stopping_ = true;
+    auto close_rest = [this] {
+      for (uv_signal_t& signal : signals_) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
+      }
+      uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+    };
+    if (pg_store_ != nullptr) {
+      pg_store_->Shutdown(close_rest);
+    } else {
+      close_rest();
+    }
+  }
+
   std::unique_ptr<Engine> MakeEngine(uv_loop_t* loop, const Config& config,
                                      const HashKey& hash_key) {
     if (config.store == StoreKind::kPostgres) {
@@ -136,6 +143,7 @@ class Sidecar {
   Server server_;
   uv_signal_t signals_[2];
   uv_timer_t sweep_timer_;
+  bool store_stopping_ = false;
 };
 
 int Main(int argc, char** argv) {
@@ -154,6 +162,12 @@ int Main(int argc, char** argv) {
   if (!config.ok()) {
     Log(LogLevel::kError, config.status().message());
     return 2;
+  }
+  if (config->store == StoreKind::kPostgres) {
+    if (Status url = ValidateConninfo(config->database_url); !url.ok()) {
+      Log(LogLevel::kError, url.message());
+      return 2;
+    }
   }
   SetLogLevel(config->log_level);
   for (const std::string& name : UnknownRateLimitVariables(environ)) {

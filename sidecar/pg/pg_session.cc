@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "sidecar/log/log.h"
+#include "sidecar/pg/conninfo.h"
 
 namespace ratelimit {
 namespace {
@@ -18,7 +19,10 @@ std::string ConnError(PGconn* conn) {
 }  // namespace
 
 PgSession::PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state)
-    : loop_(loop), conninfo_(std::move(conninfo)), on_state_(std::move(on_state)) {}
+    : loop_(loop),
+      conninfo_(std::move(conninfo)),
+      password_(ConninfoPassword(conninfo_)),
+      on_state_(std::move(on_state)) {}
 
 PgSession::~PgSession() { Close(); }
 
@@ -32,9 +36,10 @@ void PgSession::Connect() {
   prepared_.clear();  // Prepared statements belong to a connection.
   conn_.reset(PQconnectStart(conninfo_.c_str()));
   if (conn_ == nullptr || PQstatus(conn_.get()) == CONNECTION_BAD) {
-    last_error_ = ConnError(conn_.get());
-    conn_.reset();
-    TransitionTo(State::kBroken);
+    // Failed at once (no such socket file, an unresolvable name): still a state change for the
+    // owner, which schedules the next attempt, even when the session was already broken.
+    state_ = State::kConnecting;
+    Fail(ConnError(conn_.get()));
     return;
   }
   // Server notices ("relation already exists, skipping") would otherwise go to stderr as plain
@@ -116,10 +121,10 @@ void PgSession::PollTrampoline(uv_poll_t* handle, int status, int events) {
 }
 
 void PgSession::OnSocketEvent(int status, int events) {
-  if (status < 0) {
+  if (status < 0 && state_ != State::kConnecting) {
     Fail(std::string("database socket error: ") + uv_strerror(status));
     return;
-  }
+  }  // While connecting, libpq reads the socket error itself and may try the next address.
   switch (state_) {
     case State::kConnecting:
       PollConnect();
@@ -220,7 +225,7 @@ void PgSession::ReadResults() {
         }
       }
       if (!statement_error_.empty()) {
-        Finish(Status::IoError(statement_error_));
+        Finish(Status::IoError(Redacted(statement_error_)));
       } else if (index_ != expected_) {
         Finish(Status::IoError("database answered " + std::to_string(index_) + " of " +
                                std::to_string(expected_) + " statements"));
@@ -235,7 +240,7 @@ void PgSession::ReadResults() {
       while (!statement_error_.empty() && statement_error_.back() == '\n') {
         statement_error_.pop_back();
       }
-      last_error_ = statement_error_;
+      last_error_ = Redacted(statement_error_);
     }
     if (index_ < results_.size() && results_[index_] == nullptr)
       results_[index_] = std::move(result);
@@ -250,8 +255,17 @@ void PgSession::Finish(Result<std::vector<PgResultPtr>> results) {
   if (done) done(std::move(results));
 }
 
+std::string PgSession::Redacted(std::string message) const {
+  if (password_.empty()) return message;
+  for (size_t at = message.find(password_); at != std::string::npos;
+       at = message.find(password_, at + 3)) {
+    message.replace(at, password_.size(), "***");
+  }
+  return message;
+}
+
 void PgSession::Fail(const std::string& message) {
-  last_error_ = message;
+  last_error_ = Redacted(message);
   StopWatching();
   conn_.reset();
   PipelineDone done = std::move(done_);

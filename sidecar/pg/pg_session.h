@@ -69,11 +69,12 @@ class PgSession {
   void Close();
 
   State state() const { return state_; }
-  // The last connection or statement error, without any password (libpq never echoes one).
+  // The last connection or statement error, with the connection's password masked ("***").
   const std::string& last_error() const { return last_error_; }
 
  private:
   void TransitionTo(State next);
+  std::string Redacted(std::string message) const;
   void Fail(const std::string& message);
   void PollConnect();
   void OnSocketEvent(int status, int events);
@@ -87,6 +88,7 @@ class PgSession {
 
   uv_loop_t* loop_;
   const std::string conninfo_;
+  const std::string password_;  // From conninfo_, to mask it in every message kept.
   StateListener on_state_;
   State state_ = State::kNew;
   PgConnPtr conn_;

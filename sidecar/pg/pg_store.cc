@@ -218,6 +218,9 @@ void PgStore::EnsureTable(Slot& slot) {
                                                   : "the rate limit table is not usable")
           .Str("table", options_.table.Plain())
           .Str("error", r.status().message());
+      // A broken session shares the slot's timer with the reconnect already scheduled, and
+      // checks the table again once connected: only a live session needs a table retry.
+      if (slot.session->state() == PgSession::State::kBroken) return;
       if (options_.create_table && slot.session->state() == PgSession::State::kIdle) {
         slot.session->Run({{"ROLLBACK", {}}}, [](Result<std::vector<PgResultPtr>>) {});
       }
@@ -337,7 +340,7 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
       }
     }
     auto found = raw_rows.find(key);
-    if (found == raw_rows.end()) {  // Deleted between our INSERT and SELECT: decide it later.
+    if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
       for (size_t pos : positions) {
         results_by_check[pos] =
             Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit, Source::kDatabase);
@@ -411,6 +414,7 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
 }
 
 void PgStore::Shutdown(std::function<void()> done) {
+  if (shutting_down_) return;
   shutting_down_ = true;
   on_shutdown_ = std::move(done);
   uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), [](uv_handle_t* handle) {
@@ -426,6 +430,7 @@ void PgStore::Shutdown(std::function<void()> done) {
       s->store->MaybeShutdownDone();
     });
   }
+  NotifyCapacity();  // Not ready any more: checks still queued are answered now.
 }
 
 void PgStore::MaybeShutdownDone() {

@@ -107,10 +107,11 @@ void Server::Release(Connection* connection) {
   MaybeStopped();
 }
 
-void Server::Shutdown(std::function<void()> on_stopped) {
+void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over) {
   if (shutting_down_) return;
   shutting_down_ = true;
   on_stopped_ = std::move(on_stopped);
+  on_grace_over_ = std::move(on_grace_over);
   Log(LogLevel::kInfo, "shutting down").Int("connections", connections_.size());
   if (listener_open_) {
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
@@ -152,6 +153,7 @@ void Server::GraceTrampoline(uv_timer_t* timer) {
   auto* self = static_cast<Server*>(timer->data);
   Log(LogLevel::kWarn, "shutdown grace period over; closing connections")
       .Int("connections", self->connections_.size());
+  if (self->on_grace_over_) self->on_grace_over_();
   std::vector<Connection*> all;
   for (auto& [ptr, owned] : self->connections_) all.push_back(ptr);
   for (Connection* connection : all) connection->Close();

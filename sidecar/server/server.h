@@ -43,9 +43,11 @@ class Server {
   Status Start();
 
   // Stops accepting and removes the socket file, then lets every connection answer what it has
-  // read and flush it. Connections still open after shutdown_grace_ms are closed. Calls
-  // `on_stopped` once every handle of the server is closed. Idempotent.
-  void Shutdown(std::function<void()> on_stopped);
+  // read and flush it. When shutdown_grace_ms is over, calls `on_grace_over` (the owner then
+  // stops a store whose answers connections may still be waiting for) and closes the
+  // connections still open. Calls `on_stopped` once every handle of the server is closed and
+  // every pending check has been answered. Idempotent.
+  void Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over = nullptr);
 
   size_t connection_count() const { return connections_.size(); }
 
@@ -74,6 +76,7 @@ class Server {
   bool grace_timer_open_ = false;
   bool shutting_down_ = false;
   std::function<void()> on_stopped_;
+  std::function<void()> on_grace_over_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
   // One read buffer for all connections: libuv calls alloc and read back to back on one stream,
   // and frames are consumed before the read callback returns. 8-byte words keep frames aligned.

@@ -2,9 +2,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <thread>
+
 #include "gtest/gtest.h"
 #include "ratelimit/client.h"
 #include "tests/pg/strict_test_support.h"
+#include "tests/testing/temp_dir.h"
 
 namespace ratelimit {
 namespace {
@@ -54,6 +58,85 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
   sidecar.Signal(SIGTERM);
   EXPECT_EQ(sidecar.WaitExit(), 0);
   Command(admin.get(), "DROP DATABASE IF EXISTS " + database + " WITH (FORCE)");
+}
+
+// libpq fails at once when the socket file is missing: every such attempt must still schedule
+// the next one, so the sidecar connects by itself once the socket appears.
+TEST(StrictRecovery, ASidecarWhoseSocketPathIsMissingConnectsOnceItAppears) {
+  REQUIRE_TEST_DATABASE();
+  const char* pghost = std::getenv("PGHOST");
+  const char* pgport = std::getenv("PGPORT");
+  ASSERT_TRUE(pghost != nullptr && pgport != nullptr);
+  TempDir dir;
+  Result<std::unique_ptr<SidecarProcess>> started =
+      SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_PG_TABLE", "t_strict_socket_appears"},
+                             {"DATABASE_URL", "host=" + dir.path() + " port=" + pgport +
+                                                  " user=postgres dbname=postgres"}});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  SidecarProcess& sidecar = **started;
+  Client client({.socket_path = sidecar.socket_path(), .timeout_ms = 2000});
+  usleep(1500000);  // Several attempts fail at once (backoff 100 ms, doubling).
+  Result<PingResult> down = client.Ping();
+  ASSERT_TRUE(down.ok());
+  EXPECT_FALSE(down->ready);
+
+  const std::string name = std::string("/.s.PGSQL.") + pgport;
+  ASSERT_EQ(symlink((std::string(pghost) + name).c_str(), (dir.path() + name).c_str()), 0);
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        Result<PingResult> p = client.Ping();
+        return p.ok() && p->ready;
+      },
+      15000))
+      << sidecar.Stderr();
+}
+
+// With the database stuck (the table locked by another session), SIGTERM still ends the
+// sidecar within its grace period: waiting checks are answered StoreUnavailable.
+TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
+  REQUIRE_TEST_DATABASE();
+  const std::string table = "t_strict_stuck_shutdown";
+  PgConnPtr admin = ConnectToTestDatabase();
+  ASSERT_EQ(PQstatus(admin.get()), CONNECTION_OK);
+  Command(admin.get(), "DROP TABLE IF EXISTS " + table);
+  Result<std::unique_ptr<SidecarProcess>> started =
+      SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_PG_TABLE", table},
+                             {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "500"},
+                             {"DATABASE_URL", TestDatabaseUrl()}});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  SidecarProcess& sidecar = **started;
+  Client client({.socket_path = sidecar.socket_path(), .timeout_ms = 5000});
+  ASSERT_TRUE(WaitUntil([&] {
+    Result<PingResult> p = client.Ping();
+    return p.ok() && p->ready;
+  }));
+  ASSERT_TRUE(client.Check({.key = "k"}).ok());
+
+  ASSERT_EQ(Command(admin.get(), "BEGIN"), "");
+  ASSERT_EQ(Command(admin.get(), "LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE"), "");
+  std::thread stuck([&] {
+    Result<CheckResult> r = client.Check({.key = "k"});
+    // Either answered StoreUnavailable or cut off with the connection: never allowed.
+    EXPECT_TRUE(!r.ok() || r->status == CheckStatus::kStoreUnavailable);
+  });
+  usleep(300000);  // The check is now waiting for the lock.
+  sidecar.Signal(SIGTERM);
+  EXPECT_EQ(sidecar.WaitExit(10000), 0) << sidecar.Stderr();
+  Command(admin.get(), "ROLLBACK");
+  stuck.join();
+}
+
+TEST(StrictConfig, AMalformedDatabaseUrlStopsStartUpWithoutShowingIt) {
+  TempDir dir;
+  ProcessResult r =
+      RunProcess({kSidecarBin}, {{"RATE_LIMIT_SOCKET", dir.File("rl.sock")},
+                                 {"RATE_LIMIT_STORE", "postgres"},
+                                 {"DATABASE_URL", "postgresql://rl:Secr%zzet@127.0.0.1:1/db"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("DATABASE_URL is invalid"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("Secr"), std::string::npos) << r.err;
 }
 
 }  // namespace
