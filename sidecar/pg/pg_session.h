@@ -12,17 +12,9 @@
 #include <vector>
 
 #include "sidecar/core/status.h"
+#include "sidecar/pg/pg_ptr.h"
 
 namespace ratelimit {
-
-struct PgConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
-};
-struct PgResultDeleter {
-  void operator()(PGresult* result) const { PQclear(result); }
-};
-using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
-using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
 // One statement of a pipeline: SQL with $n placeholders and its parameters as text. A statement
 // with a `name` is prepared once per connection (parsed and planned once, inside the same

@@ -10,7 +10,7 @@ namespace {
 
 using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
-using strict_test::PgConnPtr;
+
 using strict_test::QueryValue;
 using strict_test::StartReadySidecar;
 using strict_test::StrictEnv;

@@ -22,7 +22,7 @@ namespace {
 
 using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
-using strict_test::PgConnPtr;
+
 using strict_test::QueryValue;
 using strict_test::ServerLogTail;
 using strict_test::StartReadySidecar;

@@ -15,7 +15,7 @@ namespace {
 
 using strict_test::Command;
 using strict_test::ConnectToTestDatabase;
-using strict_test::PgConnPtr;
+
 using strict_test::WaitUntil;
 
 TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceItDoes) {

@@ -23,7 +23,7 @@ using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
 using strict_test::Lines;
 using strict_test::LinesContaining;
-using strict_test::PgConnPtr;
+
 using strict_test::PingsReady;
 using strict_test::QueryValue;
 using strict_test::StartReadySidecar;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ratelimit/client.h"
+#include "sidecar/pg/pg_ptr.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_database.h"
@@ -24,15 +25,6 @@ namespace strict_test {
 
 // Every test uses its own table (tests of one ctest run share the server and run in parallel)
 // and its own libpq application_name, so that the server log's lines can be told apart.
-
-struct PgConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
-};
-struct PgResultDeleter {
-  void operator()(PGresult* result) const { PQclear(result); }
-};
-using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
-using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
 // A blocking connection to the test server, its NOTICEs silenced (DROP TABLE IF EXISTS sends
 // one); check PQstatus() before use.

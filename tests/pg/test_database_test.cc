@@ -8,19 +8,11 @@
 #include <memory>
 #include <string>
 
+#include "sidecar/pg/pg_ptr.h"
 #include "tests/testing/temp_dir.h"
 
 namespace ratelimit {
 namespace {
-
-struct PgConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
-};
-struct PgResultDeleter {
-  void operator()(PGresult* result) const { PQclear(result); }
-};
-using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
-using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
 // Connects with a blocking PQconnectdb; check PQstatus() before use.
 PgConnPtr Connect(const std::string& conninfo) { return PgConnPtr(PQconnectdb(conninfo.c_str())); }
