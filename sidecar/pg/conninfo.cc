@@ -1,7 +1,9 @@
 // Conninfo: checks DATABASE_URL without ever echoing it, and finds the password to mask.
 #include "sidecar/pg/conninfo.h"
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
 
 #include <cstdlib>
 #include <memory>
@@ -40,6 +42,39 @@ std::string ConninfoPassword(const std::string& conninfo) {
   }
   const char* env = std::getenv("PGPASSWORD");
   return env != nullptr ? env : "";
+}
+
+namespace {
+
+bool IsNumericAddress(const std::string& host) {
+  unsigned char buf[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+}  // namespace
+
+ConnParams ParseConnParams(const std::string& conninfo) {
+  ConnParams params;
+  std::string host;
+  bool has_hostaddr = false;
+  if (OptionsPtr options = Parse(conninfo)) {
+    for (PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
+      if (o->val == nullptr) continue;
+      params.keywords.emplace_back(o->keyword);
+      params.values.emplace_back(o->val);
+      if (params.keywords.back() == "host") host = o->val;
+      if (params.keywords.back() == "hostaddr" && *o->val != '\0') has_hostaddr = true;
+    }
+  }
+  if (host.empty()) {
+    const char* env = std::getenv("PGHOST");
+    if (env != nullptr) host = env;
+  }
+  if (!has_hostaddr && !host.empty() && host[0] != '/' && host[0] != '@' &&
+      host.find(',') == std::string::npos && !IsNumericAddress(host)) {
+    params.host_to_resolve = host;
+  }
+  return params;
 }
 
 }  // namespace ratelimit

@@ -3,6 +3,7 @@
 #define RATELIMIT_SIDECAR_PG_CONNINFO_H_
 
 #include <string>
+#include <vector>
 
 #include "sidecar/core/status.h"
 
@@ -15,6 +16,19 @@ Status ValidateConninfo(const std::string& conninfo);
 
 // The password libpq will send: the conninfo's, else $PGPASSWORD; empty when there is none.
 std::string ConninfoPassword(const std::string& conninfo);
+
+// A conninfo split into keyword/value pairs for PQconnectStartParams, so that a host name can
+// be resolved off the event loop first: libpq resolves names with a blocking getaddrinfo.
+struct ConnParams {
+  std::vector<std::string> keywords;
+  std::vector<std::string> values;
+  // The one host name to resolve and pass as hostaddr; empty when there is nothing to resolve
+  // (a socket directory, a numeric address, hostaddr given, or several hosts, which libpq
+  // then resolves itself).
+  std::string host_to_resolve;
+};
+// REQUIRES: ValidateConninfo(conninfo) is OK.
+ConnParams ParseConnParams(const std::string& conninfo);
 
 }  // namespace ratelimit
 

@@ -34,7 +34,63 @@ void PgSession::TransitionTo(State next) {
 
 void PgSession::Connect() {
   prepared_.clear();  // Prepared statements belong to a connection.
-  conn_.reset(PQconnectStart(conninfo_.c_str()));
+  const ConnParams params = ParseConnParams(conninfo_);
+  if (params.host_to_resolve.empty()) {
+    StartConnecting("");
+    return;
+  }
+  // Resolve the name here, off the loop's thread, then hand libpq the address (hostaddr) next
+  // to the name (host, still used for TLS and authentication).
+  TransitionTo(State::kConnecting);
+  auto* request = new uv_getaddrinfo_t;
+  request->data = this;
+  resolving_ = request;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const int rc = uv_getaddrinfo(loop_, request, &ResolvedTrampoline, params.host_to_resolve.c_str(),
+                                nullptr, &hints);
+  if (rc != 0) {
+    resolving_ = nullptr;
+    delete request;
+    Fail("cannot resolve " + params.host_to_resolve + ": " + uv_strerror(rc));
+  }
+}
+
+void PgSession::ResolvedTrampoline(uv_getaddrinfo_t* request, int status, addrinfo* result) {
+  auto* self = static_cast<PgSession*>(request->data);
+  std::string address;
+  if (status == 0 && result != nullptr) {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (uv_ip_name(result->ai_addr, text, sizeof(text)) == 0) address = text;
+  }
+  uv_freeaddrinfo(result);
+  delete request;
+  if (self == nullptr) return;  // The session closed while the name was being resolved.
+  self->resolving_ = nullptr;
+  if (address.empty()) {
+    self->Fail(std::string("cannot resolve the database host: ") +
+               (status != 0 ? uv_strerror(status) : "no address"));
+    return;
+  }
+  self->StartConnecting(address);
+}
+
+void PgSession::StartConnecting(const std::string& hostaddr) {
+  ConnParams params = ParseConnParams(conninfo_);
+  if (!hostaddr.empty()) {
+    params.keywords.emplace_back("hostaddr");
+    params.values.push_back(hostaddr);
+  }
+  std::vector<const char*> keywords;
+  std::vector<const char*> values;
+  for (size_t i = 0; i < params.keywords.size(); ++i) {
+    keywords.push_back(params.keywords[i].c_str());
+    values.push_back(params.values[i].c_str());
+  }
+  keywords.push_back(nullptr);
+  values.push_back(nullptr);
+  conn_.reset(PQconnectStartParams(keywords.data(), values.data(), /*expand_dbname=*/0));
   if (conn_ == nullptr || PQstatus(conn_.get()) == CONNECTION_BAD) {
     // Failed at once (no such socket file, an unresolvable name): still a state change for the
     // owner, which schedules the next attempt, even when the session was already broken.
@@ -277,6 +333,11 @@ void PgSession::Fail(const std::string& message) {
 
 void PgSession::Close() {
   if (state_ == State::kClosed) return;
+  if (resolving_ != nullptr) {
+    resolving_->data = nullptr;  // Its callback still runs (cancelled) and frees it.
+    uv_cancel(reinterpret_cast<uv_req_t*>(resolving_));
+    resolving_ = nullptr;
+  }
   StopWatching();
   conn_.reset();
   PipelineDone done = std::move(done_);

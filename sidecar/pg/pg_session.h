@@ -26,7 +26,8 @@ struct PgQuery {
   std::string name = {};
 };
 
-// Connects without blocking (PQconnectStart/PQconnectPoll under uv_poll), then runs pipelines:
+// Connects without blocking (a host name resolved with uv_getaddrinfo, then
+// PQconnectStartParams/PQconnectPoll under uv_poll), then runs pipelines:
 // a list of statements sent at once, followed by one Sync, answered in one round trip. Within
 // an explicit transaction (BEGIN ... COMMIT spread over several pipelines) a Sync does not end
 // the transaction, so a transaction of two pipelines costs two round trips.
@@ -68,6 +69,7 @@ class PgSession {
   void TransitionTo(State next);
   std::string Redacted(std::string message) const;
   void Fail(const std::string& message);
+  void StartConnecting(const std::string& hostaddr);
   void PollConnect();
   void OnSocketEvent(int status, int events);
   void Flush();
@@ -77,6 +79,7 @@ class PgSession {
   void StopWatching();
 
   static void PollTrampoline(uv_poll_t* handle, int status, int events);
+  static void ResolvedTrampoline(uv_getaddrinfo_t* request, int status, addrinfo* result);
 
   uv_loop_t* loop_;
   const std::string conninfo_;
@@ -88,6 +91,8 @@ class PgSession {
   // while connecting, and a handle's memory is only released in its close callback.
   uv_poll_t* poll_ = nullptr;
   int watched_fd_ = -1;
+  // A host name being resolved by libuv's thread pool; its callback frees it.
+  uv_getaddrinfo_t* resolving_ = nullptr;
   int watched_events_ = 0;
   std::string last_error_;
 

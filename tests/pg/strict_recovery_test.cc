@@ -128,6 +128,28 @@ TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   stuck.join();
 }
 
+// A host name is resolved off the event loop and the address handed to libpq: "localhost"
+// (from /etc/hosts, no DNS query) over TCP reaches the test server.
+TEST(StrictConfig, AHostNameIsResolvedAndUsed) {
+  REQUIRE_TEST_DATABASE();
+  const char* pgport = std::getenv("PGPORT");
+  ASSERT_NE(pgport, nullptr);
+  Result<std::unique_ptr<SidecarProcess>> started = SidecarProcess::Start(
+      {{"RATE_LIMIT_STORE", "postgres"},
+       {"RATE_LIMIT_PG_TABLE", "t_strict_host_name"},
+       {"DATABASE_URL", std::string("postgresql://postgres@localhost:") + pgport + "/postgres"}});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  Client client({.socket_path = (*started)->socket_path(), .timeout_ms = 5000});
+  EXPECT_TRUE(WaitUntil([&] {
+    Result<PingResult> p = client.Ping();
+    return p.ok() && p->ready;
+  })) << (*started)->Stderr();
+  Result<CheckResult> r = client.Check({.key = "k"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->source, Source::kDatabase);
+  EXPECT_TRUE(r->allowed);
+}
+
 TEST(StrictConfig, AMalformedDatabaseUrlStopsStartUpWithoutShowingIt) {
   TempDir dir;
   ProcessResult r =
