@@ -204,68 +204,19 @@ TEST(DecideOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
   }
 }
 
-struct RowScenario {
-  const char* name;
-  Policy policy;
-  std::vector<Step> steps;
-};
-
 // The token bucket scenarios, each check its own batch, the row carried between batches the
-// way the table carries it (written only when DecideOnRow says so).
+// way the table carries it (written only when DecideOnRow says so); plus one showing that
+// fractional tokens survive being written to and read from a row.
 TEST(DecideOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
-  const RowScenario kScenarios[] = {
-      // Columns: advance_us, cost, allowed, remaining, retry_after_ms, reset_after_ms.
-      {"burst admits exactly limit then denies",
-       {3, 1000},
-       {{0, 1, true, 2, 0, 334},
-        {0, 1, true, 1, 0, 667},
-        {0, 1, true, 0, 0, 1000},
-        {0, 1, false, 0, 334, 1000}}},
-      {"limit 10 per second refills one token in exactly 100 ms",
-       {10, 1000},
-       {{0, 10, true, 0, 0, 1000},
-        {99'999, 1, false, 0, 1, 901},
-        {1, 1, true, 0, 0, 1000},
-        {0, 1, false, 0, 100, 1000}}},
-      {"fractional tokens accumulate: 3 per second gives a token at 333.334 ms",
-       {3, 1000},
-       {{0, 3, true, 0, 0, 1000},
-        {333'333, 1, false, 0, 1, 667},
-        {1, 1, true, 0, 0, 1000},
-        {0, 1, false, 0, 334, 1000}}},
-      {"fractions survive the row: 7 per 333 ms",
-       {7, 333},
-       {{0, 7, true, 0, 0, 333},
-        {10'001, 0, true, 0, 0, 323},
-        {37'570, 1, false, 0, 1, 286},
-        {1, 1, true, 0, 0, 333},
-        {47'572, 1, true, 0, 0, 333}}},
-      {"a denial takes nothing",
-       {3, 1000},
-       {{0, 2, true, 1, 0, 667},
-        {0, 2, false, 1, 334, 667},
-        {0, 2, false, 1, 334, 667},
-        {0, 1, true, 0, 0, 1000}}},
-      {"cost 0 reads without taking",
-       {5, 1000},
-       {{0, 0, true, 5, 0, 0}, {0, 2, true, 3, 0, 400}, {0, 0, true, 3, 0, 400}}},
-      {"refill stops at capacity",
-       {2, 1000},
-       {{0, 2, true, 0, 0, 1000},
-        {10'000'000, 0, true, 2, 0, 0},
-        {0, 1, true, 1, 0, 500},
-        {0, 1, true, 0, 0, 1000},
-        {0, 1, false, 0, 500, 1000}}},
-      {"a clock that steps back refills nothing, then or when it catches up",
-       {10, 1000},
-       {{0, 10, true, 0, 0, 1000},
-        {-500'000, 1, false, 0, 100, 1000},
-        {-500'000, 0, true, 0, 0, 1000},
-        {1'000'000, 1, false, 0, 100, 1000},
-        {100'000, 1, true, 0, 0, 1000},
-        {0, 1, false, 0, 100, 1000}}},
-  };
-  for (const RowScenario& scenario : kScenarios) {
+  std::vector<Scenario> scenarios = TokenBucketScenarios();
+  scenarios.push_back({"fractions survive the row: 7 per 333 ms",
+                       {7, 333},
+                       {{0, 7, true, 0, 0, 333},
+                        {10'001, 0, true, 0, 0, 323},
+                        {37'570, 1, false, 0, 1, 286},
+                        {1, 1, true, 0, 0, 333},
+                        {47'572, 1, true, 0, 0, 333}}});
+  for (const Scenario& scenario : scenarios) {
     SCOPED_TRACE(scenario.name);
     // The steps must agree with the memory store's arithmetic in the first place.
     ExpectSteps<TokenBucket>(scenario.policy, kNowUs, scenario.steps);

@@ -44,6 +44,72 @@ struct Step {
   uint32_t reset_after_ms;
 };
 
+struct Scenario {
+  const char* name;
+  Policy policy;
+  std::vector<Step> steps;
+};
+
+// Token bucket scenarios with their exact answers: every implementation of the arithmetic (the
+// memory store's TokenBucket, decisions on a shared row) must reproduce them.
+inline std::vector<Scenario> TokenBucketScenarios() {
+  return {
+      // Columns: advance_us, cost, allowed, remaining, retry_after_ms, reset_after_ms.
+      {"burst admits exactly limit then denies",
+       {3, 1000},
+       {{0, 1, true, 2, 0, 334},
+        {0, 1, true, 1, 0, 667},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"limit 10 per second refills one token in exactly 100 ms",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {99'999, 1, false, 0, 1, 901},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+      {"fractional tokens accumulate: 3 per second gives a token at 333.334 ms",
+       {3, 1000},
+       {{0, 3, true, 0, 0, 1000},
+        {333'333, 1, false, 0, 1, 667},
+        {1, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 334, 1000}}},
+      {"a denial takes nothing",
+       {3, 1000},
+       {{0, 2, true, 1, 0, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 2, false, 1, 334, 667},
+        {0, 1, true, 0, 0, 1000}}},
+      {"cost 0 reads without taking, even from an empty bucket",
+       {5, 1000},
+       {{0, 0, true, 5, 0, 0},
+        {0, 2, true, 3, 0, 400},
+        {0, 0, true, 3, 0, 400},
+        {0, 3, true, 0, 0, 1000},
+        {0, 0, true, 0, 0, 1000}}},
+      {"remaining counts whole tokens only",
+       {4, 1000},
+       {{0, 4, true, 0, 0, 1000}, {625'000, 0, true, 2, 0, 375}, {0, 3, false, 2, 125, 375}}},
+      {"refill stops at capacity",
+       {2, 1000},
+       {{0, 2, true, 0, 0, 1000},
+        {10'000'000, 0, true, 2, 0, 0},
+        {0, 1, true, 1, 0, 500},
+        {0, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 500, 1000}}},
+      {"a clock that does not move refills nothing",
+       {1, 1000},
+       {{0, 1, true, 0, 0, 1000}, {0, 1, false, 0, 1000, 1000}, {0, 1, false, 0, 1000, 1000}}},
+      {"a clock that steps back refills nothing, then or when it catches up",
+       {10, 1000},
+       {{0, 10, true, 0, 0, 1000},
+        {-500'000, 1, false, 0, 100, 1000},
+        {-500'000, 0, true, 0, 0, 1000},
+        {1'000'000, 1, false, 0, 100, 1000},
+        {100'000, 1, true, 0, 0, 1000},
+        {0, 1, false, 0, 100, 1000}}},
+  };
+}
+
 // Runs `steps` against one fresh bucket of algorithm Algo (TokenBucket, FixedWindow) created at
 // `start_us`, expecting each step's whole answer.
 template <typename Algo>
