@@ -2,16 +2,27 @@
 //
 //   ratelimit-bench [--socket PATH] [--connections N] [--depth D] [--duration-s S] [--keys K]
 //                   [--key-dist uniform|zipf|hot] [--cost C] [--limit L] [--window-ms W] [--json]
+//                   [--floor]
+//
+// --floor first measures the physical floor, a raw Unix-socket echo of frames of the same size
+// with the same connections and depth and no decoding, then the sidecar, and prints the
+// sidecar's figures as ratios to the floor's: comparable on a noisy machine.
 //
 // Each connection runs on its own thread with D requests in flight. Every request's latency,
 // from send to response on a monotonic clock, goes into a log-linear histogram (about 0.8%
 // resolution): all requests are recorded, none sampled.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
@@ -20,6 +31,7 @@
 #include <vector>
 
 #include "ratelimit/pipeline.h"
+#include "schema/frame_codec.h"
 
 namespace ratelimit {
 namespace {
@@ -39,6 +51,7 @@ struct Options {
   uint32_t limit = 0;
   uint32_t window_ms = 0;
   bool json = false;
+  bool floor = false;
 };
 
 // Latencies in nanoseconds: exact below 256 ns, then 128 buckets per power of two.
@@ -185,6 +198,209 @@ void RunConnection(const Options& options, int index, SteadyTime::time_point end
   }
 }
 
+// What one run measured.
+struct Summary {
+  uint64_t checks = 0, allowed = 0, denied = 0, errors = 0;
+  double seconds = 0;
+  Histogram latency;
+  double per_s() const { return seconds > 0 ? static_cast<double>(checks) / seconds : 0; }
+};
+
+using ConnectionRunner = void (*)(const Options&, int, SteadyTime::time_point, Totals&, Histogram&);
+
+// Runs `runner` on options.connections threads for options.duration_s, printing progress on
+// stderr once a second.
+Summary RunLoad(const Options& options, const char* unit, ConnectionRunner runner) {
+  Totals totals;
+  std::vector<Histogram> histograms(static_cast<size_t>(options.connections));
+  const auto start = SteadyTime::now();
+  const auto end = start + std::chrono::seconds(options.duration_s);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < options.connections; ++c) {
+    threads.emplace_back(runner, std::cref(options), c, end, std::ref(totals),
+                         std::ref(histograms[static_cast<size_t>(c)]));
+  }
+  std::atomic<bool> done{false};
+  std::thread progress([&] {
+    uint64_t last = 0;
+    for (int second = 1; !done; ++second) {
+      for (int tick = 0; tick < 10 && !done; ++tick) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if (done) break;
+      const uint64_t now = totals.checks.load();
+      std::fprintf(stderr, "[%ds] %llu %s/s, %llu errors\n", second,
+                   static_cast<unsigned long long>(now - last), unit,
+                   static_cast<unsigned long long>(totals.errors.load()));
+      last = now;
+    }
+  });
+  for (std::thread& t : threads) t.join();
+  Summary summary;
+  summary.seconds = std::chrono::duration<double>(SteadyTime::now() - start).count();
+  done = true;
+  progress.join();
+  for (const Histogram& h : histograms) summary.latency.Merge(h);
+  summary.checks = totals.checks.load();
+  summary.allowed = totals.allowed.load();
+  summary.denied = totals.denied.load();
+  summary.errors = totals.errors.load();
+  return summary;
+}
+
+// The readable summary, ratios to `floor` when given, and with `json` the JSON line last.
+void Print(const char* what, const char* unit, const Summary& s, bool json, const Summary* floor) {
+  const double us = 1000.0;
+  const Histogram& h = s.latency;
+  std::printf(
+      "%s: %llu %s in %.2f s: %.0f %s/s (%llu allowed, %llu denied, %llu errors)\n"
+      "  latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
+      what, static_cast<unsigned long long>(s.checks), unit, s.seconds, s.per_s(), unit,
+      static_cast<unsigned long long>(s.allowed), static_cast<unsigned long long>(s.denied),
+      static_cast<unsigned long long>(s.errors), h.Quantile(0.5) / us, h.Quantile(0.9) / us,
+      h.Quantile(0.99) / us, h.Quantile(0.999) / us, h.max() / us);
+  if (floor != nullptr) {
+    const Histogram& f = floor->latency;
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    std::printf("  vs floor: p50 %.2fx  p99 %.2fx  throughput %.0f%% of the echo's\n",
+                ratio(static_cast<double>(h.Quantile(0.5)), static_cast<double>(f.Quantile(0.5))),
+                ratio(static_cast<double>(h.Quantile(0.99)), static_cast<double>(f.Quantile(0.99))),
+                100 * ratio(s.per_s(), floor->per_s()));
+  }
+  if (json) {
+    std::printf(
+        "{\"checks\":%llu,\"allowed\":%llu,\"denied\":%llu,\"errors\":%llu,"
+        "\"checks_per_s\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
+        "\"p999_us\":%.1f,\"max_us\":%.1f}\n",
+        static_cast<unsigned long long>(s.checks), static_cast<unsigned long long>(s.allowed),
+        static_cast<unsigned long long>(s.denied), static_cast<unsigned long long>(s.errors),
+        s.per_s(), h.Quantile(0.5) / us, h.Quantile(0.9) / us, h.Quantile(0.99) / us,
+        h.Quantile(0.999) / us, h.max() / us);
+  }
+}
+
+// The physical floor: a Unix-socket server that writes back every byte it reads, with no
+// decoding, one thread per connection. Stops (and removes its socket) when destroyed.
+class EchoServer {
+ public:
+  static Result<std::unique_ptr<EchoServer>> Start() {
+    char dir[] = "/tmp/rlbench-XXXXXX";
+    if (mkdtemp(dir) == nullptr) return Status::IoError("mkdtemp failed");
+    auto server = std::unique_ptr<EchoServer>(new EchoServer(std::string(dir)));
+    server->listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", server->path_.c_str());
+    if (bind(server->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        listen(server->listen_fd_, 1024) != 0) {
+      return Status::IoError("cannot listen on " + server->path_);
+    }
+    EchoServer* raw = server.get();
+    server->acceptor_ = std::thread([raw] { raw->Accept(); });
+    return server;
+  }
+  ~EchoServer() {
+    shutdown(listen_fd_, SHUT_RDWR);  // Wakes accept().
+    acceptor_.join();
+    for (int fd : fds_) shutdown(fd, SHUT_RDWR);  // Wakes the echo threads' read().
+    for (std::thread& t : echoes_) t.join();
+    for (int fd : fds_) close(fd);
+    close(listen_fd_);
+    unlink(path_.c_str());
+    rmdir(dir_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit EchoServer(std::string dir) : dir_(std::move(dir)), path_(dir_ + "/echo.sock") {}
+
+  void Accept() {
+    while (true) {
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) return;
+      fds_.push_back(fd);
+      echoes_.emplace_back([fd] {
+        std::vector<char> buf(64 * 1024);
+        while (true) {
+          const ssize_t n = read(fd, buf.data(), buf.size());
+          if (n <= 0) return;
+          for (ssize_t sent = 0; sent < n;) {
+            const ssize_t w = write(fd, buf.data() + sent, static_cast<size_t>(n - sent));
+            if (w <= 0) return;
+            sent += w;
+          }
+        }
+      });
+    }
+  }
+
+  const std::string dir_;
+  const std::string path_;
+  int listen_fd_ = -1;
+  std::thread acceptor_;
+  std::vector<int> fds_;  // Touched by the acceptor, then by the destructor after joining it.
+  std::vector<std::thread> echoes_;
+};
+
+// Like RunConnection, against the echo: the same request frame, D in flight, each reply the
+// same bytes back, counted by size; the writes are batched as the client library batches them.
+void RunFloorConnection(const Options& options, int index, SteadyTime::time_point end,
+                        Totals& totals, Histogram& histogram) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", options.client.socket_path.c_str());
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    std::fprintf(stderr, "floor connection %d: cannot connect\n", index);
+    ++totals.errors;
+    close(fd);
+    return;
+  }
+  FrameEncoder encoder;
+  const std::span<const uint8_t> frame_view =
+      encoder.CheckRequest(1, {.key = "bench-key-0",
+                               .cost = options.cost,
+                               .limit = options.limit,
+                               .window_ms = options.window_ms});
+  const std::vector<uint8_t> frame(frame_view.begin(), frame_view.end());
+  std::deque<SteadyTime::time_point> sent;
+  std::vector<uint8_t> out;
+  auto send_frames = [&](size_t n) {
+    out.clear();
+    for (size_t i = 0; i < n; ++i) {
+      out.insert(out.end(), frame.begin(), frame.end());
+      sent.push_back(SteadyTime::now());
+    }
+    for (size_t done = 0; done < out.size();) {
+      const ssize_t w = write(fd, out.data() + done, out.size() - done);
+      if (w <= 0) return false;
+      done += static_cast<size_t>(w);
+    }
+    return true;
+  };
+  std::vector<uint8_t> in(64 * 1024);
+  size_t pending_bytes = 0;
+  bool ok = send_frames(static_cast<size_t>(options.depth));
+  while (ok && !sent.empty()) {
+    const ssize_t n = read(fd, in.data(), in.size());
+    if (n <= 0) break;
+    pending_bytes += static_cast<size_t>(n);
+    const auto now = SteadyTime::now();
+    size_t replies = 0;
+    while (pending_bytes >= frame.size() && !sent.empty()) {
+      pending_bytes -= frame.size();
+      histogram.Record(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - sent.front()).count()));
+      sent.pop_front();
+      ++replies;
+    }
+    totals.checks += replies;
+    if (now < end && replies > 0) ok = send_frames(replies);
+  }
+  if (!sent.empty()) totals.errors += sent.size();
+  close(fd);
+}
+
 bool ParseInt(std::string_view text, uint64_t min, uint64_t max, uint64_t& out) {
   const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc() && ptr == text.data() + text.size() && out >= min && out <= max;
@@ -194,7 +410,7 @@ int Usage(const std::string& message) {
   std::fprintf(stderr,
                "ratelimit-bench: %s\nusage: ratelimit-bench [--socket PATH] [--connections N] "
                "[--depth D] [--duration-s S] [--keys K] [--key-dist uniform|zipf|hot] "
-               "[--cost C] [--limit L] [--window-ms W] [--json]\n",
+               "[--cost C] [--limit L] [--window-ms W] [--json] [--floor]\n",
                message.c_str());
   return kExitUsage;
 }
@@ -206,6 +422,10 @@ int Main(int argc, char** argv) {
     const std::string_view arg = argv[i];
     if (arg == "--json") {
       options.json = true;
+      continue;
+    }
+    if (arg == "--floor") {
+      options.floor = true;
       continue;
     }
     if (i + 1 >= argc) return Usage(std::string(arg) + " needs a value");
@@ -250,57 +470,25 @@ int Main(int argc, char** argv) {
     }
   }
 
-  Totals totals;
-  std::vector<Histogram> histograms(static_cast<size_t>(options.connections));
-  const auto start = SteadyTime::now();
-  const auto end = start + std::chrono::seconds(options.duration_s);
-  std::vector<std::thread> threads;
-  for (int c = 0; c < options.connections; ++c) {
-    threads.emplace_back(RunConnection, std::cref(options), c, end, std::ref(totals),
-                         std::ref(histograms[static_cast<size_t>(c)]));
+  if (!options.floor) {
+    const Summary sidecar = RunLoad(options, "checks", RunConnection);
+    Print("sidecar", "checks", sidecar, options.json, nullptr);
+    return sidecar.errors == 0 ? 0 : 1;
   }
-  std::atomic<bool> done{false};
-  std::thread progress([&] {
-    uint64_t last = 0;
-    for (int second = 1; !done; ++second) {
-      for (int tick = 0; tick < 10 && !done; ++tick)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (done) break;
-      const uint64_t now = totals.checks.load();
-      std::fprintf(stderr, "[%ds] %llu checks/s, %llu errors\n", second,
-                   static_cast<unsigned long long>(now - last),
-                   static_cast<unsigned long long>(totals.errors.load()));
-      last = now;
-    }
-  });
-  for (std::thread& t : threads) t.join();
-  const double seconds = std::chrono::duration<double>(SteadyTime::now() - start).count();
-  done = true;
-  progress.join();
-
-  Histogram all;
-  for (const Histogram& h : histograms) all.Merge(h);
-  const double us = 1000.0;
-  const double per_s = static_cast<double>(totals.checks.load()) / seconds;
-  std::printf(
-      "%llu checks in %.2f s: %.0f checks/s (%llu allowed, %llu denied, %llu errors)\n"
-      "latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
-      static_cast<unsigned long long>(totals.checks.load()), seconds, per_s,
-      static_cast<unsigned long long>(totals.allowed.load()),
-      static_cast<unsigned long long>(totals.denied.load()),
-      static_cast<unsigned long long>(totals.errors.load()), all.Quantile(0.5) / us,
-      all.Quantile(0.9) / us, all.Quantile(0.99) / us, all.Quantile(0.999) / us, all.max() / us);
-  if (options.json) {
-    std::printf(
-        "{\"checks\":%llu,\"allowed\":%llu,\"denied\":%llu,\"errors\":%llu,\"checks_per_s\":%.1f,"
-        "\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}\n",
-        static_cast<unsigned long long>(totals.checks.load()),
-        static_cast<unsigned long long>(totals.allowed.load()),
-        static_cast<unsigned long long>(totals.denied.load()),
-        static_cast<unsigned long long>(totals.errors.load()), per_s, all.Quantile(0.5) / us,
-        all.Quantile(0.9) / us, all.Quantile(0.99) / us, all.Quantile(0.999) / us, all.max() / us);
+  // The floor first, with the same connections, depth and frame size, then the sidecar.
+  Result<std::unique_ptr<EchoServer>> echo = EchoServer::Start();
+  if (!echo.ok()) {
+    std::fprintf(stderr, "ratelimit-bench: %s\n", echo.status().ToString().c_str());
+    return 1;
   }
-  return totals.errors.load() == 0 ? 0 : 1;
+  Options floor_options = options;
+  floor_options.client.socket_path = (*echo)->path();
+  const Summary floor = RunLoad(floor_options, "echoes", RunFloorConnection);
+  echo->reset();
+  const Summary sidecar = RunLoad(options, "checks", RunConnection);
+  Print("floor (raw echo)", "echoes", floor, options.json, nullptr);
+  Print("sidecar", "checks", sidecar, options.json, &floor);
+  return sidecar.errors == 0 && floor.errors == 0 ? 0 : 1;
 }
 
 }  // namespace

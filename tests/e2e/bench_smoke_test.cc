@@ -22,6 +22,20 @@ TEST(BenchSmoke, OneSecondRunPrintsAJsonSummaryWithEveryKey) {
   EXPECT_NE(r.out.find("checks/s"), std::string::npos) << "no readable summary: " << r.out;
 }
 
+TEST(BenchSmoke, FloorRunReportsRatiosToARawEcho) {
+  Result<std::unique_ptr<SidecarProcess>> sidecar = SidecarProcess::Start();
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status().ToString();
+  ProcessResult r = RunProcess({kBenchBin, "--socket", (*sidecar)->socket_path(), "--connections",
+                                "2", "--depth", "4", "--duration-s", "1", "--floor", "--json"},
+                               {}, 30000);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("floor (raw echo):"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("vs floor: p50 "), std::string::npos) << r.out;
+  // The sidecar's JSON line is the last one.
+  const std::string last = r.out.substr(r.out.rfind('{'));
+  EXPECT_NE(last.find("\"allowed\":"), std::string::npos) << last;
+}
+
 TEST(BenchSmoke, BadOptionsExitTwoWithAMessage) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {"--depth", "0"}, {"--key-dist", "pareto"}, {"--connections"}, {"--bogus", "1"}}) {
