@@ -85,8 +85,9 @@ bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int6
     row.window_ms = state.policy.window_ms;
     const uint128_t new_window_us = static_cast<uint128_t>(row.window_ms) * 1000;
     row.tokens =
-        static_cast<double>(static_cast<uint64_t>(state.level / new_window_us)) +
-        static_cast<double>(static_cast<uint64_t>(state.level % new_window_us)) / WindowMicros(row);
+        static_cast<double>(static_cast<uint64_t>(uint128_t{state.level} / new_window_us)) +
+        static_cast<double>(static_cast<uint64_t>(uint128_t{state.level} % new_window_us)) /
+            WindowMicros(row);
     row.updated_us = state.updated_us;
   }
   return took;

@@ -26,13 +26,13 @@ void Refill(TokenBucket::State& state, int64_t now_us) {
   const uint128_t capacity = Capacity(state.policy);
   const uint128_t missing = capacity - state.level;
   const uint128_t gained = elapsed * state.policy.limit;
-  state.level = gained >= missing ? capacity : state.level + gained;
+  state.level = gained >= missing ? capacity : uint128_t{state.level} + gained;
   state.updated_us = now_us;
 }
 
 // Keeps the number of tokens (fractions included) and clamps it to the new capacity.
 void Rescale(TokenBucket::State& state, const Policy& policy) {
-  const uint128_t tokens_scaled = state.level * WindowMicros(policy);  // < 2^74 * 2^42
+  const uint128_t tokens_scaled = uint128_t{state.level} * WindowMicros(policy);  // < 2^116
   state.level = std::min(tokens_scaled / WindowMicros(state.policy), Capacity(policy));
   state.policy = policy;
 }
@@ -51,14 +51,16 @@ CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cos
   const uint128_t need = cost * window_us;
   CheckResult result;
   result.limit = policy.limit;
-  if (state.level >= need) {
-    state.level -= need;
+  const uint128_t level = state.level;
+  if (level >= need) {
+    state.level = level - need;
     result.allowed = true;
   } else {
-    result.retry_after_ms = MillisToGain(need - state.level, policy);
+    result.retry_after_ms = MillisToGain(need - level, policy);
   }
-  result.remaining = static_cast<uint32_t>(state.level / window_us);
-  result.reset_after_ms = MillisToGain(Capacity(policy) - state.level, policy);
+  const uint128_t left = state.level;
+  result.remaining = static_cast<uint32_t>(left / window_us);
+  result.reset_after_ms = MillisToGain(Capacity(policy) - left, policy);
   return result;
 }
 

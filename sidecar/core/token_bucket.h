@@ -10,6 +10,18 @@ namespace ratelimit {
 
 __extension__ typedef unsigned __int128 uint128_t;
 
+// A uint128_t stored as two 64-bit halves: 8-byte aligned instead of 16, which keeps a bucket
+// 16 bytes smaller in the memory store's hash table nodes (about 15 MB per million keys).
+struct PackedUint128 {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+
+  PackedUint128() = default;
+  PackedUint128(uint128_t v)  // NOLINT: implicit by design, it is the same number.
+      : lo(static_cast<uint64_t>(v)), hi(static_cast<uint64_t>(v >> 64)) {}
+  operator uint128_t() const { return static_cast<uint128_t>(hi) << 64 | lo; }
+};
+
 // A bucket of capacity `limit` that refills continuously at limit / window_ms tokens per ms.
 //
 // The level is kept in fixed point: one token is `window_us` units and the bucket gains `limit`
@@ -20,7 +32,7 @@ __extension__ typedef unsigned __int128 uint128_t;
 // Pure functions on a value type; the caller owns the state and supplies the time.
 struct TokenBucket {
   struct State {
-    uint128_t level = 0;     // Tokens times window_us.
+    PackedUint128 level;     // Tokens times window_us.
     int64_t updated_us = 0;  // Time the level was last brought up to date.
     Policy policy;
   };

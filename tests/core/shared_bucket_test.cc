@@ -124,7 +124,7 @@ TokenBucket::State StateOf(const SharedRow& row) {
   const Policy policy{row.capacity, row.window_ms};
   TokenBucket::State state = TokenBucket::Fresh(policy, row.updated_us);
   const uint128_t units = static_cast<uint128_t>(row.tokens * 1000) * row.window_ms;
-  state.level = std::min(state.level, units);  // Exact for the small rows built here.
+  state.level = std::min(uint128_t{state.level}, units);  // Exact for the small rows built here.
   return state;
 }
 
