@@ -1,6 +1,7 @@
 // Frame codec: verifies incoming frames and encodes outgoing ones, for sidecar and clients alike.
 #include "schema/frame_codec.h"
 
+#include <cstdlib>
 #include <cstring>
 
 namespace ratelimit {
@@ -79,13 +80,47 @@ std::span<const uint8_t> FrameEncoder::CheckRequest(uint64_t id, const CheckArgs
   return Finish(id, wire::Body::CheckRequest, body.Union());
 }
 
-std::span<const uint8_t> FrameEncoder::CheckResponse(uint64_t id, const CheckResult& result) {
-  builder_.Clear();
+FrameEncoder::ResponseLayout FrameEncoder::BuildResponseLayout() {
+  flatbuffers::FlatBufferBuilder builder(128);
+  builder.ForceDefaults(true);  // Every field present, so every response has this layout.
   const auto body =
-      wire::CreateCheckResponse(builder_, result.allowed, static_cast<wire::Status>(result.status),
-                                result.limit, result.remaining, result.retry_after_ms,
-                                result.reset_after_ms, static_cast<wire::Source>(result.source));
-  return Finish(id, wire::Body::CheckResponse, body.Union());
+      wire::CreateCheckResponse(builder, false, wire::Status::Ok, 0, 0, 0, 0, wire::Source::Memory);
+  builder.FinishSizePrefixed(
+      wire::CreateFrame(builder, 0, wire::Body::CheckResponse, body.Union()));
+  ResponseLayout layout;
+  layout.bytes.assign(builder.GetBufferPointer(), builder.GetBufferPointer() + builder.GetSize());
+  const uint8_t* base = layout.bytes.data();
+  const auto* frame = reinterpret_cast<const flatbuffers::Table*>(wire::GetSizePrefixedFrame(base));
+  const auto* table =
+      reinterpret_cast<const flatbuffers::Table*>(wire::GetSizePrefixedFrame(base)->body());
+  auto at = [base](const flatbuffers::Table* t, flatbuffers::voffset_t field) {
+    const uint8_t* address = t->GetAddressOf(field);
+    if (address == nullptr) abort();  // ForceDefaults wrote every field; anything else is a bug.
+    return static_cast<size_t>(address - base);
+  };
+  layout.id = at(frame, wire::Frame::VT_ID);
+  layout.allowed = at(table, wire::CheckResponse::VT_ALLOWED);
+  layout.status = at(table, wire::CheckResponse::VT_STATUS);
+  layout.limit = at(table, wire::CheckResponse::VT_LIMIT);
+  layout.remaining = at(table, wire::CheckResponse::VT_REMAINING);
+  layout.retry_after_ms = at(table, wire::CheckResponse::VT_RETRY_AFTER_MS);
+  layout.reset_after_ms = at(table, wire::CheckResponse::VT_RESET_AFTER_MS);
+  layout.source = at(table, wire::CheckResponse::VT_SOURCE);
+  return layout;
+}
+
+std::span<const uint8_t> FrameEncoder::CheckResponse(uint64_t id, const CheckResult& result) {
+  response_.assign(layout_.bytes.begin(), layout_.bytes.end());  // Capacity is kept: no alloc.
+  uint8_t* p = response_.data();
+  flatbuffers::WriteScalar<uint64_t>(p + layout_.id, id);
+  flatbuffers::WriteScalar<uint8_t>(p + layout_.allowed, result.allowed ? 1 : 0);
+  flatbuffers::WriteScalar<uint8_t>(p + layout_.status, static_cast<uint8_t>(result.status));
+  flatbuffers::WriteScalar<uint32_t>(p + layout_.limit, result.limit);
+  flatbuffers::WriteScalar<uint32_t>(p + layout_.remaining, result.remaining);
+  flatbuffers::WriteScalar<uint32_t>(p + layout_.retry_after_ms, result.retry_after_ms);
+  flatbuffers::WriteScalar<uint32_t>(p + layout_.reset_after_ms, result.reset_after_ms);
+  flatbuffers::WriteScalar<uint8_t>(p + layout_.source, static_cast<uint8_t>(result.source));
+  return {response_.data(), response_.size()};
 }
 
 std::span<const uint8_t> FrameEncoder::PingRequest(uint64_t id) {

@@ -195,6 +195,42 @@ TEST(FrameCodecTest, CheckResponseRoundTripsEveryFieldStatusAndSource) {
   }
 }
 
+// CheckResponse frames are written into a layout built once; each must still be exactly what
+// the FlatBuffers builder would have produced, field for field, for any values and id.
+TEST(FrameCodecTest, CheckResponsesFromTheSharedLayoutMatchTheBuilderForAnyValues) {
+  std::mt19937_64 rng(7);
+  FrameEncoder encoder;
+  FrameVerifier verifier;
+  for (int i = 0; i < 10'000; ++i) {
+    CheckResult in;
+    in.allowed = rng() % 2 == 0;
+    in.status = static_cast<CheckStatus>(rng() % 6);
+    in.limit = static_cast<uint32_t>(rng());
+    in.remaining = static_cast<uint32_t>(rng());
+    in.retry_after_ms = static_cast<uint32_t>(rng());
+    in.reset_after_ms = static_cast<uint32_t>(rng());
+    in.source = static_cast<Source>(rng() % 4);
+    const uint64_t id = rng();
+    const std::vector<uint8_t> frame = Copy(encoder.CheckResponse(id, in));
+
+    flatbuffers::FlatBufferBuilder builder;
+    builder.ForceDefaults(true);
+    const auto body = wire::CreateCheckResponse(
+        builder, in.allowed, static_cast<wire::Status>(in.status), in.limit, in.remaining,
+        in.retry_after_ms, in.reset_after_ms, static_cast<wire::Source>(in.source));
+    builder.FinishSizePrefixed(
+        wire::CreateFrame(builder, id, wire::Body::CheckResponse, body.Union()));
+    ASSERT_EQ(frame, std::vector<uint8_t>(builder.GetBufferPointer(),
+                                          builder.GetBufferPointer() + builder.GetSize()))
+        << "response " << i;
+
+    Result<const wire::Frame*> root = verifier.Verify(frame);
+    ASSERT_TRUE(root.ok());
+    EXPECT_EQ((*root)->id(), id);
+    EXPECT_EQ(ToCheckResult(*(*root)->body_as_CheckResponse()), in);
+  }
+}
+
 TEST(FrameCodecTest, PingRequestRoundTrips) {
   FrameEncoder encoder;
   FrameVerifier verifier;
