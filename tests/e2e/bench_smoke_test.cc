@@ -5,35 +5,25 @@
 namespace ratelimit {
 namespace {
 
-TEST(BenchSmoke, OneSecondRunPrintsAJsonSummaryWithEveryKey) {
+// The one smoke run: a 1-second load (after a 1-second floor measurement) against a real
+// sidecar; exit status, the readable summary with its ratios, and the JSON keys.
+TEST(BenchSmoke, OneSecondRunPrintsASummaryRatiosToTheFloorAndEveryJsonKey) {
   Result<std::unique_ptr<SidecarProcess>> sidecar = SidecarProcess::Start();
   ASSERT_TRUE(sidecar.ok()) << sidecar.status().ToString();
-  ProcessResult r =
-      RunProcess({kBenchBin, "--socket", (*sidecar)->socket_path(), "--connections", "2", "--depth",
-                  "8", "--duration-s", "1", "--keys", "100", "--key-dist", "zipf", "--json"},
-                 {}, 30000);
+  ProcessResult r = RunProcess(
+      {kBenchBin, "--socket", (*sidecar)->socket_path(), "--connections", "2", "--depth", "8",
+       "--duration-s", "1", "--keys", "100", "--key-dist", "zipf", "--floor", "--json"},
+      {}, 30000);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  const std::string last = r.out.substr(r.out.rfind('{'));
+  EXPECT_NE(r.out.find("floor (raw echo):"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("checks/s"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("vs floor: p50 "), std::string::npos) << r.out;
+  const std::string last = r.out.substr(r.out.rfind('{'));  // The sidecar's, printed last.
   for (const char* key :
        {"\"checks\":", "\"allowed\":", "\"denied\":", "\"errors\":0,", "\"checks_per_s\":",
         "\"p50_us\":", "\"p90_us\":", "\"p99_us\":", "\"p999_us\":", "\"max_us\":"}) {
     EXPECT_NE(last.find(key), std::string::npos) << key << " missing from " << last;
   }
-  EXPECT_NE(r.out.find("checks/s"), std::string::npos) << "no readable summary: " << r.out;
-}
-
-TEST(BenchSmoke, FloorRunReportsRatiosToARawEcho) {
-  Result<std::unique_ptr<SidecarProcess>> sidecar = SidecarProcess::Start();
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status().ToString();
-  ProcessResult r = RunProcess({kBenchBin, "--socket", (*sidecar)->socket_path(), "--connections",
-                                "2", "--depth", "4", "--duration-s", "1", "--floor", "--json"},
-                               {}, 30000);
-  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  EXPECT_NE(r.out.find("floor (raw echo):"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("vs floor: p50 "), std::string::npos) << r.out;
-  // The sidecar's JSON line is the last one.
-  const std::string last = r.out.substr(r.out.rfind('{'));
-  EXPECT_NE(last.find("\"allowed\":"), std::string::npos) << last;
 }
 
 TEST(BenchSmoke, BadOptionsExitTwoWithAMessage) {
