@@ -22,6 +22,7 @@ PgSession::PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_sta
     : loop_(loop),
       conninfo_(std::move(conninfo)),
       password_(ConninfoPassword(conninfo_)),
+      params_(ParseConnParams(conninfo_)),
       on_state_(std::move(on_state)) {}
 
 PgSession::~PgSession() { Close(); }
@@ -34,8 +35,7 @@ void PgSession::TransitionTo(State next) {
 
 void PgSession::Connect() {
   prepared_.clear();  // Prepared statements belong to a connection.
-  const ConnParams params = ParseConnParams(conninfo_);
-  if (params.host_to_resolve.empty()) {
+  if (params_.host_to_resolve.empty()) {
     StartConnecting("");
     return;
   }
@@ -48,12 +48,12 @@ void PgSession::Connect() {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  const int rc = uv_getaddrinfo(loop_, request, &ResolvedTrampoline, params.host_to_resolve.c_str(),
-                                nullptr, &hints);
+  const int rc = uv_getaddrinfo(loop_, request, &ResolvedTrampoline,
+                                params_.host_to_resolve.c_str(), nullptr, &hints);
   if (rc != 0) {
     resolving_ = nullptr;
     delete request;
-    Fail("cannot resolve " + params.host_to_resolve + ": " + uv_strerror(rc));
+    Fail("cannot resolve " + params_.host_to_resolve + ": " + uv_strerror(rc));
   }
 }
 
@@ -77,16 +77,15 @@ void PgSession::ResolvedTrampoline(uv_getaddrinfo_t* request, int status, addrin
 }
 
 void PgSession::StartConnecting(const std::string& hostaddr) {
-  ConnParams params = ParseConnParams(conninfo_);
-  if (!hostaddr.empty()) {
-    params.keywords.emplace_back("hostaddr");
-    params.values.push_back(hostaddr);
-  }
   std::vector<const char*> keywords;
   std::vector<const char*> values;
-  for (size_t i = 0; i < params.keywords.size(); ++i) {
-    keywords.push_back(params.keywords[i].c_str());
-    values.push_back(params.values[i].c_str());
+  for (size_t i = 0; i < params_.keywords.size(); ++i) {
+    keywords.push_back(params_.keywords[i].c_str());
+    values.push_back(params_.values[i].c_str());
+  }
+  if (!hostaddr.empty()) {
+    keywords.push_back("hostaddr");
+    values.push_back(hostaddr.c_str());
   }
   keywords.push_back(nullptr);
   values.push_back(nullptr);

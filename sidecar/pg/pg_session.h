@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "sidecar/core/status.h"
+#include "sidecar/pg/conninfo.h"
 #include "sidecar/pg/pg_ptr.h"
 
 namespace ratelimit {
@@ -84,6 +85,7 @@ class PgSession {
   uv_loop_t* loop_;
   const std::string conninfo_;
   const std::string password_;  // From conninfo_, to mask it in every message kept.
+  const ConnParams params_;     // conninfo_ parsed once, for every connection attempt.
   StateListener on_state_;
   State state_ = State::kNew;
   PgConnPtr conn_;

@@ -58,8 +58,9 @@ struct PgStore::Slot {
 struct PgStore::Transaction {
   std::vector<StoreCheck> batch;
   TakeDone done;
-  std::vector<std::string> check_keys;  // Row key (hex) of each check, in batch order.
-  std::vector<std::string> keys;        // Distinct row keys, sorted: the locking order.
+  std::vector<std::string> keys;  // Distinct row keys (hex), sorted: the locking order.
+  // For each of `keys`, the positions of its checks in `batch`, in batch order.
+  std::vector<std::vector<size_t>> positions;
 };
 
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
@@ -265,17 +266,18 @@ void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
   auto tx = std::make_shared<Transaction>();
   tx->batch = std::move(batch);
   tx->done = std::move(done);
-  std::map<std::string, const StoreCheck*> first_of_key;
-  for (const StoreCheck& check : tx->batch) {
-    tx->check_keys.push_back(RowKeyHex(check.key, options_.key_hashing));
-    first_of_key.emplace(tx->check_keys.back(), &check);
+  std::map<std::string, std::vector<size_t>> positions_of_key;
+  for (size_t i = 0; i < tx->batch.size(); ++i) {
+    positions_of_key[RowKeyHex(tx->batch[i].key, options_.key_hashing)].push_back(i);
   }
   std::vector<std::string> capacities;
   std::vector<std::string> windows;
-  for (const auto& [key, check] : first_of_key) {  // std::map: sorted, the locking order.
+  for (auto& [key, positions] : positions_of_key) {  // std::map: sorted, the locking order.
+    const Policy& first = tx->batch[positions.front()].policy;  // A missing row starts with it.
+    capacities.push_back(std::to_string(first.limit));
+    windows.push_back(std::to_string(first.window_ms));
     tx->keys.push_back(key);
-    capacities.push_back(std::to_string(check->policy.limit));
-    windows.push_back(std::to_string(check->policy.window_ms));
+    tx->positions.push_back(std::move(positions));
   }
   const std::string keys = ArrayLiteral(tx->keys);
   std::vector<PgQuery> queries = {
@@ -330,15 +332,11 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
   // Decide each key's checks in batch order against its locked row.
   std::vector<CheckResult> results_by_check(tx->batch.size());
   std::vector<std::string> upd_keys, upd_tokens, upd_us, upd_caps, upd_windows;
-  for (const std::string& key : tx->keys) {
+  for (size_t k = 0; k < tx->keys.size(); ++k) {
+    const std::string& key = tx->keys[k];
+    const std::vector<size_t>& positions = tx->positions[k];
     std::vector<const StoreCheck*> checks;
-    std::vector<size_t> positions;
-    for (size_t i = 0; i < tx->batch.size(); ++i) {
-      if (tx->check_keys[i] == key) {
-        checks.push_back(&tx->batch[i]);
-        positions.push_back(i);
-      }
-    }
+    for (size_t pos : positions) checks.push_back(&tx->batch[pos]);
     auto found = raw_rows.find(key);
     if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
       for (size_t pos : positions) {

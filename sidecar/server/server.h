@@ -49,8 +49,6 @@ class Server {
   // every pending check has been answered. Idempotent.
   void Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over = nullptr);
 
-  size_t connection_count() const { return connections_.size(); }
-
   // For Connection.
   RequestHandler& handler() { return handler_; }
   uv_buf_t ReadBuffer();

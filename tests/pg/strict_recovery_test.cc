@@ -16,6 +16,7 @@ namespace {
 using strict_test::Command;
 using strict_test::ConnectToTestDatabase;
 
+using strict_test::PingsReady;
 using strict_test::WaitUntil;
 
 TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceItDoes) {
@@ -42,12 +43,7 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
 
   ASSERT_EQ(Command(admin.get(), "CREATE DATABASE " + database), "");
   // Reconnection backs off to at most 5 s between attempts.
-  EXPECT_TRUE(WaitUntil(
-      [&] {
-        Result<PingResult> p = client.Ping();
-        return p.ok() && p->ready;
-      },
-      15000))
+  EXPECT_TRUE(WaitUntil([&] { return PingsReady(sidecar.socket_path()); }, 15000))
       << sidecar.Stderr();
   Result<CheckResult> served = client.Check({.key = "k"});
   ASSERT_TRUE(served.ok());
@@ -83,12 +79,7 @@ TEST(StrictRecovery, ASidecarWhoseSocketPathIsMissingConnectsOnceItAppears) {
 
   const std::string name = std::string("/.s.PGSQL.") + pgport;
   ASSERT_EQ(symlink((std::string(pghost) + name).c_str(), (dir.path() + name).c_str()), 0);
-  EXPECT_TRUE(WaitUntil(
-      [&] {
-        Result<PingResult> p = client.Ping();
-        return p.ok() && p->ready;
-      },
-      15000))
+  EXPECT_TRUE(WaitUntil([&] { return PingsReady(sidecar.socket_path()); }, 15000))
       << sidecar.Stderr();
 }
 
@@ -108,10 +99,7 @@ TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   SidecarProcess& sidecar = **started;
   Client client({.socket_path = sidecar.socket_path(), .timeout_ms = 5000});
-  ASSERT_TRUE(WaitUntil([&] {
-    Result<PingResult> p = client.Ping();
-    return p.ok() && p->ready;
-  }));
+  ASSERT_TRUE(WaitUntil([&] { return PingsReady(sidecar.socket_path()); }));
   ASSERT_TRUE(client.Check({.key = "k"}).ok());
 
   ASSERT_EQ(Command(admin.get(), "BEGIN"), "");
@@ -140,10 +128,8 @@ TEST(StrictConfig, AHostNameIsResolvedAndUsed) {
        {"DATABASE_URL", std::string("postgresql://postgres@localhost:") + pgport + "/postgres"}});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   Client client({.socket_path = (*started)->socket_path(), .timeout_ms = 5000});
-  EXPECT_TRUE(WaitUntil([&] {
-    Result<PingResult> p = client.Ping();
-    return p.ok() && p->ready;
-  })) << (*started)->Stderr();
+  EXPECT_TRUE(WaitUntil([&] { return PingsReady((*started)->socket_path()); }))
+      << (*started)->Stderr();
   Result<CheckResult> r = client.Check({.key = "k"});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->source, Source::kDatabase);
