@@ -39,6 +39,12 @@ class BucketTable {
 
   size_t size() const { return map_.size(); }
 
+  // Calls fn(key, state) for every key, in no particular order. `fn` must not insert or erase.
+  template <typename Fn>
+  void ForEach(Fn&& fn) {
+    for (auto& [key, state] : map_) fn(std::string_view(key), state);
+  }
+
   // Hash slots a full Sweep pass visits. Shrinks again after the table emptied (see Sweep).
   size_t slot_count() const { return map_.bucket_count(); }
 

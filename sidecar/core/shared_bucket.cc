@@ -59,8 +59,8 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
   return problems;
 }
 
-bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int64_t now_us,
-                 std::vector<CheckResult>& results) {
+bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now_us,
+                std::vector<StoreAnswer>& answers) {
   // Into the memory store's fixed point: tokens * window_us < 2^32 * 2^42 fits in 128 bits.
   // Whole tokens convert exactly; only the fraction goes through double precision, so that a
   // full row of a huge capacity * window (beyond 2^53 units) reads as exactly full.
@@ -73,14 +73,42 @@ bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int6
       static_cast<uint128_t>(whole) * window_us +
           static_cast<uint128_t>(std::nearbyint((row.tokens - whole) * WindowMicros(row))));
   state.updated_us = row.updated_us;
-  bool took = false;
-  for (const StoreCheck* check : checks) {
-    CheckResult result = TokenBucket::Decide(state, check->policy, check->cost, now_us);
-    result.source = Source::kDatabase;
-    took |= result.allowed && check->cost > 0;
-    results.push_back(result);
+  bool changed = false;
+  for (const StoreOp* op : ops) {
+    StoreAnswer answer;
+    answer.now_us = now_us;
+    switch (op->kind) {
+      case StoreOp::Kind::kCheck:
+        answer.check = TokenBucket::Decide(state, op->policy, op->cost, now_us);
+        changed |= answer.check.allowed && op->cost > 0;
+        break;
+      case StoreOp::Kind::kLease: {
+        const CheckResult there = TokenBucket::Decide(state, op->policy, 0, now_us);
+        const uint32_t take = std::min(op->want, there.remaining);
+        if (take >= op->cost && take > 0) {
+          answer.check = TokenBucket::Decide(state, op->policy, take, now_us);
+          answer.granted = take;
+          changed = true;
+        } else {
+          answer.check = TokenBucket::Decide(state, op->policy, std::max<uint32_t>(op->cost, 1),
+                                             now_us);
+        }
+        break;
+      }
+      case StoreOp::Kind::kReturn:
+        if (now_us >= op->debit_us) {
+          answer.granted = TokenBucket::Refund(
+              state, op->cost, static_cast<uint64_t>(now_us - op->debit_us), now_us);
+          changed |= answer.granted > 0;
+        }
+        answer.check.allowed = true;
+        answer.check.limit = state.policy.limit;
+        break;
+    }
+    answer.check.source = Source::kDatabase;
+    answers.push_back(answer);
   }
-  if (took) {
+  if (changed) {
     row.capacity = state.policy.limit;
     row.window_ms = state.policy.window_ms;
     const uint128_t new_window_us = static_cast<uint128_t>(row.window_ms) * 1000;
@@ -90,7 +118,7 @@ bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int6
             WindowMicros(row);
     row.updated_us = state.updated_us;
   }
-  return took;
+  return changed;
 }
 
 }  // namespace ratelimit

@@ -40,13 +40,19 @@ struct SharedRow {
 //   database clock that stepped back: kept, so refill waits until the clock catches up.)
 std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row);
 
-// Decides `checks` of one key, in order, against `row` at database time `now_us`, with the same
-// exact token bucket arithmetic as the memory store. Appends one result per check to `results`.
-// Returns whether the row must be written: only when some check took tokens, so a batch of
-// denials writes nothing. Time that steps back (a failover to a server whose clock is behind)
-// refills nothing.
-bool DecideOnRow(SharedRow& row, std::span<const StoreCheck* const> checks, int64_t now_us,
-                 std::vector<CheckResult>& results);
+// Applies `ops` of one key, in order, to `row` at database time `now_us`, with the same exact
+// token bucket arithmetic as the memory store, and appends one answer per operation to
+// `answers`. Returns whether the row must be written: only when tokens were taken or given
+// back, so a batch of denials writes nothing. Time that steps back (a failover to a server
+// whose clock is behind) refills nothing.
+//
+// A kReturn gives back its unused tokens less rate * (now_us - debit_us): what the bucket has
+// refilled since the lease was debited. Debiting the lease may have let the row refill where a
+// full row would have stayed full; without that deduction, a return landing after the refill
+// was spent would create tokens, and the pods' bound would grow by up to a whole capacity. A
+// return at a time before its debit (a clock that stepped back) gives back nothing.
+bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now_us,
+                std::vector<StoreAnswer>& answers);
 
 }  // namespace ratelimit
 

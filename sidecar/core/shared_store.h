@@ -3,6 +3,7 @@
 #define RATELIMIT_SIDECAR_CORE_SHARED_STORE_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -13,29 +14,48 @@
 
 namespace ratelimit {
 
-// One check as a shared store sees it. The key is owned: the store answers after the request
+// One operation on a key's shared bucket. The key is owned: the store answers after the request
 // that carried it is gone.
-struct StoreCheck {
+//   kCheck:  take `cost` tokens if they are there (strict mode; cost 0 only reads).
+//   kLease:  take as many tokens as are there, at most `want`, but only if at least `cost` are:
+//            a lease this sidecar then spends from memory.
+//   kReturn: give back `cost` unused tokens of a lease debited at database time `debit_us`, less
+//            what the bucket has refilled since (see ApplyOnRow), never above capacity.
+struct StoreOp {
+  enum class Kind : uint8_t { kCheck, kLease, kReturn };
+
   std::string key;
   uint32_t cost = 1;
   Policy policy;
+  Kind kind = Kind::kCheck;
+  uint32_t want = 0;     // kLease only.
+  int64_t debit_us = 0;  // kReturn only.
+};
+
+// The store's answer to one StoreOp.
+struct StoreAnswer {
+  // kCheck: the decision. kLease: allowed when tokens were granted; remaining is what the row
+  // kept, and when denied retry_after_ms is the time until `cost` tokens are there.
+  CheckResult check;
+  uint32_t granted = 0;  // kLease: tokens debited for the lease. kReturn: whole tokens put back.
+  int64_t now_us = 0;    // Database time the operation was decided at (a lease's debit time).
 };
 
 // The answers to one Take, in the order of its batch; or why the store could not decide.
-using TakeDone = std::function<void(Result<std::vector<CheckResult>> results)>;
+using TakeDone = std::function<void(Result<std::vector<StoreAnswer>> answers)>;
 
 // Buckets kept where every sidecar sees them (PostgreSQL), phrased in domain terms so that the
-// engine above it is tested against a fake and the real store against a real database.
+// engines above it are tested against a fake and the real store against a real database.
 // Thread-safety: the loop thread only.
 class SharedStore {
  public:
   virtual ~SharedStore() = default;
 
-  // Decides `batch` atomically, in one transaction: each check against the shared bucket of its
-  // key, in batch order, so that several checks of one key are decided one after another. A
-  // denial changes nothing. Calls `done` exactly once, later, on the loop thread.
+  // Applies `batch` atomically, in one transaction: each operation against the shared bucket of
+  // its key, in batch order, so that several operations on one key are decided one after
+  // another. A denial changes nothing. Calls `done` exactly once, later, on the loop thread.
   // REQUIRES: free_slots() > 0; batch is not empty.
-  virtual void Take(std::vector<StoreCheck> batch, TakeDone done) = 0;
+  virtual void Take(std::vector<StoreOp> batch, TakeDone done) = 0;
 
   // How many more Takes may be in flight now (one per idle, connected database session).
   virtual size_t free_slots() const = 0;
@@ -47,7 +67,7 @@ class SharedStore {
   virtual std::string_view name() const = 0;
 
   // Registers who to tell when a slot frees up or readiness changes for a reason other than a
-  // Take completing (a session connected, background work ended), so waiting checks start.
+  // Take completing (a session connected, background work ended), so waiting work starts.
   void set_on_capacity(std::function<void()> listener) { on_capacity_ = std::move(listener); }
 
  protected:

@@ -20,6 +20,7 @@ class [[nodiscard]] Status {
     kUnavailable,      // The peer is gone or not there yet; retrying may help.
     kTimedOut,         // A deadline passed.
     kClosed,           // The connection was closed in an orderly way.
+    kOverloaded,       // Refused to protect this process: a queue is full.
   };
 
   Status() = default;
@@ -32,6 +33,7 @@ class [[nodiscard]] Status {
   static Status Unavailable(std::string msg) { return {Code::kUnavailable, std::move(msg)}; }
   static Status TimedOut(std::string msg) { return {Code::kTimedOut, std::move(msg)}; }
   static Status Closed(std::string msg) { return {Code::kClosed, std::move(msg)}; }
+  static Status Overloaded(std::string msg) { return {Code::kOverloaded, std::move(msg)}; }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
@@ -69,6 +71,9 @@ inline std::string Status::ToString() const {
       break;
     case Code::kClosed:
       name = "closed";
+      break;
+    case Code::kOverloaded:
+      name = "overloaded";
       break;
   }
   return std::string(name) + ": " + message_;

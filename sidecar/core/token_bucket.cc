@@ -64,6 +64,17 @@ CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cos
   return result;
 }
 
+uint32_t TokenBucket::Refund(State& state, uint32_t tokens, uint64_t age_us, int64_t now_us) {
+  Refill(state, now_us);
+  const uint128_t window_us = WindowMicros(state.policy);
+  const uint128_t owed = tokens * window_us;
+  const uint128_t refilled = static_cast<uint128_t>(age_us) * state.policy.limit;  // < 2^96
+  if (refilled >= owed) return 0;
+  const uint128_t before = state.level;
+  state.level = std::min(Capacity(state.policy), before + (owed - refilled));
+  return static_cast<uint32_t>((uint128_t{state.level} - before) / window_us);
+}
+
 bool TokenBucket::IsFull(const State& state, int64_t now_us) {
   const uint128_t missing = Capacity(state.policy) - state.level;
   if (missing == 0) return true;

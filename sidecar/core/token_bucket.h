@@ -45,6 +45,11 @@ struct TokenBucket {
   // REQUIRES: policy.limit >= 1, policy.window_ms >= 1, cost <= policy.limit.
   static CheckResult Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us);
 
+  // Refills, then gives back `tokens` that were taken `age_us` ago, less what the bucket has
+  // refilled in that time (`age_us` times the rate), never above capacity. Returns the whole
+  // tokens given back. The bucket keeps its own policy.
+  static uint32_t Refund(State& state, uint32_t tokens, uint64_t age_us, int64_t now_us);
+
   // True when the bucket would be full at `now_us`: it then means the same as no state at all.
   static bool IsFull(const State& state, int64_t now_us);
 };

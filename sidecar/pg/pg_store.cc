@@ -56,7 +56,7 @@ struct PgStore::Slot {
 };
 
 struct PgStore::Transaction {
-  std::vector<StoreCheck> batch;
+  std::vector<StoreOp> batch;
   TakeDone done;
   std::vector<std::string> keys;  // Distinct row keys (hex), sorted: the locking order.
   // For each of `keys`, the positions of its checks in `batch`, in batch order.
@@ -251,7 +251,7 @@ void PgStore::ScheduleRetryOfTable(Slot& slot) {
       slot.backoff_ms, 0);
 }
 
-void PgStore::Take(std::vector<StoreCheck> batch, TakeDone done) {
+void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
   Slot* slot = nullptr;
   for (auto& s : slots_) {
     if (s->session->state() == PgSession::State::kIdle && !s->in_tx) {
@@ -329,34 +329,37 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
                                               IntField(rows, i, 3), IntField(rows, i, 4)};
   }
 
-  // Decide each key's checks in batch order against its locked row.
-  std::vector<CheckResult> results_by_check(tx->batch.size());
+  // Apply each key's operations in batch order to its locked row.
+  std::vector<StoreAnswer> answers(tx->batch.size());
   std::vector<std::string> upd_keys, upd_tokens, upd_us, upd_caps, upd_windows;
+  std::vector<const StoreOp*> ops;
+  std::vector<StoreAnswer> decided;
   for (size_t k = 0; k < tx->keys.size(); ++k) {
     const std::string& key = tx->keys[k];
     const std::vector<size_t>& positions = tx->positions[k];
-    std::vector<const StoreCheck*> checks;
-    for (size_t pos : positions) checks.push_back(&tx->batch[pos]);
     auto found = raw_rows.find(key);
     if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
       for (size_t pos : positions) {
-        results_by_check[pos] =
-            Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit, Source::kDatabase);
+        answers[pos].check = Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit,
+                                     Source::kDatabase);
+        answers[pos].now_us = now_us;
       }
       continue;
     }
+    ops.clear();
+    for (size_t pos : positions) ops.push_back(&tx->batch[pos]);
     SharedRow row;
-    const std::string problems = RepairRow(found->second, checks[0]->policy, now_us, row);
+    const std::string problems = RepairRow(found->second, ops[0]->policy, now_us, row);
     if (!problems.empty()) {
       ++stats_.repaired_rows;
       Log(LogLevel::kWarn, "repaired a malformed rate limit row")
           .Str("row_key_prefix", key.substr(0, 16))
           .Str("problems", problems);
     }
-    std::vector<CheckResult> decided;
-    const bool took = DecideOnRow(row, checks, now_us, decided);
-    for (size_t j = 0; j < positions.size(); ++j) results_by_check[positions[j]] = decided[j];
-    if (took || !problems.empty()) {
+    decided.clear();
+    const bool changed = ApplyOnRow(row, ops, now_us, decided);
+    for (size_t j = 0; j < positions.size(); ++j) answers[positions[j]] = decided[j];
+    if (changed || !problems.empty()) {
       upd_keys.push_back(key);
       upd_tokens.push_back(DoubleText(row.tokens));
       upd_us.push_back(std::to_string(row.updated_us));
@@ -381,18 +384,18 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
          "rl_update"});
     queries.push_back({"COMMIT", {}});
   }
-  slot.session->Run(std::move(queries), [this, &slot, tx, decided = std::move(results_by_check)](
+  slot.session->Run(std::move(queries), [this, &slot, tx, answers = std::move(answers)](
                                             Result<std::vector<PgResultPtr>> r) mutable {
     if (!r.ok()) {
       Complete(slot, tx, r.status());
     } else {
-      Complete(slot, tx, std::move(decided));
+      Complete(slot, tx, std::move(answers));
     }
   });
 }
 
 void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
-                       Result<std::vector<CheckResult>> results) {
+                       Result<std::vector<StoreAnswer>> results) {
   if (!results.ok()) {
     ++stats_.failed_transactions;
     Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", results.status().message());

@@ -63,7 +63,7 @@ class PgStore final : public SharedStore {
   // Closes every session (failing Takes in flight) and timer, then calls `done`.
   void Shutdown(std::function<void()> done);
 
-  void Take(std::vector<StoreCheck> batch, TakeDone done) override;
+  void Take(std::vector<StoreOp> batch, TakeDone done) override;
   size_t free_slots() const override;
   bool ready() const override { return table_ready_ && free_or_busy_sessions() > 0; }
   std::string_view name() const override { return "postgres"; }
@@ -80,7 +80,7 @@ class PgStore final : public SharedStore {
   void EnsureTable(Slot& slot);
   void OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
                 Result<std::vector<PgResultPtr>> results);
-  void Complete(Slot& slot, std::shared_ptr<Transaction> tx, Result<std::vector<CheckResult>>);
+  void Complete(Slot& slot, std::shared_ptr<Transaction> tx, Result<std::vector<StoreAnswer>>);
   size_t free_or_busy_sessions() const;
   void MaybeShutdownDone();
   void CollectGarbage();

@@ -113,7 +113,7 @@ TEST(RepairRowTest, WellFormedRowsAreKeptAsTheyAre) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DecideOnRow
+// ApplyOnRow
 
 SharedRow FullRow(const Policy& policy, int64_t now_us) {
   return SharedRow{static_cast<double>(policy.limit), now_us, policy.limit, policy.window_ms};
@@ -129,25 +129,27 @@ TokenBucket::State StateOf(const SharedRow& row) {
 }
 
 // What the memory store's arithmetic answers, stamped with the database as its source.
-CheckResult Expected(TokenBucket::State& state, const StoreCheck& check, int64_t now_us) {
+CheckResult Expected(TokenBucket::State& state, const StoreOp& check, int64_t now_us) {
   CheckResult r = TokenBucket::Decide(state, check.policy, check.cost, now_us);
   r.source = Source::kDatabase;
   return r;
 }
 
 // Decides `checks` on `row` as one batch.
-std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreCheck>& checks,
+std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreOp>& checks,
                                 int64_t now_us, bool& wrote) {
-  std::vector<const StoreCheck*> pointers;
-  for (const StoreCheck& check : checks) pointers.push_back(&check);
+  std::vector<const StoreOp*> pointers;
+  for (const StoreOp& check : checks) pointers.push_back(&check);
+  std::vector<StoreAnswer> answers;
+  wrote = ApplyOnRow(row, pointers, now_us, answers);
   std::vector<CheckResult> results;
-  wrote = DecideOnRow(row, pointers, now_us, results);
+  for (const StoreAnswer& a : answers) results.push_back(a.check);
   EXPECT_EQ(results.size(), checks.size()) << "one result per check";
   return results;
 }
 
 // Whether some check of `checks` took tokens, i.e. whether the row must be written.
-bool AnyTook(const std::vector<StoreCheck>& checks, const std::vector<CheckResult>& results) {
+bool AnyTook(const std::vector<StoreOp>& checks, const std::vector<CheckResult>& results) {
   for (size_t i = 0; i < checks.size(); ++i) {
     if (results[i].allowed && checks[i].cost > 0) return true;
   }
@@ -163,11 +165,11 @@ void ExpectWellFormed(const SharedRow& row, int64_t now_us) {
   EXPECT_EQ(reread, row);
 }
 
-TEST(DecideOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
+TEST(ApplyOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
   for (const Policy policy : {Policy{1, 1000}, Policy{3, 1000}, Policy{10, 60'000}, Policy{1000, 1},
                               Policy{50'000, 10}}) {
     SCOPED_TRACE(PolicyName(policy));
-    const std::vector<StoreCheck> kOne = {StoreCheck{"k", 1, policy}};
+    const std::vector<StoreOp> kOne = {StoreOp{"k", 1, policy}};
 
     // One check per batch, reading back what each batch wrote.
     SharedRow row = FullRow(policy, kNowUs);
@@ -190,7 +192,7 @@ TEST(DecideOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
 
     // All of them in one batch.
     SharedRow batch_row = FullRow(policy, kNowUs);
-    const std::vector<StoreCheck> batch(policy.limit + 2, StoreCheck{"k", 1, policy});
+    const std::vector<StoreOp> batch(policy.limit + 2, StoreOp{"k", 1, policy});
     const std::vector<CheckResult> results = Decide(batch_row, batch, kNowUs, wrote);
     EXPECT_TRUE(wrote);
     int allowed = 0;
@@ -205,9 +207,9 @@ TEST(DecideOnRowTest, AFreshFullRowAdmitsExactlyCapacityThenDenies) {
 }
 
 // The token bucket scenarios, each check its own batch, the row carried between batches the
-// way the table carries it (written only when DecideOnRow says so); plus one showing that
+// way the table carries it (written only when ApplyOnRow says so); plus one showing that
 // fractional tokens survive being written to and read from a row.
-TEST(DecideOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
+TEST(ApplyOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
   std::vector<Scenario> scenarios = TokenBucketScenarios();
   scenarios.push_back({"fractions survive the row: 7 per 333 ms",
                        {7, 333},
@@ -229,7 +231,7 @@ TEST(DecideOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
       now += step.advance_us;
       bool wrote = false;
       const CheckResult r =
-          Decide(row, {StoreCheck{"k", step.cost, scenario.policy}}, now, wrote)[0];
+          Decide(row, {StoreOp{"k", step.cost, scenario.policy}}, now, wrote)[0];
       EXPECT_EQ(r.status, CheckStatus::kOk);
       EXPECT_EQ(r.source, Source::kDatabase);
       EXPECT_EQ(r.limit, scenario.policy.limit);
@@ -251,7 +253,7 @@ TEST(DecideOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
 // updated_us (nothing is written) while the memory bucket has moved on, so if the clock then
 // steps back the row refills from the older time and may hold less than the memory bucket:
 // never more. Steps back are covered by the scenarios above and the test below.
-TEST(DecideOnRowTest, BatchesFromTheWrittenRowMatchTheTokenBucketInMemory) {
+TEST(ApplyOnRowTest, BatchesFromTheWrittenRowMatchTheTokenBucketInMemory) {
   const Policy kPolicies[] = {{1, 1},       {1, 1000},           {3, 1000}, {7, 333},
                               {10, 1000},   {60, 60'000},        {1000, 1}, {997, 1013},
                               {1, kMaxU32}, {100'000, 3'600'000}};
@@ -267,8 +269,8 @@ TEST(DecideOnRowTest, BatchesFromTheWrittenRowMatchTheTokenBucketInMemory) {
     for (int b = 0; b < 400; ++b) {
       SCOPED_TRACE("batch " + std::to_string(b));
       now += static_cast<int64_t>(rng.UpTo(3 * token_us + 2));
-      std::vector<StoreCheck> checks(1 + rng.UpTo(4), StoreCheck{"k", 1, policy});
-      for (StoreCheck& check : checks) {
+      std::vector<StoreOp> checks(1 + rng.UpTo(4), StoreOp{"k", 1, policy});
+      for (StoreOp& check : checks) {
         const uint64_t max_cost = rng.UpTo(3) == 0 ? policy.limit : std::min(policy.limit, 2u);
         check.cost = static_cast<uint32_t>(rng.UpTo(max_cost));
       }
@@ -294,10 +296,10 @@ TEST(DecideOnRowTest, BatchesFromTheWrittenRowMatchTheTokenBucketInMemory) {
 
 struct NoWriteCase {
   const char* name;
-  std::vector<StoreCheck> checks;
+  std::vector<StoreOp> checks;
 };
 
-TEST(DecideOnRowTest, BatchesOfOnlyDenialsOrReadsWriteNothing) {
+TEST(ApplyOnRowTest, BatchesOfOnlyDenialsOrReadsWriteNothing) {
   const Policy kThree{3, 1000};
   // 0.5 tokens, 100 ms ago: 0.8 tokens now.
   const SharedRow kRow{0.5, kNowUs - 100'000, 3, 1000};
@@ -327,12 +329,12 @@ TEST(DecideOnRowTest, BatchesOfOnlyDenialsOrReadsWriteNothing) {
 struct WriteCase {
   const char* name;
   SharedRow row;
-  std::vector<StoreCheck> checks;
+  std::vector<StoreOp> checks;
   int64_t now_us;
   SharedRow written;
 };
 
-TEST(DecideOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
+TEST(ApplyOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
   const Policy kThree{3, 1000};
   const Policy kTen{10, 1000};
   const WriteCase kCases[] = {
@@ -384,7 +386,7 @@ TEST(DecideOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
 
     // Deciding on from the written row answers as the state kept in memory does.
     const int64_t later = c.now_us + 123'457;
-    const std::vector<StoreCheck> next = {{"k", 1, c.checks[0].policy},
+    const std::vector<StoreOp> next = {{"k", 1, c.checks[0].policy},
                                           {"k", 0, c.checks[0].policy}};
     const std::vector<CheckResult> reread = Decide(row, next, later, wrote);
     for (size_t i = 0; i < next.size(); ++i) {
@@ -393,7 +395,7 @@ TEST(DecideOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
   }
 }
 
-TEST(DecideOnRowTest, ARowUpdatedAfterNowRefillsNothing) {
+TEST(ApplyOnRowTest, ARowUpdatedAfterNowRefillsNothing) {
   const Policy kTen{10, 1000};
   for (const int64_t ahead_us : {int64_t{1}, int64_t{10'000'000}}) {
     SCOPED_TRACE("row updated " + std::to_string(ahead_us) + " us after now");
@@ -401,7 +403,7 @@ TEST(DecideOnRowTest, ARowUpdatedAfterNowRefillsNothing) {
     SharedRow row = kRow;
     TokenBucket::State state = StateOf(kRow);
     bool wrote = false;
-    const std::vector<StoreCheck> checks = {{"k", 1, kTen}, {"k", 1, kTen}, {"k", 0, kTen}};
+    const std::vector<StoreOp> checks = {{"k", 1, kTen}, {"k", 1, kTen}, {"k", 0, kTen}};
     const std::vector<CheckResult> results = Decide(row, checks, kNowUs, wrote);
     EXPECT_TRUE(results[0].allowed);
     EXPECT_EQ(results[0].remaining, 0u);
@@ -418,7 +420,7 @@ TEST(DecideOnRowTest, ARowUpdatedAfterNowRefillsNothing) {
     // Still before the row's time: still nothing refilled.
     const int64_t later = kNowUs + ahead_us / 2;
     const CheckResult again = Decide(row, {{"k", 1, kTen}}, later, wrote)[0];
-    EXPECT_EQ(again, Expected(state, StoreCheck{"k", 1, kTen}, later));
+    EXPECT_EQ(again, Expected(state, StoreOp{"k", 1, kTen}, later));
     EXPECT_FALSE(again.allowed);
   }
 }
@@ -433,7 +435,7 @@ struct RescaleCase {
   SharedRow row_after;
 };
 
-TEST(DecideOnRowTest, AnotherPolicyRescalesAndTheRowRecordsItWhenItTakes) {
+TEST(ApplyOnRowTest, AnotherPolicyRescalesAndTheRowRecordsItWhenItTakes) {
   const SharedRow kRow{4, kNowUs, 10, 1000};  // 4 tokens of 10 per second.
   const RescaleCase kCases[] = {
       {"smaller capacity above the tokens keeps them",
@@ -458,7 +460,7 @@ TEST(DecideOnRowTest, AnotherPolicyRescalesAndTheRowRecordsItWhenItTakes) {
     SCOPED_TRACE(c.name);
     SharedRow row = kRow;
     TokenBucket::State state = StateOf(kRow);
-    const StoreCheck check{"k", c.cost, c.policy};
+    const StoreOp check{"k", c.cost, c.policy};
     bool wrote = !c.wrote;
     const CheckResult r = Decide(row, {check}, kNowUs, wrote)[0];
     EXPECT_EQ(r, Expected(state, check, kNowUs));
@@ -492,8 +494,8 @@ void ExpectExtremeBatchesMatchTheTokenBucket(const Policy& policy) {
   for (size_t b = 0; b < std::size(kBatches); ++b) {
     SCOPED_TRACE("batch " + std::to_string(b));
     now += kBatches[b].advance_us;
-    std::vector<StoreCheck> checks;
-    for (uint32_t cost : kBatches[b].costs) checks.push_back(StoreCheck{"k", cost, policy});
+    std::vector<StoreOp> checks;
+    for (uint32_t cost : kBatches[b].costs) checks.push_back(StoreOp{"k", cost, policy});
     bool wrote = false;
     const std::vector<CheckResult> results = Decide(row, checks, now, wrote);
     for (size_t i = 0; i < checks.size(); ++i) {
@@ -508,7 +510,7 @@ void ExpectExtremeBatchesMatchTheTokenBucket(const Policy& policy) {
 }
 
 // The largest capacity and window: no overflow, no NaN, and the same answers as the memory store.
-TEST(DecideOnRowTest, ExtremeCapacityOrWindowStayExactWithoutOverflow) {
+TEST(ApplyOnRowTest, ExtremeCapacityOrWindowStayExactWithoutOverflow) {
   for (const Policy policy :
        {Policy{kMaxU32, 1}, Policy{1, kMaxU32}, Policy{kMaxU32, 60'000}, Policy{1000, kMaxU32}}) {
     SCOPED_TRACE(PolicyName(policy));
@@ -518,7 +520,7 @@ TEST(DecideOnRowTest, ExtremeCapacityOrWindowStayExactWithoutOverflow) {
 
 // A full row must read as exactly full even when capacity * window_ms * 1000 exceeds 2^53,
 // where a double cannot hold the level: whole tokens convert exactly.
-TEST(DecideOnRowTest, AFullRowOfAHugeCapacityTimesWindowIsExactlyFull) {
+TEST(ApplyOnRowTest, AFullRowOfAHugeCapacityTimesWindowIsExactlyFull) {
   for (const Policy policy : {Policy{kMaxU32, kMaxU32}, Policy{999'999'999, 86'400'000}}) {
     SCOPED_TRACE(PolicyName(policy));
     ExpectExtremeBatchesMatchTheTokenBucket(policy);

@@ -49,7 +49,7 @@ std::string KeyOf(uint64_t tag) { return "k" + std::to_string(tag); }
 
 // The answer the echo store gives for a check of key KeyOf(tag): recognisable per check, and
 // with source Memory so that tests see the engine stamp its own source.
-CheckResult EchoResult(const StoreCheck& check) {
+CheckResult EchoResult(const StoreOp& check) {
   CheckResult r;
   r.allowed = true;
   r.limit = check.policy.limit;
@@ -61,7 +61,7 @@ CheckResult EchoResult(const StoreCheck& check) {
 
 // What the engine must deliver for the check with `tag` when the echo store answered it.
 CheckResult DeliveredEcho(uint64_t tag) {
-  CheckResult r = EchoResult(StoreCheck{KeyOf(tag), 1, kPolicy});
+  CheckResult r = EchoResult(StoreOp{KeyOf(tag), 1, kPolicy});
   r.source = Source::kDatabase;
   return r;
 }
@@ -88,14 +88,14 @@ class StrictEngineTest : public testing::Test {
   // Answers Take `index` with one EchoResult per check of its batch.
   void Echo(size_t index) {
     std::vector<CheckResult> results;
-    for (const StoreCheck& check : store_.batch(index)) results.push_back(EchoResult(check));
+    for (const StoreOp& check : store_.batch(index)) results.push_back(EchoResult(check));
     store_.Complete(index, std::move(results));
   }
 
   // The tags of Take `index`'s batch, recovered from the keys.
   std::vector<uint64_t> BatchTags(size_t index) const {
     std::vector<uint64_t> out;
-    for (const StoreCheck& check : store_.batch(index)) {
+    for (const StoreOp& check : store_.batch(index)) {
       out.push_back(std::stoull(check.key.substr(1)));
     }
     return out;
@@ -154,7 +154,7 @@ TEST_F(StrictEngineTest, ChecksWaitingForABusySlotGoTogetherInOneTakeInArrivalOr
 }
 
 TEST_F(StrictEngineTest, AQueueLongerThanMaxBatchIsSplitIntoFullBatchesAndTheRest) {
-  constexpr size_t kMax = StrictEngine::kMaxBatch;
+  constexpr size_t kMax = StoreBatcher::kMaxBatch;
   Check(0);
   for (uint64_t tag = 1; tag <= kMax + 5; ++tag) Check(tag);
   EXPECT_EQ(engine_.queued(), kMax + 5);
@@ -274,14 +274,14 @@ TEST_F(StrictEngineTest, AFailedOrMalformedTakeAnswersItsWholeBatchWithStoreUnav
     for (uint64_t tag = 0; tag < 4; ++tag) {
       engine.Check(CheckQuery{"key", 1, kPolicies[tag]}, tag, done);
     }
-    store.Complete(0, std::vector<CheckResult>{EchoResult(StoreCheck{"k0", 1, kPolicies[0]})});
+    store.Complete(0, std::vector<CheckResult>{EchoResult(StoreOp{"k0", 1, kPolicies[0]})});
     ASSERT_EQ(store.take_count(), 2u);
     ASSERT_EQ(store.batch(1).size(), 3u);
     if (c.fail) {
       store.Fail(1, Status::Unavailable("connection lost"));
     } else {
       std::vector<CheckResult> results(c.result_count,
-                                       EchoResult(StoreCheck{"k9", 1, kPolicies[1]}));
+                                       EchoResult(StoreOp{"k9", 1, kPolicies[1]}));
       store.Complete(1, std::move(results));
     }
     ASSERT_EQ(done.tags(), Range(0, 4)) << "every check answered exactly once";
@@ -351,7 +351,7 @@ TEST_F(StrictEngineTest, QueuedChecksAreAnsweredWhenTheStoreGoesAwayBeforeTheirT
 }
 
 TEST_F(StrictEngineTest, ChecksBeyondMaxQueuedAreRefusedAsOverloaded) {
-  constexpr size_t kMaxQueued = StrictEngine::kMaxQueued;
+  constexpr size_t kMaxQueued = StoreBatcher::kMaxQueued;
   Check(0);  // In flight.
   for (uint64_t tag = 1; tag <= kMaxQueued; ++tag) Check(tag);
   ASSERT_EQ(engine_.queued(), kMaxQueued);
@@ -369,7 +369,7 @@ TEST_F(StrictEngineTest, ChecksBeyondMaxQueuedAreRefusedAsOverloaded) {
 
   // Once a batch leaves the queue there is room again.
   Echo(0);
-  EXPECT_EQ(engine_.queued(), kMaxQueued - StrictEngine::kMaxBatch);
+  EXPECT_EQ(engine_.queued(), kMaxQueued - StoreBatcher::kMaxBatch);
   const uint64_t kLate = kMaxQueued + 4;
   Check(kLate);
   EXPECT_EQ(recorder_.answers.back().tag, 0u) << "the late check was queued, not refused";

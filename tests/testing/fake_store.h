@@ -20,9 +20,9 @@
 namespace ratelimit {
 
 // Records every Take (its batch, and its TakeDone) without answering it. The test then answers
-// pending Takes explicitly, in any order: with canned results (Complete), an error (Fail), or by
-// deciding the batch against an in-memory table of rows with the real DecideOnRow (Decide), so
-// that a test can simulate a correct database.
+// pending Takes explicitly, in any order: with canned answers (Answer, Complete), an error
+// (Fail), or by applying the batch to an in-memory table of rows with the real ApplyOnRow
+// (Decide), so that a test can simulate a correct database.
 //
 // free_slots() is `slots` minus the Takes still in flight; ready() is whatever the test set. A
 // Take that breaks SharedStore's REQUIRES (no free slot, empty batch) is reported as a test
@@ -36,7 +36,7 @@ class FakeStore final : public SharedStore {
  public:
   explicit FakeStore(size_t slots = 1) : slots_(slots) {}
 
-  void Take(std::vector<StoreCheck> batch, TakeDone done) override {
+  void Take(std::vector<StoreOp> batch, TakeDone done) override {
     if (batch.empty()) ADD_FAILURE() << "Take with an empty batch";
     if (free_slots() == 0) ADD_FAILURE() << "Take without a free slot";
     takes_.push_back(Pending{std::move(batch), std::move(done), false});
@@ -65,49 +65,60 @@ class FakeStore final : public SharedStore {
     for (const Pending& take : takes_) n += take.answered ? 0 : 1;
     return n;
   }
-  const std::vector<StoreCheck>& batch(size_t index) const { return takes_.at(index).batch; }
+  const std::vector<StoreOp>& batch(size_t index) const { return takes_.at(index).batch; }
   bool answered(size_t index) const { return takes_.at(index).answered; }
 
-  // Answers Take `index` with `results`. The slot is free again before the TakeDone runs, as
+  // Answers Take `index` with `answers`. The slot is free again before the TakeDone runs, as
   // with a real session, so the engine may start the next Take from inside it.
   // REQUIRES: Take `index` was started and is not answered yet.
-  void Complete(size_t index, Result<std::vector<CheckResult>> results) {
+  void Answer(size_t index, Result<std::vector<StoreAnswer>> answers) {
     if (index >= takes_.size() || takes_[index].answered) {
-      ADD_FAILURE() << "Complete(" << index << ") of a Take that is not pending";
+      ADD_FAILURE() << "Answer(" << index << ") of a Take that is not pending";
       return;
     }
     TakeDone done = std::move(takes_[index].done);
     takes_[index].done = nullptr;
     takes_[index].answered = true;
-    done(std::move(results));  // May start Takes: takes_[index] is not touched after this.
+    done(std::move(answers));  // May start Takes: takes_[index] is not touched after this.
   }
 
-  void Fail(size_t index, Status status) { Complete(index, std::move(status)); }
+  // Answers Take `index` of kCheck operations with one CheckResult each.
+  void Complete(size_t index, Result<std::vector<CheckResult>> results) {
+    if (!results.ok()) {
+      Answer(index, results.status());
+      return;
+    }
+    std::vector<StoreAnswer> answers;
+    for (const CheckResult& r : *results) answers.push_back(StoreAnswer{r, 0, 0});
+    Answer(index, std::move(answers));
+  }
 
-  // Answers Take `index` as a correct database would at database time `now_us`: the checks of
-  // each key, in batch order, decided by DecideOnRow against that key's row in rows(); a missing
-  // row is a full bucket of its first check's policy. A row is stored only when DecideOnRow says
-  // it must be written, so a batch of denials or reads leaves rows() as it was.
+  void Fail(size_t index, Status status) { Answer(index, std::move(status)); }
+
+  // Answers Take `index` as a correct database would at database time `now_us`: the operations
+  // on each key, in batch order, applied by ApplyOnRow to that key's row in rows(); a missing
+  // row is a full bucket of its first operation's policy. A row is stored only when ApplyOnRow
+  // says it must be written, so a batch of denials or reads leaves rows() as it was.
   void Decide(size_t index, int64_t now_us) {
     if (index >= takes_.size() || takes_[index].answered) {
       ADD_FAILURE() << "Decide(" << index << ") of a Take that is not pending";
       return;
     }
-    const std::vector<StoreCheck>& checks = takes_[index].batch;
+    const std::vector<StoreOp>& ops = takes_[index].batch;
     std::map<std::string, std::vector<size_t>> by_key;  // Positions in the batch, in order.
-    for (size_t i = 0; i < checks.size(); ++i) by_key[checks[i].key].push_back(i);
-    std::vector<CheckResult> answers(checks.size());
+    for (size_t i = 0; i < ops.size(); ++i) by_key[ops[i].key].push_back(i);
+    std::vector<StoreAnswer> answers(ops.size());
     for (const auto& [key, positions] : by_key) {
-      const Policy& first = checks[positions.front()].policy;
+      const Policy& first = ops[positions.front()].policy;
       SharedRow row{static_cast<double>(first.limit), now_us, first.limit, first.window_ms};
       if (auto it = rows_.find(key); it != rows_.end()) row = it->second;
-      std::vector<const StoreCheck*> of_key;
-      for (size_t i : positions) of_key.push_back(&checks[i]);
-      std::vector<CheckResult> decided;
-      if (DecideOnRow(row, of_key, now_us, decided)) rows_[key] = row;
+      std::vector<const StoreOp*> of_key;
+      for (size_t i : positions) of_key.push_back(&ops[i]);
+      std::vector<StoreAnswer> decided;
+      if (ApplyOnRow(row, of_key, now_us, decided)) rows_[key] = row;
       for (size_t j = 0; j < positions.size(); ++j) answers[positions[j]] = decided.at(j);
     }
-    Complete(index, std::move(answers));
+    Answer(index, std::move(answers));
   }
 
   // The simulated table that Decide reads and writes; tests may seed or inspect it.
@@ -115,7 +126,7 @@ class FakeStore final : public SharedStore {
 
  private:
   struct Pending {
-    std::vector<StoreCheck> batch;
+    std::vector<StoreOp> batch;
     TakeDone done;  // Empty once answered.
     bool answered;
   };

@@ -1,0 +1,79 @@
+// StoreBatcher: sends operations on shared buckets to the store in batches that follow the load.
+#include "sidecar/core/store_batcher.h"
+
+#include <algorithm>
+#include <string_view>
+#include <utility>
+
+namespace ratelimit {
+
+StoreBatcher::StoreBatcher(SharedStore& store) : store_(store) {
+  store_.set_on_capacity([this] { Pump(); });
+}
+
+StoreBatcher::~StoreBatcher() { store_.set_on_capacity(nullptr); }
+
+Status StoreBatcher::Submit(StoreOp op, OpDone done) {
+  if (!store_.ready()) return Status::Unavailable("store not ready");
+  if (queue_.size() >= kMaxQueued) return Status::Overloaded("too many operations waiting");
+  queue_.push_back(std::move(op));
+  waiting_.push_back(std::move(done));
+  Pump();
+  return Status::Ok();
+}
+
+void StoreBatcher::Pump() {
+  if (!store_.ready()) {  // The store went away while operations waited: answer them now.
+    std::deque<OpDone> stranded = std::move(waiting_);
+    queue_.clear();
+    waiting_.clear();
+    for (OpDone& done : stranded) done(Status::Unavailable("store not ready"));
+    return;
+  }
+  while (!queue_.empty() && store_.free_slots() > 0) {
+    // Take every waiting operation whose key no transaction of ours holds, in arrival order.
+    // Operations on a key in flight stay queued, together and in order, for the transaction
+    // after it: two sessions of one sidecar never queue on the same row lock.
+    std::vector<StoreOp> batch;
+    batch.reserve(std::min(queue_.size(), kMaxBatch));  // Never moves: batch_keys views it.
+    std::vector<OpDone> dones;
+    std::vector<std::string> keys;
+    std::unordered_set<std::string_view> batch_keys;  // Views of keys in `batch`.
+    std::deque<StoreOp> kept_ops;
+    std::deque<OpDone> kept_dones;
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      StoreOp& op = queue_[i];
+      const bool busy = in_flight_keys_.count(op.key) > 0;
+      if (busy || batch.size() >= kMaxBatch) {
+        kept_ops.push_back(std::move(op));
+        kept_dones.push_back(std::move(waiting_[i]));
+        continue;
+      }
+      batch.push_back(std::move(op));
+      if (batch_keys.insert(batch.back().key).second) keys.push_back(batch.back().key);
+      dones.push_back(std::move(waiting_[i]));
+    }
+    queue_ = std::move(kept_ops);
+    waiting_ = std::move(kept_dones);
+    if (batch.empty()) return;  // Everything waiting is for keys in flight.
+    for (const std::string& key : keys) in_flight_keys_.insert(key);
+    store_.Take(std::move(batch), [this, dones = std::move(dones), keys = std::move(keys)](
+                                      Result<std::vector<StoreAnswer>> answers) {
+      for (const std::string& key : keys) in_flight_keys_.erase(key);
+      const bool decided = answers.ok() && answers->size() == dones.size();
+      const Status failed = decided      ? Status::Ok()
+                            : answers.ok() ? Status::IoError("store answered the wrong count")
+                                           : answers.status();
+      for (size_t i = 0; i < dones.size(); ++i) {
+        if (decided) {
+          dones[i]((*answers)[i]);
+        } else {
+          dones[i](failed);
+        }
+      }
+      Pump();
+    });
+  }
+}
+
+}  // namespace ratelimit

@@ -1,0 +1,59 @@
+// StoreBatcher: sends operations on shared buckets to the store in batches that follow the load.
+#ifndef RATELIMIT_SIDECAR_CORE_STORE_BATCHER_H_
+#define RATELIMIT_SIDECAR_CORE_STORE_BATCHER_H_
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "sidecar/core/shared_store.h"
+#include "sidecar/core/status.h"
+
+namespace ratelimit {
+
+// Batching: an operation goes to the store at once when a store session is free; otherwise it
+// waits in a queue, and the next transaction to start takes the whole queue (up to kMaxBatch).
+// Light load thus costs one transaction per operation and no added latency; heavy load costs
+// one transaction per queue-full, so the database's work grows far slower than the load.
+// A key is in at most one transaction of this batcher at a time: operations on a key in flight
+// wait for the next one, so a sidecar's own sessions never contend for a hot row's lock (which
+// would split its batches and serialize them behind each other).
+//
+// Thread-safety: the loop thread only. The store must outlive the batcher and must finish (or
+// fail) every Take before either is destroyed.
+class StoreBatcher {
+ public:
+  static constexpr size_t kMaxBatch = 1024;
+  static constexpr size_t kMaxQueued = 65536;
+
+  // Called exactly once per submitted operation, with the store's answer or why there is none.
+  using OpDone = std::function<void(Result<StoreAnswer> answer)>;
+
+  explicit StoreBatcher(SharedStore& store);
+  ~StoreBatcher();
+
+  // Queues `op`; `done` runs later, on the loop thread. Refuses, without calling `done`:
+  // Unavailable while the store is not ready (work never queues behind a database that is
+  // down), Overloaded when kMaxQueued operations are waiting.
+  [[nodiscard]] Status Submit(StoreOp op, OpDone done);
+
+  const SharedStore& store() const { return store_; }
+  size_t queued() const { return queue_.size(); }
+
+ private:
+  // Starts transactions while the store has free sessions and operations are waiting.
+  void Pump();
+
+  SharedStore& store_;
+  std::deque<StoreOp> queue_;
+  std::deque<OpDone> waiting_;  // Parallel to queue_.
+  // Keys in some Take of this batcher that has not completed.
+  std::unordered_set<std::string> in_flight_keys_;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_CORE_STORE_BATCHER_H_
