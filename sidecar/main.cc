@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "sidecar/config/config.h"
+#include "sidecar/core/lease_engine.h"
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/strict_engine.h"
@@ -29,6 +30,9 @@ namespace {
 constexpr uint64_t kSweepIntervalMs = 100;
 constexpr size_t kSweepPassTicks = 50;
 constexpr size_t kMinSweepSlots = 1024;
+// Lease mode: how often expired leases are given back and idle keys forgotten. Leases are never
+// spent past their expiry whatever this is; it only sets how soon unused tokens go back.
+constexpr uint64_t kLeaseTickMs = 20;
 
 void PrintHelp() {
   std::printf(
@@ -55,12 +59,19 @@ const char* AlgorithmName(Algorithm algorithm) {
   return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
 }
 
+const char* ModeName(const Config& config) {
+  if (config.store != StoreKind::kPostgres) return "memory";
+  return config.mode == StoreMode::kLease ? "lease" : "strict";
+}
+
 // Owns the store, the engine over it, the server, and the loop's other long-lived handles:
-// signals and, for the memory store, the sweep timer.
+// signals, the housekeeping timer (the memory store's sweep, lease mode's expiry), and the
+// deadline for giving leases back at shutdown.
 class Sidecar {
  public:
   Sidecar(uv_loop_t* loop, const Config& config, const HashKey& hash_key)
       : loop_(loop),
+        shutdown_grace_ms_(config.shutdown_grace_ms),
         engine_(MakeEngine(loop, config, hash_key)),
         limiter_(config.default_policy, *engine_),
         server_(
@@ -74,6 +85,8 @@ class Sidecar {
     }
     uv_timer_init(loop_, &sweep_timer_);
     sweep_timer_.data = this;
+    uv_timer_init(loop_, &return_deadline_);
+    return_deadline_.data = this;
   }
 
   Status Start() {
@@ -82,19 +95,46 @@ class Sidecar {
     if (memory_ != nullptr) {
       uv_timer_start(&sweep_timer_, &SweepTrampoline, kSweepIntervalMs, kSweepIntervalMs);
     }
+    if (lease_ != nullptr) {
+      uv_timer_start(
+          &sweep_timer_, [](uv_timer_t* t) { static_cast<Sidecar*>(t->data)->lease_->Tick(); },
+          kLeaseTickMs, kLeaseTickMs);
+    }
     if (pg_store_ != nullptr) pg_store_->Start();  // Connects in the background.
     return server_.Start();
   }
 
-  // Shuts the server down (answering what it has read), then the store, then closes every
-  // other handle so that uv_run returns. The store stops at the latest when the grace period
-  // ends: connections with checks waiting on a stuck database get their answers (failures)
-  // from it, and only then can the server finish.
+  // Shuts the server down (answering what it has read), gives leases back, then stops the
+  // store, then closes every other handle so that uv_run returns. The store stops at the latest
+  // when the grace period ends: connections with checks waiting on a stuck database get their
+  // answers (failures) from it, and only then can the server finish. Giving leases back has a
+  // grace period of its own, for a database that stops answering.
   void Stop() {
-    server_.Shutdown([this] { StopStore(); }, [this] { StopStore(); });
+    server_.Shutdown([this] { ReturnLeasesThenStopStore(); }, [this] { StopStore(); });
   }
 
  private:
+  void ReturnLeasesThenStopStore() {
+    if (lease_ == nullptr || store_stopping_) {
+      StopStore();
+      return;
+    }
+    uv_timer_start(
+        &return_deadline_,
+        [](uv_timer_t* t) {
+          Log(LogLevel::kWarn, "giving leases back took the whole grace period; stopping");
+          static_cast<Sidecar*>(t->data)->StopStore();
+        },
+        std::max<uint64_t>(shutdown_grace_ms_, 100), 0);
+    lease_->ReturnAll([this] {
+      const LeaseStats& stats = lease_->stats();
+      Log(LogLevel::kInfo, "leases given back")
+          .Int("returns", stats.returns)
+          .Int("tokens_returned", stats.tokens_returned);
+      StopStore();
+    });
+  }
+
   void StopStore() {
     if (store_stopping_) return;
     store_stopping_ = true;
@@ -103,6 +143,7 @@ class Sidecar {
         uv_close(reinterpret_cast<uv_handle_t*>(&signal), nullptr);
       }
       uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&return_deadline_), nullptr);
     };
     if (pg_store_ != nullptr) {
       pg_store_->Shutdown(close_rest);
@@ -117,7 +158,11 @@ class Sidecar {
       pg_store_ = std::make_unique<PgStore>(
           loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
                                config.pg_key_hash, config.pg_connections});
-      return std::make_unique<StrictEngine>(*pg_store_);
+      if (config.mode == StoreMode::kStrict) return std::make_unique<StrictEngine>(*pg_store_);
+      auto lease = std::make_unique<LeaseEngine>(*pg_store_, clock_, hash_key,
+                                                 LeaseOptions{config.lease_ttl_ms});
+      lease_ = lease.get();
+      return lease;
     }
     auto memory = NewMemoryEngine(config.algorithm, clock_, hash_key);
     memory_ = memory.get();
@@ -135,14 +180,17 @@ class Sidecar {
   }
 
   uv_loop_t* loop_;
+  const uint32_t shutdown_grace_ms_;
   SteadyClock clock_;
   std::unique_ptr<PgStore> pg_store_;  // Declared before the engine that uses it.
   MemoryEngine* memory_ = nullptr;     // The engine, when the store is memory.
+  LeaseEngine* lease_ = nullptr;       // The engine, in lease mode.
   std::unique_ptr<Engine> engine_;
   Limiter limiter_;
   Server server_;
   uv_signal_t signals_[2];
   uv_timer_t sweep_timer_;
+  uv_timer_t return_deadline_;
   bool store_stopping_ = false;
 };
 
@@ -190,6 +238,7 @@ int Main(int argc, char** argv) {
       Log(LogLevel::kInfo, "listening")
           .Str("socket", config->socket_path)
           .Str("store", config->store == StoreKind::kPostgres ? "postgres" : "memory")
+          .Str("mode", ModeName(*config))
           .Str("algorithm", AlgorithmName(config->algorithm))
           .Int("default_limit", config->default_policy.limit)
           .Int("default_window_ms", config->default_policy.window_ms)

@@ -21,8 +21,11 @@ const std::vector<ConfigVariable> kConfigVariables = {
     {"RATE_LIMIT_WINDOW_MS", "60000", "default policy: window in milliseconds"},
     {"RATE_LIMIT_ALGORITHM", "token_bucket", "token_bucket or fixed_window"},
     {"RATE_LIMIT_STORE", "memory", "where buckets live: memory (this pod only) or postgres"},
-    {"RATE_LIMIT_MODE", "strict",
-     "postgres store: strict (every check decided in the database; lease mode is not built yet)"},
+    {"RATE_LIMIT_MODE", "lease",
+     "postgres store: lease (checks answered from leased tokens in memory) or strict (every "
+     "check decided in the database)"},
+    {"RATE_LIMIT_LEASE_TTL_MS", "1000",
+     "lease mode: how long a lease may be spent before its unused tokens go back (10 to 600000)"},
     {"DATABASE_URL", "", "postgres store: libpq connection string or URI; PG* variables apply"},
     {"RATE_LIMIT_PG_TABLE", "rate_limit_buckets",
      "postgres store: table name, optionally schema.table (a-z, 0-9, _, $; 63 bytes a part)"},
@@ -179,7 +182,13 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_MODE",
            [&](auto name, auto v) {
-             return ParseWord<StoreMode>(name, v, {{"strict", StoreMode::kStrict}}, config.mode);
+             return ParseWord<StoreMode>(
+                 name, v, {{"lease", StoreMode::kLease}, {"strict", StoreMode::kStrict}},
+                 config.mode);
+           }),
+      with("RATE_LIMIT_LEASE_TTL_MS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 10, 600000, "milliseconds", config.lease_ttl_ms);
            }),
       with("DATABASE_URL",
            [&](auto, auto v) {

@@ -17,7 +17,7 @@
 namespace ratelimit {
 
 enum class StoreKind { kMemory, kPostgres };
-enum class StoreMode { kStrict };
+enum class StoreMode { kLease, kStrict };
 enum class KeyHashing { kSha256, kNone };
 
 // Every field's default is the documented default of its variable (see kConfigVariables).
@@ -32,7 +32,8 @@ struct Config {
   Algorithm algorithm = Algorithm::kTokenBucket;
   StoreKind store = StoreKind::kMemory;
   // PostgreSQL store only.
-  StoreMode mode = StoreMode::kStrict;
+  StoreMode mode = StoreMode::kLease;
+  uint32_t lease_ttl_ms = 1000;
   std::string database_url;  // Empty: libpq's PG* variables and defaults decide.
   TableName pg_table{"", "rate_limit_buckets"};
   bool pg_create_table = true;

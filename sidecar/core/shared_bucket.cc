@@ -90,8 +90,8 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
           answer.granted = take;
           changed = true;
         } else {
-          answer.check = TokenBucket::Decide(state, op->policy, std::max<uint32_t>(op->cost, 1),
-                                             now_us);
+          answer.check =
+              TokenBucket::Decide(state, op->policy, std::max<uint32_t>(op->cost, 1), now_us);
         }
         break;
       }

@@ -61,7 +61,7 @@ void StoreBatcher::Pump() {
                                       Result<std::vector<StoreAnswer>> answers) {
       for (const std::string& key : keys) in_flight_keys_.erase(key);
       const bool decided = answers.ok() && answers->size() == dones.size();
-      const Status failed = decided      ? Status::Ok()
+      const Status failed = decided        ? Status::Ok()
                             : answers.ok() ? Status::IoError("store answered the wrong count")
                                            : answers.status();
       for (size_t i = 0; i < dones.size(); ++i) {

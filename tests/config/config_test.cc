@@ -38,7 +38,7 @@ std::string Describe(const Config& c) {
       << " database_url=" << c.database_url << " pg_table=" << c.pg_table.Plain()
       << " pg_create_table=" << c.pg_create_table
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
-      << " pg_connections=" << c.pg_connections;
+      << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms;
   return out.str();
 }
 
@@ -61,7 +61,8 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_EQ(config->algorithm, Algorithm::kTokenBucket);
   EXPECT_EQ(config->store, StoreKind::kMemory);
   EXPECT_EQ(config->log_level, LogLevel::kInfo);
-  EXPECT_EQ(config->mode, StoreMode::kStrict);
+  EXPECT_EQ(config->mode, StoreMode::kLease);
+  EXPECT_EQ(config->lease_ttl_ms, 1000u);
   EXPECT_EQ(config->database_url, "");
   EXPECT_EQ(config->pg_table.Quoted(), "\"rate_limit_buckets\"");
   EXPECT_TRUE(config->pg_create_table);
@@ -170,6 +171,10 @@ std::vector<GoodCase> GoodCases() {
       {"RATE_LIMIT_STORE", "postgres",
        [](const Config& c) { EXPECT_EQ(c.store, StoreKind::kPostgres); }},
       {"RATE_LIMIT_MODE", "strict", [](const Config& c) { EXPECT_EQ(c.mode, StoreMode::kStrict); }},
+      {"RATE_LIMIT_MODE", "lease", [](const Config& c) { EXPECT_EQ(c.mode, StoreMode::kLease); }},
+      {"RATE_LIMIT_LEASE_TTL_MS", "10", [](const Config& c) { EXPECT_EQ(c.lease_ttl_ms, 10u); }},
+      {"RATE_LIMIT_LEASE_TTL_MS", "600000",
+       [](const Config& c) { EXPECT_EQ(c.lease_ttl_ms, 600000u); }},
       {"DATABASE_URL", "postgresql://rl@db:5432/app",
        [](const Config& c) { EXPECT_EQ(c.database_url, "postgresql://rl@db:5432/app"); }},
       {"RATE_LIMIT_PG_TABLE", "limits.buckets_v2",
@@ -288,8 +293,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "3600001"},
         // Unknown words.
         BadCase{"RATE_LIMIT_ALGORITHM", "leaky"}, BadCase{"RATE_LIMIT_ALGORITHM", "token-bucket"},
-        BadCase{"RATE_LIMIT_STORE", "redis"}, BadCase{"RATE_LIMIT_MODE", "lease"},
-        BadCase{"RATE_LIMIT_MODE", "eventual"},
+        BadCase{"RATE_LIMIT_STORE", "redis"}, BadCase{"RATE_LIMIT_MODE", "Lease"},
+        BadCase{"RATE_LIMIT_MODE", "eventual"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "9"},
+        BadCase{"RATE_LIMIT_LEASE_TTL_MS", "600001"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "1s"},
         // Table names that are not plain identifiers, SQL injection attempts among them.
         BadCase{"RATE_LIMIT_PG_TABLE", "buckets; DROP TABLE users"},
         BadCase{"RATE_LIMIT_PG_TABLE", "x\" OR 1=1 --"}, BadCase{"RATE_LIMIT_PG_TABLE", "Buckets"},

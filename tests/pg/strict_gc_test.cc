@@ -52,6 +52,7 @@ TEST(StrictConfig, ThePasswordInDatabaseUrlNeverReachesTheLog) {
   {
     Result<std::unique_ptr<SidecarProcess>> started = SidecarProcess::Start(
         {{"RATE_LIMIT_STORE", "postgres"},
+         {"RATE_LIMIT_MODE", "strict"},
          {"RATE_LIMIT_LOG_LEVEL", "debug"},
          {"DATABASE_URL",
           "postgresql://ratelimit:s3cr3t-Pa55w0rd@127.0.0.1:1/app?connect_timeout=1"}});

@@ -29,6 +29,7 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
   // In a keyword/value conninfo string the last dbname wins.
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_MODE", "strict"},
                              {"RATE_LIMIT_PG_TABLE", "t_strict_recovery"},
                              {"DATABASE_URL", TestDatabaseUrl() + " dbname=" + database}});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
@@ -66,6 +67,7 @@ TEST(StrictRecovery, ASidecarWhoseSocketPathIsMissingConnectsOnceItAppears) {
   TempDir dir;
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_MODE", "strict"},
                              {"RATE_LIMIT_PG_TABLE", "t_strict_socket_appears"},
                              {"DATABASE_URL", "host=" + dir.path() + " port=" + pgport +
                                                   " user=postgres dbname=postgres"}});
@@ -93,6 +95,7 @@ TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   Command(admin.get(), "DROP TABLE IF EXISTS " + table);
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_MODE", "strict"},
                              {"RATE_LIMIT_PG_TABLE", table},
                              {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "500"},
                              {"DATABASE_URL", TestDatabaseUrl()}});
@@ -124,6 +127,7 @@ TEST(StrictConfig, AHostNameIsResolvedAndUsed) {
   ASSERT_NE(pgport, nullptr);
   Result<std::unique_ptr<SidecarProcess>> started = SidecarProcess::Start(
       {{"RATE_LIMIT_STORE", "postgres"},
+       {"RATE_LIMIT_MODE", "strict"},
        {"RATE_LIMIT_PG_TABLE", "t_strict_host_name"},
        {"DATABASE_URL", std::string("postgresql://postgres@localhost:") + pgport + "/postgres"}});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
@@ -141,6 +145,7 @@ TEST(StrictConfig, AMalformedDatabaseUrlStopsStartUpWithoutShowingIt) {
   ProcessResult r =
       RunProcess({kSidecarBin}, {{"RATE_LIMIT_SOCKET", dir.File("rl.sock")},
                                  {"RATE_LIMIT_STORE", "postgres"},
+                                 {"RATE_LIMIT_MODE", "strict"},
                                  {"DATABASE_URL", "postgresql://rl:Secr%zzet@127.0.0.1:1/db"}});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("DATABASE_URL is invalid"), std::string::npos) << r.err;

@@ -1,0 +1,321 @@
+// LeaseEngine: answers checks from memory, out of leases of tokens debited from shared buckets.
+#include "sidecar/core/lease_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "sidecar/core/strict_engine.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr int64_t kForever = std::numeric_limits<int64_t>::max();
+
+// Whole milliseconds from `now` until `at`, rounded up; 0 when `at` has passed.
+uint32_t MillisUntil(int64_t at, int64_t now) {
+  if (at <= now) return 0;
+  const int64_t ms = (at - now + 999) / 1000;
+  return static_cast<uint32_t>(std::min<int64_t>(ms, std::numeric_limits<uint32_t>::max()));
+}
+
+uint32_t CeilToTokens(double tokens, uint32_t limit) {
+  if (!(tokens > 0)) return 0;
+  return static_cast<uint32_t>(std::min<double>(std::ceil(tokens), limit));
+}
+
+}  // namespace
+
+LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_key,
+                         const LeaseOptions& options)
+    : batcher_(store),
+      clock_(clock),
+      ttl_us_(static_cast<int64_t>(options.ttl_ms) * 1000),
+      refresh_us_(std::max<int64_t>(1, ttl_us_ / 4)),
+      keys_(hash_key) {}
+
+void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
+  if (returning_all_) {
+    done.OnCheckDone(tag, Refusal(CheckStatus::kShuttingDown, query.policy.limit, Source::kLease));
+    return;
+  }
+  const int64_t now = clock_.NowMicros();
+  KeyState* found = keys_.Find(query.key);
+  if (query.cost == 0 && (found == nullptr || !found->fetched_before)) {
+    ReadFromStore(query, tag, done);  // Nothing known here: the row has the answer.
+    return;
+  }
+  KeyState& state = found != nullptr && found->policy == query.policy
+                        ? *found
+                        : StateOf(query.key, query.policy, now);
+  state.requested += query.cost;
+  ExpireLeases(query.key, state, now);
+  if (state.waiters.empty()) {
+    if (state.held >= query.cost) {
+      Spend(state, query.cost);
+      ++stats_.lease_allowed;
+      done.OnCheckDone(tag, Allowed(state, now));
+      MaybePrefetch(query.key, state, now);
+      return;
+    }
+    if (state.denied_until_us > now) {
+      ++stats_.cache_denied;
+      done.OnCheckDone(tag, Denied(state, now));
+      return;
+    }
+  }
+  ++stats_.waited;
+  state.waiters.push_back(Waiter{tag, &done, query.cost});
+  if (!state.fetching) StartFetch(query.key, state, query.cost, now);
+}
+
+LeaseEngine::KeyState& LeaseEngine::StateOf(std::string_view key, const Policy& policy,
+                                            int64_t now) {
+  KeyState* state = keys_.Find(key);
+  if (state == nullptr) {
+    KeyState fresh;
+    fresh.policy = policy;
+    keys_.Insert(key, fresh);
+    state = keys_.Find(key);
+    ScheduleRevisit(key, *state, now + ttl_us_);
+    return *state;
+  }
+  // A new policy for the key: what is held was leased under the old one. Give it back, forget
+  // the old denial, and lease afresh; the store rescales the row on the next fetch. A fetch in
+  // flight for the old policy has its grant given back when it lands (see OnFetched).
+  ExpireLeases(key, *state, kForever);
+  state->policy = policy;
+  state->denied_until_us = 0;
+  state->row_remaining = 0;
+  return *state;
+}
+
+void LeaseEngine::Spend(KeyState& state, uint32_t cost) {
+  state.held -= cost;
+  size_t used = 0;
+  while (cost > 0) {
+    Lease& lease = state.leases[used];
+    const uint32_t take = std::min(lease.tokens, cost);
+    lease.tokens -= take;
+    cost -= take;
+    if (lease.tokens == 0) ++used;
+  }
+  state.leases.erase(state.leases.begin(), state.leases.begin() + used);
+}
+
+void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now) {
+  const Policy policy = state.policy;
+  if (state.fetched_before && now > state.last_fetch_us) {
+    // Demand since the last fetch, blended with the estimate so far: at least half new, and
+    // all new once a whole refresh interval has passed, so a ramp is followed within a fetch.
+    const double elapsed = static_cast<double>(now - state.last_fetch_us);
+    const double sample = static_cast<double>(state.requested) / elapsed;
+    const double alpha = std::clamp(elapsed / static_cast<double>(refresh_us_), 0.5, 1.0);
+    state.demand_per_us = state.demand_per_us * (1 - alpha) + sample * alpha;
+  }
+  state.requested = 0;
+  state.last_fetch_us = now;
+  state.fetched_before = true;
+
+  uint64_t waiting = 0;
+  for (const Waiter& w : state.waiters) waiting += w.cost;
+  need = std::max<uint32_t>(need, 1);
+  const uint32_t cap =
+      std::max(need, CeilToTokens(double(policy.limit) / kLeaseShare, policy.limit));
+  const double demand_tokens = state.demand_per_us * static_cast<double>(refresh_us_);
+  const uint64_t wanted = uint64_t{CeilToTokens(demand_tokens, policy.limit)} + waiting;
+  const uint32_t want = static_cast<uint32_t>(std::clamp<uint64_t>(wanted, need, cap));
+  const double refill_per_refresh =
+      double(policy.limit) * static_cast<double>(refresh_us_) / (double(policy.window_ms) * 1000);
+  const uint32_t min_grant =
+      std::max(need, std::min(want, CeilToTokens(refill_per_refresh, policy.limit)));
+
+  StoreOp op{std::string(key), min_grant, policy, StoreOp::Kind::kLease, want};
+  state.fetching = true;
+  ++fetches_in_flight_;
+  ++stats_.fetches;
+  Status sent = batcher_.Submit(
+      std::move(op), [this, key = std::string(key), policy, now](Result<StoreAnswer> answer) {
+        OnFetched(key, policy, now, std::move(answer));
+      });
+  if (!sent.ok()) {
+    state.fetching = false;
+    --fetches_in_flight_;
+    std::deque<Waiter> waiters = std::move(state.waiters);
+    state.waiters.clear();
+    for (const Waiter& w : waiters) w.done->OnCheckDone(w.tag, StoreRefusal(sent, policy.limit));
+  }
+}
+
+void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_t sent_us,
+                            Result<StoreAnswer> answer) {
+  --fetches_in_flight_;
+  KeyState* found = keys_.Find(key);  // A key with a fetch in flight is never forgotten.
+  if (found == nullptr) return;
+  KeyState& state = *found;
+  state.fetching = false;
+  const int64_t now = clock_.NowMicros();
+  if (!answer.ok()) {
+    std::deque<Waiter> waiters = std::move(state.waiters);
+    state.waiters.clear();
+    for (const Waiter& w : waiters) {
+      w.done->OnCheckDone(w.tag, StoreRefusal(answer.status(), state.policy.limit));
+    }
+    MaybeFinishReturnAll();
+    return;
+  }
+  if (returning_all_ || !(policy == state.policy)) {
+    // Leased under a policy the key no longer has, or while giving everything back.
+    if (answer->granted > 0) SendReturn(key, policy, answer->granted, answer->now_us);
+  } else {
+    const CheckResult& row = answer->check;
+    state.row_remaining = row.remaining;
+    state.full_at_us = now + int64_t{row.reset_after_ms} * 1000;
+    if (answer->granted > 0) {
+      stats_.tokens_leased += answer->granted;
+      const int64_t expires = sent_us + ttl_us_;
+      state.leases.push_back(Lease{answer->granted, expires, answer->now_us});
+      state.held += answer->granted;
+      state.denied_until_us = 0;
+      ScheduleRevisit(key, state, expires);
+    } else {
+      state.denied_until_us = now + std::max<int64_t>(1, row.retry_after_ms) * 1000;
+      ScheduleRevisit(key, state, state.denied_until_us);
+    }
+  }
+  Serve(key, state, now);
+  MaybeFinishReturnAll();
+}
+
+void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
+  while (!state.waiters.empty()) {
+    const Waiter w = state.waiters.front();
+    if (returning_all_) {
+      w.done->OnCheckDone(w.tag,
+                          Refusal(CheckStatus::kShuttingDown, state.policy.limit, Source::kLease));
+    } else if (state.held >= w.cost) {
+      Spend(state, w.cost);
+      w.done->OnCheckDone(w.tag, Allowed(state, now));
+    } else if (state.denied_until_us > now) {
+      w.done->OnCheckDone(w.tag, Denied(state, now));
+    } else {
+      // Granted less than the waiting checks need (or nothing yet, after a policy change):
+      // ask again for the first of them; the store either grants it or says until when not.
+      StartFetch(key, state, w.cost, now);
+      return;
+    }
+    state.waiters.pop_front();
+  }
+  MaybePrefetch(key, state, now);
+}
+
+void LeaseEngine::MaybePrefetch(std::string_view key, KeyState& state, int64_t now) {
+  if (state.fetching || returning_all_ || state.denied_until_us > now) return;
+  const double low_water = state.demand_per_us * static_cast<double>(refresh_us_) / 2;
+  if (low_water > 0 && static_cast<double>(state.held) < low_water) {
+    StartFetch(key, state, 1, now);
+  }
+}
+
+void LeaseEngine::ExpireLeases(std::string_view key, KeyState& state, int64_t now) {
+  size_t expired = 0;
+  for (const Lease& lease : state.leases) {
+    if (lease.expires_us > now) break;  // Oldest first: expiry times only grow.
+    if (lease.tokens > 0) SendReturn(key, state.policy, lease.tokens, lease.debit_us);
+    state.held -= lease.tokens;
+    ++expired;
+  }
+  state.leases.erase(state.leases.begin(), state.leases.begin() + expired);
+}
+
+void LeaseEngine::SendReturn(std::string_view key, const Policy& policy, uint32_t tokens,
+                             int64_t debit_us) {
+  ++stats_.returns;
+  ++returns_in_flight_;
+  StoreOp op{std::string(key), tokens, policy, StoreOp::Kind::kReturn, 0, debit_us};
+  Status sent = batcher_.Submit(std::move(op), [this](Result<StoreAnswer> answer) {
+    --returns_in_flight_;
+    // A failed return loses those tokens until the row refills: fewer admitted, never more.
+    if (answer.ok()) stats_.tokens_returned += answer->granted;
+    MaybeFinishReturnAll();
+  });
+  if (!sent.ok()) --returns_in_flight_;
+}
+
+void LeaseEngine::ReadFromStore(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
+  const uint32_t limit = query.policy.limit;
+  Status sent = batcher_.Submit(
+      StoreOp{std::string(query.key), 0, query.policy},
+      [tag, &done, limit](Result<StoreAnswer> answer) {
+        CheckResult result = answer.ok() ? answer->check : StoreRefusal(answer.status(), limit);
+        result.source = Source::kDatabase;
+        done.OnCheckDone(tag, result);
+      });
+  if (!sent.ok()) done.OnCheckDone(tag, StoreRefusal(sent, limit));
+}
+
+void LeaseEngine::ScheduleRevisit(std::string_view key, KeyState& state, int64_t at_us) {
+  ++state.revisits;
+  revisits_.emplace(at_us, std::string(key));
+}
+
+void LeaseEngine::Tick() {
+  const int64_t now = clock_.NowMicros();
+  while (!revisits_.empty() && revisits_.top().first <= now) {
+    const std::string key = revisits_.top().second;
+    revisits_.pop();
+    KeyState* state = keys_.Find(key);
+    if (state == nullptr) continue;
+    --state->revisits;
+    ExpireLeases(key, *state, now);
+    const bool idle = state->leases.empty() && state->waiters.empty() && !state->fetching &&
+                      state->denied_until_us <= now;
+    if (state->revisits > 0) continue;  // A later entry looks again.
+    if (idle) {
+      keys_.Erase(key);
+    } else {
+      ScheduleRevisit(key, *state, now + ttl_us_);
+    }
+  }
+}
+
+void LeaseEngine::ReturnAll(std::function<void()> done) {
+  returning_all_ = true;
+  on_returned_all_ = std::move(done);
+  keys_.ForEach(
+      [this](std::string_view key, KeyState& state) { ExpireLeases(key, state, kForever); });
+  MaybeFinishReturnAll();
+}
+
+void LeaseEngine::MaybeFinishReturnAll() {
+  if (!returning_all_ || !on_returned_all_) return;
+  if (fetches_in_flight_ > 0 || returns_in_flight_ > 0) return;
+  auto done = std::move(on_returned_all_);
+  on_returned_all_ = nullptr;
+  done();
+}
+
+CheckResult LeaseEngine::Allowed(const KeyState& state, int64_t now) const {
+  // remaining and reset_after_ms are estimates: what this sidecar holds plus what the row kept
+  // at the last answer.
+  CheckResult r;
+  r.allowed = true;
+  r.limit = state.policy.limit;
+  r.remaining = static_cast<uint32_t>(
+      std::min<uint64_t>(state.policy.limit, state.held + state.row_remaining));
+  r.reset_after_ms = MillisUntil(state.full_at_us, now);
+  r.source = Source::kLease;
+  return r;
+}
+
+CheckResult LeaseEngine::Denied(const KeyState& state, int64_t now) const {
+  CheckResult r;
+  r.limit = state.policy.limit;
+  r.remaining = static_cast<uint32_t>(std::min<uint64_t>(state.policy.limit, state.held));
+  r.retry_after_ms = std::max<uint32_t>(1, MillisUntil(state.denied_until_us, now));
+  r.reset_after_ms = std::max(r.retry_after_ms, MillisUntil(state.full_at_us, now));
+  r.source = Source::kLease;
+  return r;
+}
+
+}  // namespace ratelimit
