@@ -11,16 +11,11 @@ seconds=${1:-10}
 if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
   exec scripts/with-postgres.sh "$0" "$@"
 fi
+source scripts/bench-common.sh
 sidecars=3
 clients=${RATE_LIMIT_BENCH_CLIENTS:-16}
 work=$(mktemp -d /tmp/rlbench-XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 # The older gateway: BEGIN; INSERT .. ON CONFLICT DO NOTHING; SELECT .. FOR UPDATE; UPDATE;
 # COMMIT for every check, all clients on one hot key.
@@ -39,38 +34,21 @@ pgbench_bin="${RATELIMIT_TEST_PG_BIN}/pgbench"
 gateway_tps=$("$pgbench_bin" -n -c $((sidecars * clients)) -j 2 -T "$seconds" -f "$work/gateway.sql" |
   sed -nE 's/^tps = ([0-9.]+).*/\1/p' | head -1)
 
-# Strict mode: 3 sidecars on one table, 16 blocking connections each, one hot key, a policy so
-# large that every check is admitted and written.
+# Strict mode: 3 sidecars on one table, one hot key, a policy so large that every check is
+# admitted and written.
+names=()
 for i in $(seq 1 $sidecars); do
-  RATE_LIMIT_SOCKET="$work/s$i.sock" RATE_LIMIT_STORE=postgres RATE_LIMIT_MODE=strict \
+  start_sidecar "s$i" RATE_LIMIT_STORE=postgres RATE_LIMIT_MODE=strict \
     DATABASE_URL="$RATELIMIT_TEST_DATABASE_URL" RATE_LIMIT_PG_TABLE=bench_buckets \
-    RATE_LIMIT_PG_CONNECTIONS="${RATE_LIMIT_PG_CONNECTIONS:-2}" \
-    RATE_LIMIT_LOG_LEVEL=warn build/bin/ratelimit-sidecar 2>>"$work/sidecars.log" &
-  pids+=($!)
+    RATE_LIMIT_PG_CONNECTIONS="${RATE_LIMIT_PG_CONNECTIONS:-2}"
+  names+=("s$i")
 done
-for i in $(seq 1 $sidecars); do
-  for _ in $(seq 1 100); do
-    build/bin/ratelimit-cli --socket "$work/s$i.sock" ping --json 2>/dev/null | grep -q '"ready":true' && break
-    sleep 0.1
-  done
-done
+wait_ready "${names[@]}"
 connections=${RATE_LIMIT_BENCH_CONNECTIONS:-$clients}
-bench_pids=()
-for i in $(seq 1 $sidecars); do
-  build/bin/ratelimit-bench --socket "$work/s$i.sock" --connections "$connections" \
-    --depth $((clients / connections)) \
-    --duration-s "$seconds" --keys 1 --limit 1000000000 --window-ms 1000 --json \
-    >"$work/bench$i.out" 2>/dev/null &
-  bench_pids+=($!)
-done
-wait "${bench_pids[@]}" || true
-strict_cps=0
-for i in $(seq 1 $sidecars); do
-  line=$(tail -1 "$work/bench$i.out")
-  echo "sidecar $i: $line"
-  cps=$(sed -E 's/.*"checks_per_s":([0-9.]+).*/\1/' <<<"$line")
-  strict_cps=$(awk -v a="$strict_cps" -v b="$cps" 'BEGIN { print a + b }')
-done
+strict_cps=$(bench_parallel "$work/bench" "${names[@]}" -- --connections "$connections" \
+  --depth $((clients / connections)) --duration-s "$seconds" --keys 1 --limit 1000000000 \
+  --window-ms 1000)
+for name in "${names[@]}"; do echo "sidecar $name: $(cat "$work/bench.$name")"; done
 echo "gateway pattern (pgbench, $((sidecars * clients)) clients): $gateway_tps checks/s"
 echo "strict mode ($sidecars sidecars x $connections connections x depth" \
   "$((clients / connections))): $strict_cps checks/s"
