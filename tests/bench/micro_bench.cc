@@ -1,4 +1,5 @@
-// Micro-benchmarks of the in-process hot path: bucket math, memory engine, codec and dispatch.
+// Micro-benchmarks of the in-process hot path: bucket math, memory and lease engines, codec and
+// dispatch.
 //
 // Every benchmark measures and prints; none asserts a time. The engine and request-path ones also
 // report allocs_per_check, counted by heap_counter.cc: the steady state (every key known, every
@@ -16,11 +17,13 @@
 
 #include "schema/frame_codec.h"
 #include "schema/frame_reader.h"
+#include "sidecar/core/lease_engine.h"
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/token_bucket.h"
 #include "sidecar/server/request_handler.h"
 #include "tests/testing/fake_clock.h"
+#include "tests/testing/fake_store.h"
 
 namespace ratelimit {
 
@@ -155,6 +158,47 @@ void BM_MemoryEngineCheck(benchmark::State& state) {
       static_cast<double>(sink.allowed()) / static_cast<double>(sink.done());
 }
 BENCHMARK(BM_MemoryEngineCheck)->Arg(1)->Arg(1'000)->Arg(100'000)->Arg(1'000'000);
+
+// ---------------------------------------------------------------------------------------------
+// The lease engine: checks of one hot key answered from leases, beside the memory engine's.
+
+// A correct database that answers each Take as soon as the check that started it has returned
+// (FakeStore::Decide, the real row arithmetic), on a database clock that runs with the engine's.
+// Leases then refill as they would against PostgreSQL, only without its latency, so what is
+// measured is the cost of a check served from a lease plus the amortized cost of fetching them.
+void BM_LeaseEngineCheck(benchmark::State& state) {
+  FakeClock clock;
+  FakeStore store;
+  LeaseEngine engine(store, clock, HashKey{0x1234, 0x5678}, LeaseOptions{1000});
+  const std::string key = "user:hot";
+  size_t answered = 0;
+  CountingCallback sink;
+  auto check = [&] {
+    clock.AdvanceMicros(1);
+    engine.Check(CheckQuery{key, 1, kGenerousPolicy}, 0, sink);
+    if (store.take_count() > answered) store.Decide(answered++, clock.NowMicros());
+  };
+  for (int i = 0; i < 1'000'000; ++i) check();  // Past the first leases: demand is known.
+
+  const uint64_t allocations_before = HeapAllocations();
+  const uint64_t fetches_before = engine.stats().fetches;
+  const uint64_t done_before = sink.done();
+  for (auto _ : state) check();
+  const uint64_t allocations = HeapAllocations() - allocations_before;
+
+  const auto checks = static_cast<double>(state.iterations());
+  if (sink.done() - done_before != static_cast<uint64_t>(state.iterations())) {
+    state.SkipWithError("not every check was answered");
+    return;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["allocs_per_check"] = static_cast<double>(allocations) / checks;
+  state.counters["fetches_per_1k_checks"] =
+      static_cast<double>(engine.stats().fetches - fetches_before) * 1000 / checks;
+  state.counters["allowed_fraction"] =
+      static_cast<double>(sink.allowed()) / static_cast<double>(sink.done());
+}
+BENCHMARK(BM_LeaseEngineCheck);
 
 // ---------------------------------------------------------------------------------------------
 // The codec on its own.
