@@ -41,8 +41,11 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   }
   const int64_t now = clock_.NowMicros();
   KeyState* found = keys_.Find(query.key);
-  if (query.cost == 0 && (found == nullptr || !found->fetched_before)) {
-    ReadFromStore(query, tag, done);  // Nothing known here: the row has the answer.
+  if (query.cost == 0 &&
+      (found == nullptr || !found->fetched_before || !(found->policy == query.policy))) {
+    // Nothing known here under this policy: the row has the answer, and a read changes nothing
+    // (it neither rescales the row nor makes this sidecar give its leases back).
+    ReadFromStore(query, tag, done);
     return;
   }
   KeyState& state = found != nullptr && found->policy == query.policy
@@ -155,12 +158,15 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
   KeyState& state = *found;
   state.fetching = false;
   const int64_t now = clock_.NowMicros();
-  if (!answer.ok()) {
+  if (!answer.ok() || answer->check.status != CheckStatus::kOk) {
+    // The store could not decide (a failed transaction, or a row that vanished under it): no
+    // lease and no denial to cache; the waiting checks are refused and the next check asks again.
+    const Status why =
+        answer.ok() ? Status::Unavailable("store could not decide") : answer.status();
     std::deque<Waiter> waiters = std::move(state.waiters);
     state.waiters.clear();
-    for (const Waiter& w : waiters) {
-      w.done->OnCheckDone(w.tag, StoreRefusal(answer.status(), state.policy.limit));
-    }
+    for (const Waiter& w : waiters)
+      w.done->OnCheckDone(w.tag, StoreRefusal(why, state.policy.limit));
     MaybeFinishReturnAll();
     return;
   }
