@@ -42,7 +42,7 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   const int64_t now = clock_.NowMicros();
   KeyState* found = keys_.Find(query.key);
   if (query.cost == 0 &&
-      (found == nullptr || !found->fetched_before || !(found->policy == query.policy))) {
+      (found == nullptr || !found->answered_before || !(found->policy == query.policy))) {
     // Nothing known here under this policy: the row has the answer, and a read changes nothing
     // (it neither rescales the row nor makes this sidecar give its leases back).
     ReadFromStore(query, tag, done);
@@ -175,6 +175,7 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
     if (answer->granted > 0) SendReturn(key, policy, answer->granted, answer->now_us);
   } else {
     const CheckResult& row = answer->check;
+    state.answered_before = true;
     state.row_remaining = row.remaining;
     state.full_at_us = now + int64_t{row.reset_after_ms} * 1000;
     if (answer->granted > 0) {
@@ -189,6 +190,9 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
       ScheduleRevisit(key, state, state.denied_until_us);
     }
   }
+  // A lease spent only until ttl after its fetch was sent: a grant that landed later than that,
+  // or an older lease that expired since the last check or Tick, goes back before serving.
+  ExpireLeases(key, state, now);
   Serve(key, state, now);
   MaybeFinishReturnAll();
 }

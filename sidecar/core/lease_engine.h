@@ -112,8 +112,9 @@ class LeaseEngine final : public Engine {
     double demand_per_us = 0;
     uint64_t requested = 0;  // Tokens asked for since last_fetch_us.
     int64_t last_fetch_us = 0;
-    bool fetched_before = false;
-    uint32_t revisits = 0;  // Entries for this key in revisits_.
+    bool fetched_before = false;   // Some fetch was sent: last_fetch_us is meaningful.
+    bool answered_before = false;  // Some fetch was decided: row_remaining is meaningful.
+    uint32_t revisits = 0;         // Entries for this key in revisits_.
   };
   using Revisit = std::pair<int64_t, std::string>;  // (local time, key)
 

@@ -90,8 +90,12 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
           answer.granted = take;
           changed = true;
         } else {
+          // Nothing granted, and nothing taken: the time until `cost` tokens is read from a copy,
+          // since Decide would take them if they were there (a lease wanting less than its cost).
+          TokenBucket::State unchanged = state;
           answer.check =
-              TokenBucket::Decide(state, op->policy, std::max<uint32_t>(op->cost, 1), now_us);
+              TokenBucket::Decide(unchanged, op->policy, std::max<uint32_t>(op->cost, 1), now_us);
+          answer.check.allowed = false;
         }
         break;
       }

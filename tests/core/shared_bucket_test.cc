@@ -136,8 +136,8 @@ CheckResult Expected(TokenBucket::State& state, const StoreOp& check, int64_t no
 }
 
 // Decides `checks` on `row` as one batch.
-std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreOp>& checks,
-                                int64_t now_us, bool& wrote) {
+std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreOp>& checks, int64_t now_us,
+                                bool& wrote) {
   std::vector<const StoreOp*> pointers;
   for (const StoreOp& check : checks) pointers.push_back(&check);
   std::vector<StoreAnswer> answers;
@@ -230,8 +230,7 @@ TEST(ApplyOnRowTest, RefillByDatabaseTimeGivesTheTokenBucketsExactAnswers) {
       const Step& step = scenario.steps[i];
       now += step.advance_us;
       bool wrote = false;
-      const CheckResult r =
-          Decide(row, {StoreOp{"k", step.cost, scenario.policy}}, now, wrote)[0];
+      const CheckResult r = Decide(row, {StoreOp{"k", step.cost, scenario.policy}}, now, wrote)[0];
       EXPECT_EQ(r.status, CheckStatus::kOk);
       EXPECT_EQ(r.source, Source::kDatabase);
       EXPECT_EQ(r.limit, scenario.policy.limit);
@@ -386,8 +385,7 @@ TEST(ApplyOnRowTest, ATakeWritesTheRefilledRemainderAtTheDatabaseTime) {
 
     // Deciding on from the written row answers as the state kept in memory does.
     const int64_t later = c.now_us + 123'457;
-    const std::vector<StoreOp> next = {{"k", 1, c.checks[0].policy},
-                                          {"k", 0, c.checks[0].policy}};
+    const std::vector<StoreOp> next = {{"k", 1, c.checks[0].policy}, {"k", 0, c.checks[0].policy}};
     const std::vector<CheckResult> reread = Decide(row, next, later, wrote);
     for (size_t i = 0; i < next.size(); ++i) {
       EXPECT_EQ(reread[i], Expected(state, next[i], later)) << "next check " << i;
@@ -540,6 +538,175 @@ TEST(RepairRowTest, UpdatedAtLessThanAWindowAheadIsKept) {
   SharedRow row;
   EXPECT_EQ(RepairRow(raw, Policy{10, 1000}, kNowUs, row), "");
   EXPECT_EQ(row.updated_us, kNowUs + 2000 * 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ApplyOnRow: leases and returns
+
+StoreOp LeaseOp(uint32_t cost, uint32_t want, const Policy& policy) {
+  return StoreOp{"k", cost, policy, StoreOp::Kind::kLease, want};
+}
+
+StoreOp ReturnOp(uint32_t tokens, int64_t debit_us, const Policy& policy) {
+  return StoreOp{"k", tokens, policy, StoreOp::Kind::kReturn, 0, debit_us};
+}
+
+// Applies `ops` on `row` as one batch and returns the full answers.
+std::vector<StoreAnswer> Apply(SharedRow& row, const std::vector<StoreOp>& ops, int64_t now_us,
+                               bool& wrote) {
+  std::vector<const StoreOp*> pointers;
+  for (const StoreOp& op : ops) pointers.push_back(&op);
+  std::vector<StoreAnswer> answers;
+  wrote = ApplyOnRow(row, pointers, now_us, answers);
+  EXPECT_EQ(answers.size(), ops.size()) << "one answer per operation";
+  return answers;
+}
+
+// 10 per second: a token every 100 ms.
+constexpr Policy kTenPerSecond{10, 1000};
+
+TEST(ApplyOnRowTest, ALeaseGrantsWhatIsWantedOfTheWholeTokensThereWhenThatIsAtLeastItsCost) {
+  struct Case {
+    const char* name;
+    double tokens;
+    int64_t updated_ago_us;
+    uint32_t cost;
+    uint32_t want;
+    uint32_t granted;
+    uint32_t remaining;
+    uint32_t retry_after_ms;
+    double tokens_after;  // In the row, written only when something was granted.
+  };
+  const Case kCases[] = {
+      {"a full row grants all that is wanted", 10, 0, 1, 4, 4, 6, 0, 6},
+      {"fewer whole tokens than wanted: all of them", 7.5, 0, 1, 10, 7, 0, 0, 0.5},
+      {"exactly the cost in whole tokens is enough", 2.5, 0, 2, 5, 2, 0, 0, 0.5},
+      {"refill up to the database time counts", 0, 250'000, 1, 5, 2, 0, 0, 0.5},
+      {"want equal to cost", 10, 0, 3, 3, 3, 7, 0, 7},
+      {"fewer whole tokens than the cost: nothing, until the cost is there", 2.5, 0, 3, 5, 0, 2, 50,
+       2.5},
+      {"an empty row: nothing, until the cost is there", 0, 0, 4, 4, 0, 0, 400, 0},
+      {"less than one whole token: nothing", 0.99, 0, 1, 1, 0, 0, 1, 0.99},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const SharedRow before{c.tokens, kNowUs - c.updated_ago_us, 10, 1000};
+    SharedRow row = before;
+    bool wrote = !(c.granted > 0);
+    const StoreAnswer a = Apply(row, {LeaseOp(c.cost, c.want, kTenPerSecond)}, kNowUs, wrote)[0];
+    EXPECT_EQ(a.granted, c.granted);
+    EXPECT_EQ(a.check.allowed, c.granted > 0);
+    EXPECT_EQ(a.check.status, CheckStatus::kOk);
+    EXPECT_EQ(a.check.limit, 10u);
+    EXPECT_EQ(a.check.remaining, c.remaining);
+    EXPECT_EQ(a.check.retry_after_ms, c.retry_after_ms);
+    EXPECT_EQ(a.check.source, Source::kDatabase);
+    EXPECT_EQ(a.now_us, kNowUs) << "the debit time";
+    EXPECT_EQ(wrote, c.granted > 0) << "a denial must not ask for a write";
+    if (c.granted > 0) {
+      EXPECT_DOUBLE_EQ(row.tokens, c.tokens_after);
+      EXPECT_EQ(row.updated_us, kNowUs);
+    } else {
+      EXPECT_EQ(row, before);
+    }
+  }
+}
+
+// The contract of kLease: take at most `want`, and only if at least `cost` are there. A lease
+// that wants less than its cost can never take anything, so it must be a denial that takes
+// nothing, even when the row has the cost and the batch writes the row for another operation.
+TEST(ApplyOnRowTest, ALeaseWantingLessThanItsCostTakesNothing) {
+  SharedRow row = FullRow(kTenPerSecond, kNowUs);
+  bool wrote = false;
+  const std::vector<StoreAnswer> answers =
+      Apply(row, {LeaseOp(3, 2, kTenPerSecond), StoreOp{"k", 1, kTenPerSecond}}, kNowUs, wrote);
+  EXPECT_EQ(answers[0].granted, 0u);
+  EXPECT_FALSE(answers[0].check.allowed) << "allowed without granting anything";
+  EXPECT_TRUE(answers[1].check.allowed);
+  EXPECT_EQ(answers[1].check.remaining, 9u) << "the lease took tokens it did not grant";
+  EXPECT_TRUE(wrote);
+  EXPECT_DOUBLE_EQ(row.tokens, 9);
+}
+
+TEST(ApplyOnRowTest, AReturnGivesBackItsTokensLessTheRefillSinceItsDebitUpToCapacity) {
+  struct Case {
+    const char* name;
+    double tokens;  // In the row, updated `updated_ago_us` before now.
+    int64_t updated_ago_us;
+    uint32_t returned;     // Tokens of the lease.
+    int64_t debit_ago_us;  // Negative: dated after now.
+    uint32_t granted;      // Whole tokens put back.
+    double tokens_after;
+  };
+  const Case kCases[] = {
+      {"debited just now: all back", 2, 0, 5, 0, 5, 7},
+      {"less one token refilled in the 100 ms since", 2, 0, 5, 100'000, 4, 6},
+      {"less 2.5 tokens: the fraction is kept", 2, 0, 5, 250'000, 2, 4.5},
+      {"refilled as much as the lease since: nothing", 2, 0, 5, 500'000, 0, 2},
+      {"refilled more than the lease since: nothing", 2, 0, 5, 10'000'000, 0, 2},
+      {"never above capacity", 8, 0, 5, 0, 2, 10},
+      {"a full row takes nothing back", 10, 0, 5, 0, 0, 10},
+      {"the row refills to now first", 0, 300'000, 4, 300'000, 1, 4},
+      {"dated after now, a clock that stepped back: nothing", 2, 0, 5, -1, 0, 2},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const SharedRow before{c.tokens, kNowUs - c.updated_ago_us, 10, 1000};
+    SharedRow row = before;
+    bool wrote = !(c.granted > 0);
+    const StoreAnswer a = Apply(row, {ReturnOp(c.returned, kNowUs - c.debit_ago_us, kTenPerSecond)},
+                                kNowUs, wrote)[0];
+    EXPECT_EQ(a.granted, c.granted);
+    EXPECT_TRUE(a.check.allowed);
+    EXPECT_EQ(a.check.status, CheckStatus::kOk);
+    EXPECT_EQ(a.check.limit, 10u);
+    EXPECT_EQ(a.check.source, Source::kDatabase);
+    EXPECT_EQ(wrote, c.granted > 0);
+    if (c.granted > 0) {
+      EXPECT_DOUBLE_EQ(row.tokens, c.tokens_after);
+      EXPECT_EQ(row.updated_us, kNowUs);
+      EXPECT_EQ(row.capacity, 10u);
+    } else {
+      EXPECT_EQ(row, before) << "nothing given back, nothing written";
+    }
+  }
+}
+
+// Operations of one key in one batch are decided one after another, each seeing what the one
+// before left.
+TEST(ApplyOnRowTest, AMixedBatchOfOneKeyIsAppliedInOrder) {
+  SharedRow row = FullRow(kTenPerSecond, kNowUs);  // 10 tokens.
+  bool wrote = false;
+  const std::vector<StoreOp> ops = {
+      StoreOp{"k", 3, kTenPerSecond}, LeaseOp(2, 5, kTenPerSecond),
+      LeaseOp(3, 3, kTenPerSecond),   ReturnOp(4, kNowUs, kTenPerSecond),
+      StoreOp{"k", 6, kTenPerSecond}, StoreOp{"k", 0, kTenPerSecond},
+  };
+  const std::vector<StoreAnswer> answers = Apply(row, ops, kNowUs, wrote);
+  struct Expected {
+    bool allowed;
+    uint32_t granted;
+    uint32_t remaining;
+  };
+  const Expected kExpected[] = {
+      {true, 0, 7},   // The check takes 3 of 10.
+      {true, 5, 2},   // The lease takes 5 of 7.
+      {false, 0, 2},  // The next wants 3 of the 2 left: nothing.
+      {true, 4, 0},   // The return puts 4 back: 6. (A return's remaining is not reported.)
+      {true, 0, 0},   // The check takes all 6.
+      {true, 0, 0},   // A read of the empty row.
+  };
+  for (size_t i = 0; i < answers.size(); ++i) {
+    SCOPED_TRACE("operation " + std::to_string(i));
+    EXPECT_EQ(answers[i].check.allowed, kExpected[i].allowed);
+    EXPECT_EQ(answers[i].granted, kExpected[i].granted);
+    if (i != 3) {
+      EXPECT_EQ(answers[i].check.remaining, kExpected[i].remaining);
+    }
+  }
+  EXPECT_EQ(answers[2].check.retry_after_ms, 100u);
+  EXPECT_TRUE(wrote);
+  EXPECT_DOUBLE_EQ(row.tokens, 0);
 }
 
 }  // namespace

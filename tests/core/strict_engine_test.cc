@@ -280,8 +280,7 @@ TEST_F(StrictEngineTest, AFailedOrMalformedTakeAnswersItsWholeBatchWithStoreUnav
     if (c.fail) {
       store.Fail(1, Status::Unavailable("connection lost"));
     } else {
-      std::vector<CheckResult> results(c.result_count,
-                                       EchoResult(StoreOp{"k9", 1, kPolicies[1]}));
+      std::vector<CheckResult> results(c.result_count, EchoResult(StoreOp{"k9", 1, kPolicies[1]}));
       store.Complete(1, std::move(results));
     }
     ASSERT_EQ(done.tags(), Range(0, 4)) << "every check answered exactly once";

@@ -275,5 +275,66 @@ TEST(TokenBucketTest, PolicyChangeKeepsFractionalTokens) {
   EXPECT_EQ(TokenBucket::Decide(state, after, 0, clock.NowMicros() + 333'334).remaining, 2u);
 }
 
+// Refund gives back tokens taken `age` ago less what the bucket refilled in that time, never
+// above capacity, and reports the whole tokens it gave back. 10 per second: 100 ms per token.
+TEST(TokenBucketTest, RefundGivesBackTokensLessTheRefillOverTheirAgeUpToCapacity) {
+  struct Case {
+    const char* name;
+    Policy policy;
+    uint32_t taken;      // From a full bucket at time 0.
+    int64_t advance_us;  // Then the refund, at this time.
+    uint32_t tokens;
+    uint64_t age_us;
+    uint32_t returned;
+    uint32_t remaining;        // Whole tokens right after.
+    uint32_t remaining_later;  // And 50 ms later: fractions are kept.
+  };
+  const Policy kTen{10, 1000};
+  const Policy kMax{kMaxU32, kMaxU32};
+  constexpr uint64_t kMaxAge = std::numeric_limits<uint64_t>::max();
+  const Case kCases[] = {
+      {"taken just now: all back", kTen, 10, 0, 4, 0, 4, 4, 4},
+      {"less one token refilled in 100 ms", kTen, 10, 0, 4, 100'000, 3, 3, 3},
+      {"refill of its age as large as the refund: nothing", kTen, 10, 0, 4, 400'000, 0, 0, 0},
+      {"refill of its age larger than the refund: nothing", kTen, 10, 0, 4, 1'000'000, 0, 0, 0},
+      {"never above capacity", kTen, 2, 0, 5, 0, 2, 10, 10},
+      {"a full bucket takes nothing back", kTen, 0, 0, 3, 0, 0, 10, 10},
+      {"the bucket refills to now first", kTen, 10, 300'000, 4, 300'000, 1, 4, 4},
+      {"refilled to capacity meanwhile: nothing", kTen, 10, 1'000'000, 4, 0, 0, 10, 10},
+      {"half a token back is kept, not counted", kTen, 10, 0, 1, 50'000, 0, 0, 1},
+      {"one and a half back counts one", kTen, 10, 0, 3, 150'000, 1, 1, 2},
+      {"3 per second: 1 of 2 back after 1/6 s", {3, 1000}, 3, 0, 2, 166'667, 1, 1, 1},
+      {"largest policy: all back", kMax, kMaxU32, 0, kMaxU32, 0, kMaxU32, kMaxU32, kMaxU32},
+      // Nothing back; 50 ms later, at 1 per ms, 50 tokens.
+      {"largest policy and age: nothing", kMax, kMaxU32, 0, kMaxU32, kMaxAge, 0, 0, 50},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    FakeClock clock;
+    TokenBucket::State state = TokenBucket::Fresh(c.policy, clock.NowMicros());
+    ASSERT_TRUE(TokenBucket::Decide(state, c.policy, c.taken, clock.NowMicros()).allowed);
+    clock.AdvanceMicros(c.advance_us);
+    EXPECT_EQ(TokenBucket::Refund(state, c.tokens, c.age_us, clock.NowMicros()), c.returned);
+    EXPECT_EQ(state.policy, c.policy);
+    EXPECT_LE(state.level, CapacityUnits(c.policy));
+    TokenBucket::State later = state;
+    EXPECT_EQ(TokenBucket::Decide(state, c.policy, 0, clock.NowMicros()).remaining, c.remaining);
+    EXPECT_EQ(TokenBucket::Decide(later, c.policy, 0, clock.NowMicros() + 50'000).remaining,
+              c.remaining_later);
+  }
+}
+
+// A refund at a time before the bucket's last update (a clock that stepped back) refills nothing
+// but still gives the tokens back.
+TEST(TokenBucketTest, RefundAtATimeBeforeTheLastUpdateRefillsNothing) {
+  const Policy kTen{10, 1000};
+  FakeClock clock;
+  TokenBucket::State state = TokenBucket::Fresh(kTen, clock.NowMicros());
+  ASSERT_TRUE(TokenBucket::Decide(state, kTen, 10, clock.NowMicros()).allowed);
+  EXPECT_EQ(TokenBucket::Refund(state, 2, 0, clock.NowMicros() - 500'000), 2u);
+  EXPECT_EQ(state.updated_us, clock.NowMicros());
+  EXPECT_EQ(TokenBucket::Decide(state, kTen, 0, clock.NowMicros()).remaining, 2u);
+}
+
 }  // namespace
 }  // namespace ratelimit
