@@ -32,6 +32,8 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       clock_(clock),
       ttl_us_(static_cast<int64_t>(options.ttl_ms) * 1000),
       refresh_us_(std::max<int64_t>(1, ttl_us_ / 4)),
+      jitter_denials_(options.jitter_denials),
+      rng_(hash_key.k0 ^ (hash_key.k1 << 1)),
       keys_(hash_key) {}
 
 void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
@@ -106,6 +108,15 @@ void LeaseEngine::Spend(KeyState& state, uint32_t cost) {
   state.leases.erase(state.leases.begin(), state.leases.begin() + used);
 }
 
+uint32_t LeaseEngine::LeaseWant(const KeyState& state, uint32_t need, uint64_t waiting) const {
+  const Policy& policy = state.policy;
+  const uint32_t cap =
+      std::max(need, CeilToTokens(double(policy.limit) / kLeaseShare, policy.limit));
+  const double demand_tokens = state.demand_per_us * static_cast<double>(refresh_us_);
+  const uint64_t wanted = uint64_t{CeilToTokens(demand_tokens, policy.limit)} + waiting;
+  return static_cast<uint32_t>(std::clamp<uint64_t>(wanted, need, cap));
+}
+
 void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now) {
   const Policy policy = state.policy;
   if (state.fetched_before && now > state.last_fetch_us) {
@@ -123,11 +134,7 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
   uint64_t waiting = 0;
   for (const Waiter& w : state.waiters) waiting += w.cost;
   need = std::max<uint32_t>(need, 1);
-  const uint32_t cap =
-      std::max(need, CeilToTokens(double(policy.limit) / kLeaseShare, policy.limit));
-  const double demand_tokens = state.demand_per_us * static_cast<double>(refresh_us_);
-  const uint64_t wanted = uint64_t{CeilToTokens(demand_tokens, policy.limit)} + waiting;
-  const uint32_t want = static_cast<uint32_t>(std::clamp<uint64_t>(wanted, need, cap));
+  const uint32_t want = LeaseWant(state, need, waiting);
   const double refill_per_refresh =
       double(policy.limit) * static_cast<double>(refresh_us_) / (double(policy.window_ms) * 1000);
   const uint32_t min_grant =
@@ -137,10 +144,10 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
   state.fetching = true;
   ++fetches_in_flight_;
   ++stats_.fetches;
-  Status sent = batcher_.Submit(
-      std::move(op), [this, key = std::string(key), policy, now](Result<StoreAnswer> answer) {
-        OnFetched(key, policy, now, std::move(answer));
-      });
+  Status sent = batcher_.Submit(std::move(op), [this, key = std::string(key), policy, now,
+                                                min_grant](Result<StoreAnswer> answer) {
+    OnFetched(key, policy, now, min_grant, std::move(answer));
+  });
   if (!sent.ok()) {
     state.fetching = false;
     --fetches_in_flight_;
@@ -151,7 +158,7 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 }
 
 void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_t sent_us,
-                            Result<StoreAnswer> answer) {
+                            uint32_t min_grant, Result<StoreAnswer> answer) {
   --fetches_in_flight_;
   KeyState* found = keys_.Find(key);  // A key with a fetch in flight is never forgotten.
   if (found == nullptr) return;
@@ -184,9 +191,12 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
       state.leases.push_back(Lease{answer->granted, expires, answer->now_us});
       state.held += answer->granted;
       state.denied_until_us = 0;
+      state.granted_last = true;
       ScheduleRevisit(key, state, expires);
     } else {
-      state.denied_until_us = now + std::max<int64_t>(1, row.retry_after_ms) * 1000;
+      state.denied_until_us = now + std::max<int64_t>(1, row.retry_after_ms) * 1000 +
+                              DenialJitter(policy, min_grant, state.granted_last);
+      state.granted_last = false;
       ScheduleRevisit(key, state, state.denied_until_us);
     }
   }
@@ -195,6 +205,20 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
   ExpireLeases(key, state, now);
   Serve(key, state, now);
   MaybeFinishReturnAll();
+}
+
+int64_t LeaseEngine::DenialJitter(const Policy& policy, uint32_t min_grant, bool granted_last) {
+  if (!jitter_denials_) return 0;
+  // Up to the time the bucket takes to refill min_grant (at most R): long enough that the
+  // draw, not which sidecar's answer came back first, decides who asks first next time. A
+  // sidecar granted tokens by its previous fetch draws from the upper half, one denied from
+  // the lower: those that lost the last round ask first in the next.
+  const int64_t refill_us = static_cast<int64_t>(
+      std::min<double>(static_cast<double>(refresh_us_),
+                       double(min_grant) * double(policy.window_ms) * 1000 / double(policy.limit)));
+  const uint64_t half = static_cast<uint64_t>(refill_us / 2);
+  if (half == 0) return 0;
+  return static_cast<int64_t>(rng_() % (half + 1) + (granted_last ? half : 0));
 }
 
 void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
@@ -221,10 +245,11 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
 
 void LeaseEngine::MaybePrefetch(std::string_view key, KeyState& state, int64_t now) {
   if (state.fetching || returning_all_ || state.denied_until_us > now) return;
-  const double low_water = state.demand_per_us * static_cast<double>(refresh_us_) / 2;
-  if (low_water > 0 && static_cast<double>(state.held) < low_water) {
-    StartFetch(key, state, 1, now);
-  }
+  // Half of the lease that would be fetched now: half of R's demand, within the cap. Measured
+  // against the lease size and not the raw demand, so that a lease landing always lifts the
+  // key above it, and a sidecar never chains fetches into more than the cap allows.
+  if (state.demand_per_us <= 0) return;
+  if (state.held * 2 < LeaseWant(state, 1, 0)) StartFetch(key, state, 1, now);
 }
 
 void LeaseEngine::ExpireLeases(std::string_view key, KeyState& state, int64_t now) {

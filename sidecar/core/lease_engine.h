@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <queue>
+#include <random>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +25,9 @@ struct LeaseOptions {
   // RATE_LIMIT_LEASE_TTL_MS: a lease is spent within this long of being asked for, then its
   // unused tokens go back. The pods' bound grows by rate * ttl.
   uint32_t ttl_ms = 1000;
+  // Whether a denial lasts a random extra, up to the time min_grant tokens take to refill (at
+  // most R). Off only in tests that check exact times.
+  bool jitter_denials = true;
 };
 
 // Counters an operator may want; read on the loop thread.
@@ -52,13 +56,19 @@ struct LeaseStats {
 // up to R's refill, not token by token, which keeps the database's work per key to a few
 // transactions per R however many checks arrive.
 //
-// Prefetch: after a check is served, when fewer than d * R / 2 tokens are held and no fetch is
-// in flight, the next lease is fetched; steady traffic never waits. A check waits only while
+// Prefetch: after a check is served, when fewer than half a lease, min(ceil(d * R), cap) / 2,
+// are held and no fetch is in flight, the next lease is fetched; steady traffic never waits, and
+// a sidecar holds at most about one and a half leases of a key. A check waits only while
 // its key holds too few tokens and a fetch is in flight; waiting checks are served in order.
 //
 // Denial cache: when the store grants nothing, the key is "denied until" the time the store
-// says min_grant tokens will be there; until then checks are denied here, with retry_after_ms
-// counting down to it. That is at most R later than `cost` tokens alone would take.
+// says min_grant tokens will be there, plus a random extra of up to the time min_grant takes to
+// refill (at most R); until then checks are denied here, with retry_after_ms counting down to
+// it. Without the extra, every sidecar denied on a hot key would come back at the same moment,
+// and whichever answer travels fastest would win every round; with it, who asks first is a
+// fair draw; and a sidecar granted tokens last time draws from the upper half of the range,
+// one denied from the lower, so that the losers of a round ask first in the next. So a denial
+// lasts at most about 2R longer than `cost` tokens alone would take.
 //
 // Expiry: a lease is spent only until ttl after its fetch was sent (so at most ttl after its
 // debit); then, and on a policy change or ReturnAll, its unused tokens go back (kReturn).
@@ -114,15 +124,19 @@ class LeaseEngine final : public Engine {
     int64_t last_fetch_us = 0;
     bool fetched_before = false;   // Some fetch was sent: last_fetch_us is meaningful.
     bool answered_before = false;  // Some fetch was decided: row_remaining is meaningful.
+    bool granted_last = false;     // The last decided fetch was granted tokens.
     uint32_t revisits = 0;         // Entries for this key in revisits_.
   };
   using Revisit = std::pair<int64_t, std::string>;  // (local time, key)
 
   KeyState& StateOf(std::string_view key, const Policy& policy, int64_t now);
   void Serve(std::string_view key, KeyState& state, int64_t now);
+  // The size of the next lease (`want` in the class comment).
+  uint32_t LeaseWant(const KeyState& state, uint32_t need, uint64_t waiting) const;
   void StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now);
-  void OnFetched(const std::string& key, const Policy& policy, int64_t sent_us,
+  void OnFetched(const std::string& key, const Policy& policy, int64_t sent_us, uint32_t min_grant,
                  Result<StoreAnswer> answer);
+  int64_t DenialJitter(const Policy& policy, uint32_t min_grant, bool granted_last);
   void MaybePrefetch(std::string_view key, KeyState& state, int64_t now);
   void Spend(KeyState& state, uint32_t cost);
   // Gives back the leases that expire by `now` (all of them with `now` = INT64_MAX).
@@ -138,6 +152,8 @@ class LeaseEngine final : public Engine {
   Clock& clock_;
   const int64_t ttl_us_;
   const int64_t refresh_us_;  // R = ttl / 4.
+  const bool jitter_denials_;
+  std::minstd_rand rng_;
   BucketTable<KeyState> keys_;
   std::priority_queue<Revisit, std::vector<Revisit>, std::greater<>> revisits_;
   size_t fetches_in_flight_ = 0;

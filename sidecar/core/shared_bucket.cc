@@ -84,7 +84,10 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
         break;
       case StoreOp::Kind::kLease: {
         const CheckResult there = TokenBucket::Decide(state, op->policy, 0, now_us);
-        const uint32_t take = std::min(op->want, there.remaining);
+        // What is wanted, but no more than half of what is there unless `cost` needs more:
+        // several sidecars asking for a scarce bucket each leave some for the next.
+        const uint32_t take =
+            std::min({op->want, there.remaining, std::max(op->cost, there.remaining / 2)});
         if (take >= op->cost && take > 0) {
           answer.check = TokenBucket::Decide(state, op->policy, take, now_us);
           answer.granted = take;

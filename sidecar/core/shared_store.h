@@ -17,8 +17,9 @@ namespace ratelimit {
 // One operation on a key's shared bucket. The key is owned: the store answers after the request
 // that carried it is gone.
 //   kCheck:  take `cost` tokens if they are there (strict mode; cost 0 only reads).
-//   kLease:  take as many tokens as are there, at most `want`, but only if at least `cost` are:
-//            a lease this sidecar then spends from memory.
+//   kLease:  take as many tokens as are there, at most `want` and at most half of them (unless
+//            `cost` needs more), but only if at least `cost` are: a lease this sidecar then
+//            spends from memory.
 //   kReturn: give back `cost` unused tokens of a lease debited at database time `debit_us`, less
 //            what the bucket has refilled since (see ApplyOnRow), never above capacity.
 struct StoreOp {

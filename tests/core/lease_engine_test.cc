@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <ostream>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -146,7 +147,7 @@ class LeaseEngineTest : public testing::Test {
 
   FakeClock clock_;
   FakeStore store_;
-  LeaseEngine engine_{store_, clock_, HashKey{1, 2}, LeaseOptions{kTtlMs}};
+  LeaseEngine engine_{store_, clock_, HashKey{1, 2}, LeaseOptions{kTtlMs, false}};
   Recorder recorder_;
   int64_t debit_us_ = 0;
 };
@@ -250,7 +251,7 @@ class SimulatedSidecar final : public CheckCallback {
       : clock_(clock),
         table_(table),
         store_(slots),
-        engine_(store_, clock, HashKey{seed, seed + 1}, LeaseOptions{kTtlMs}),
+        engine_(store_, clock, HashKey{seed, seed + 1}, LeaseOptions{kTtlMs, true}),
         rng_(seed),
         max_latency_us_(max_latency_us) {}
 
@@ -425,7 +426,7 @@ TEST(LeaseEngineSizeTest, AFetchAsksForRsDemandCappedAtAnEighthAndAtLeastRsRefil
     SCOPED_TRACE(c.name);
     FakeClock clock;
     FakeStore store;
-    LeaseEngine engine(store, clock, HashKey{3, 4}, LeaseOptions{kTtlMs});
+    LeaseEngine engine(store, clock, HashKey{3, 4}, LeaseOptions{kTtlMs, false});
     Recorder done;
     size_t answered = 0;
     for (uint64_t tag = 0; clock.NowMicros() < 5 * kTtlUs; ++tag) {
@@ -469,7 +470,7 @@ TEST(LeaseEngineSizeTest, WaitingChecksAddWhatTheyNeedToTheFetch) {
     SCOPED_TRACE(c.name);
     FakeClock clock;
     FakeStore store;
-    LeaseEngine engine(store, clock, HashKey{3, 4}, LeaseOptions{kTtlMs});
+    LeaseEngine engine(store, clock, HashKey{3, 4}, LeaseOptions{kTtlMs, false});
     Recorder done;
     engine.Check(CheckQuery{kKey, 1, c.policy}, 0, done);
     for (size_t i = 0; i < c.waiting.size(); ++i) {
@@ -778,6 +779,33 @@ TEST_F(LeaseEngineTest, AnEmptyRowDeniesTheKeyInMemoryUntilTheStoresRetryTime) {
   EXPECT_EQ(recorder_.answers[1].result.source, Source::kLease);
 }
 
+// With jitter on (as in production), a denial lasts the store's retry time plus a random extra
+// of at most the time min_grant takes to refill, itself at most R: sidecars denied together do
+// not all come back together.
+TEST(LeaseEngineJitterTest, ADenialLastsTheStoresRetryTimePlusARandomExtraOfAtMostR) {
+  FakeClock clock;
+  FakeStore store;
+  LeaseEngine engine(store, clock, HashKey{5, 6}, LeaseOptions{kTtlMs, true});
+  constexpr Policy kOnePerSecond{1, 1000};  // min_grant 1: a refill of 1000 ms, above R.
+  const int64_t db_now = clock.NowMicros() + kDbOffsetUs;
+  std::set<uint32_t> distinct;
+  Recorder done;
+  for (int i = 0; i < 100; ++i) {
+    const std::string key = "k" + std::to_string(i);
+    store.rows()[key] = SharedRow{0, db_now, 1, 1000};  // Empty: 1000 ms until a token.
+    engine.Check(CheckQuery{key, 1, kOnePerSecond}, static_cast<uint64_t>(i), done);
+    store.Decide(static_cast<size_t>(i), db_now);
+    ASSERT_EQ(done.answers.size(), static_cast<size_t>(i + 1));
+    const CheckResult& r = done.answers.back().result;
+    EXPECT_FALSE(r.allowed);
+    EXPECT_GE(r.retry_after_ms, 1000u);
+    EXPECT_LE(r.retry_after_ms, 1000u + kTtlMs / 4);
+    distinct.insert(r.retry_after_ms);
+  }
+  EXPECT_GT(distinct.size(), 50u) << "the extra is not spread";
+  EXPECT_EQ(store.take_count(), 100u);
+}
+
 TEST_F(LeaseEngineTest, AFloodOfDeniedChecksCostsOneTakeUntilTheRetryTime) {
   // 10 per minute: a token every 6 s.
   const Policy kTen{10, 60'000};
@@ -909,7 +937,7 @@ TEST_F(LeaseEngineTest, ReturnAllFinishesAtOnceWhenNothingIsHeldOrInFlight) {
 
   // A key whose lease is used up holds nothing either.
   FakeStore store;
-  LeaseEngine engine(store, clock_, HashKey{1, 2}, LeaseOptions{kTtlMs});
+  LeaseEngine engine(store, clock_, HashKey{1, 2}, LeaseOptions{kTtlMs, false});
   Recorder done;
   engine.Check(CheckQuery{kKey, 1, kPolicy}, 0, done);
   store.Decide(0, DbNow());

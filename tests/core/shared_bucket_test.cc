@@ -565,7 +565,7 @@ std::vector<StoreAnswer> Apply(SharedRow& row, const std::vector<StoreOp>& ops, 
 // 10 per second: a token every 100 ms.
 constexpr Policy kTenPerSecond{10, 1000};
 
-TEST(ApplyOnRowTest, ALeaseGrantsWhatIsWantedOfTheWholeTokensThereWhenThatIsAtLeastItsCost) {
+TEST(ApplyOnRowTest, ALeaseGrantsWhatIsWantedUpToHalfOfTheWholeTokensOrItsCostIfThatIsThere) {
   struct Case {
     const char* name;
     double tokens;
@@ -579,9 +579,12 @@ TEST(ApplyOnRowTest, ALeaseGrantsWhatIsWantedOfTheWholeTokensThereWhenThatIsAtLe
   };
   const Case kCases[] = {
       {"a full row grants all that is wanted", 10, 0, 1, 4, 4, 6, 0, 6},
-      {"fewer whole tokens than wanted: all of them", 7.5, 0, 1, 10, 7, 0, 0, 0.5},
+      {"more than half of what is there wanted: half of the whole tokens", 7.5, 0, 1, 10, 3, 4, 0,
+       4.5},
+      {"a cost above half of what is there: the cost", 10, 0, 7, 8, 7, 3, 0, 3},
+      {"the last whole token", 1.5, 0, 1, 5, 1, 0, 0, 0.5},
       {"exactly the cost in whole tokens is enough", 2.5, 0, 2, 5, 2, 0, 0, 0.5},
-      {"refill up to the database time counts", 0, 250'000, 1, 5, 2, 0, 0, 0.5},
+      {"refill up to the database time counts", 0, 250'000, 1, 5, 1, 1, 0, 1.5},
       {"want equal to cost", 10, 0, 3, 3, 3, 7, 0, 7},
       {"fewer whole tokens than the cost: nothing, until the cost is there", 2.5, 0, 3, 5, 0, 2, 50,
        2.5},
@@ -679,7 +682,7 @@ TEST(ApplyOnRowTest, AMixedBatchOfOneKeyIsAppliedInOrder) {
   bool wrote = false;
   const std::vector<StoreOp> ops = {
       StoreOp{"k", 3, kTenPerSecond}, LeaseOp(2, 5, kTenPerSecond),
-      LeaseOp(3, 3, kTenPerSecond),   ReturnOp(4, kNowUs, kTenPerSecond),
+      LeaseOp(5, 5, kTenPerSecond),   ReturnOp(4, kNowUs, kTenPerSecond),
       StoreOp{"k", 6, kTenPerSecond}, StoreOp{"k", 0, kTenPerSecond},
   };
   const std::vector<StoreAnswer> answers = Apply(row, ops, kNowUs, wrote);
@@ -690,11 +693,11 @@ TEST(ApplyOnRowTest, AMixedBatchOfOneKeyIsAppliedInOrder) {
   };
   const Expected kExpected[] = {
       {true, 0, 7},   // The check takes 3 of 10.
-      {true, 5, 2},   // The lease takes 5 of 7.
-      {false, 0, 2},  // The next wants 3 of the 2 left: nothing.
-      {true, 4, 0},   // The return puts 4 back: 6. (A return's remaining is not reported.)
-      {true, 0, 0},   // The check takes all 6.
-      {true, 0, 0},   // A read of the empty row.
+      {true, 3, 4},   // The lease wants 5 of 7: it takes half, 3.
+      {false, 0, 4},  // The next needs 5 of the 4 left: nothing.
+      {true, 4, 0},   // The return puts 4 back: 8. (A return's remaining is not reported.)
+      {true, 0, 2},   // The check takes 6 of 8.
+      {true, 0, 2},   // A read.
   };
   for (size_t i = 0; i < answers.size(); ++i) {
     SCOPED_TRACE("operation " + std::to_string(i));
@@ -706,7 +709,7 @@ TEST(ApplyOnRowTest, AMixedBatchOfOneKeyIsAppliedInOrder) {
   }
   EXPECT_EQ(answers[2].check.retry_after_ms, 100u);
   EXPECT_TRUE(wrote);
-  EXPECT_DOUBLE_EQ(row.tokens, 0);
+  EXPECT_DOUBLE_EQ(row.tokens, 2);
 }
 
 }  // namespace
