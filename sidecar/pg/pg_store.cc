@@ -340,8 +340,8 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
     auto found = raw_rows.find(key);
     if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
       for (size_t pos : positions) {
-        answers[pos].check = Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit,
-                                     Source::kDatabase);
+        answers[pos].check =
+            Refusal(CheckStatus::kStoreUnavailable, tx->batch[pos].policy.limit, Source::kDatabase);
         answers[pos].now_us = now_us;
       }
       continue;
