@@ -5,9 +5,10 @@
 # 1. Latency of a check answered from memory: one sidecar on the memory store and one in lease
 #    mode, one blocking connection each, one key with a policy so large that every check is
 #    admitted; measured alternately, ROUNDS times each. Medians of p50 and p99.
-# 2. Hot-key throughput across 3 sidecars: strict mode, then lease mode, on one table and one
-#    key, with the same clients per sidecar (RATE_LIMIT_BENCH_CONNECTIONS connections, default 4,
-#    each with RATE_LIMIT_BENCH_DEPTH checks in flight, default 4); ROUNDS times. Medians, ratio.
+# 2. Hot-key throughput across 3 sidecars: strict mode, lease mode (on one table and one key),
+#    and, as the ceiling, 3 sidecars on the memory store; the same clients for each
+#    (RATE_LIMIT_BENCH_CONNECTIONS connections per sidecar, default 1, each with
+#    RATE_LIMIT_BENCH_DEPTH checks in flight, default 16); ROUNDS times. Medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
@@ -18,8 +19,8 @@ fi
 source scripts/bench-common.sh
 work=$(mktemp -d /tmp/rlbench-XXXXXX)
 trap bench_cleanup EXIT
-connections=${RATE_LIMIT_BENCH_CONNECTIONS:-4}
-depth=${RATE_LIMIT_BENCH_DEPTH:-4}
+connections=${RATE_LIMIT_BENCH_CONNECTIONS:-1}
+depth=${RATE_LIMIT_BENCH_DEPTH:-16}
 policy=(--keys 1 --limit 1000000000 --window-ms 1000)
 pg=(RATE_LIMIT_STORE=postgres DATABASE_URL="$RATELIMIT_TEST_DATABASE_URL")
 
@@ -36,20 +37,22 @@ for round in $(seq 1 "$rounds"); do
   lease_p50+=("$(field p50_us <<<"$l")") lease_p99+=("$(field p99_us <<<"$l")")
 done
 
-strict=() lease=()
+strict=() lease=() memory=()
 for i in 1 2 3; do
   start_sidecar "strict$i" "${pg[@]}" RATE_LIMIT_MODE=strict RATE_LIMIT_PG_TABLE=bench_hot
   start_sidecar "lease_hot$i" "${pg[@]}" RATE_LIMIT_MODE=lease RATE_LIMIT_PG_TABLE=bench_hot
-  strict+=("strict$i") lease+=("lease_hot$i")
+  start_sidecar "memory_hot$i"
+  strict+=("strict$i") lease+=("lease_hot$i") memory+=("memory_hot$i")
 done
-wait_ready "${strict[@]}" "${lease[@]}"
+wait_ready "${strict[@]}" "${lease[@]}" "${memory[@]}"
 load=(--connections "$connections" --depth "$depth" --duration-s "$seconds" "${policy[@]}")
-strict_cps=() lease_cps=()
+strict_cps=() lease_cps=() memory_cps=()
 for round in $(seq 1 "$rounds"); do
   s=$(bench_parallel "$work/strict" "${strict[@]}" -- "${load[@]}")
   l=$(bench_parallel "$work/lease" "${lease[@]}" -- "${load[@]}")
-  echo "hot key round $round: strict $s checks/s, lease $l checks/s"
-  strict_cps+=("$s") lease_cps+=("$l")
+  m=$(bench_parallel "$work/memory" "${memory[@]}" -- "${load[@]}")
+  echo "hot key round $round: strict $s checks/s, lease $l checks/s, memory $m checks/s"
+  strict_cps+=("$s") lease_cps+=("$l") memory_cps+=("$m")
 done
 
 echo
@@ -61,5 +64,7 @@ awk -v l="$(median "${lease_p50[@]}")" -v m="$(median "${memory_p50[@]}")" \
 echo "hot key, 3 sidecars x $connections connections x depth $depth (median of $rounds):"
 echo "  strict mode: $(median "${strict_cps[@]}") checks/s"
 echo "  lease mode:  $(median "${lease_cps[@]}") checks/s"
+echo "  memory store (the ceiling): $(median "${memory_cps[@]}") checks/s"
 awk -v l="$(median "${lease_cps[@]}")" -v s="$(median "${strict_cps[@]}")" \
-  'BEGIN { printf "  lease / strict: %.1fx\n", l / s }'
+  -v m="$(median "${memory_cps[@]}")" \
+  'BEGIN { printf "  lease / strict: %.1fx; lease / memory: %.2f\n", l / s, l / m }'
