@@ -19,16 +19,9 @@
 #include "tests/testing/bucket_steps.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/fake_store.h"
+#include "tests/testing/recorder.h"
 
 namespace ratelimit {
-
-// Lets gtest print results in failure messages instead of dumping their bytes.
-void PrintTo(const CheckResult& r, std::ostream* os) {
-  *os << "{allowed=" << r.allowed << " status=" << CheckStatusName(r.status) << " limit=" << r.limit
-      << " remaining=" << r.remaining << " retry_after_ms=" << r.retry_after_ms
-      << " reset_after_ms=" << r.reset_after_ms << " source=" << SourceName(r.source) << "}";
-}
-
 namespace {
 
 using Kind = StoreOp::Kind;
@@ -42,27 +35,6 @@ constexpr int64_t kDbOffsetUs = 1'700'000'000'000'000;
 // 1000 tokens per second: R = 250 ms refills 250 tokens, a lease is at most 125 (limit / 8).
 constexpr Policy kPolicy{1000, 1000};
 const std::string kKey = "k";
-
-// Records every answer, in the order it arrived.
-class Recorder final : public CheckCallback {
- public:
-  struct Answer {
-    uint64_t tag;
-    CheckResult result;
-  };
-
-  void OnCheckDone(uint64_t tag, const CheckResult& result) override {
-    answers.push_back(Answer{tag, result});
-  }
-
-  std::vector<uint64_t> tags() const {
-    std::vector<uint64_t> out;
-    for (const Answer& a : answers) out.push_back(a.tag);
-    return out;
-  }
-
-  std::vector<Answer> answers;
-};
 
 // Every operation of every Take `store` has started, in order.
 std::vector<StoreOp> AllOps(const FakeStore& store) {

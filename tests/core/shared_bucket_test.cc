@@ -15,18 +15,14 @@
 
 #include "sidecar/core/token_bucket.h"
 #include "tests/testing/bucket_steps.h"
+#include "tests/testing/recorder.h"
 
 namespace ratelimit {
 
-// Let gtest print rows and results in failure messages instead of dumping their bytes.
+// Lets gtest print rows in failure messages instead of dumping their bytes.
 void PrintTo(const SharedRow& row, std::ostream* os) {
   *os << "{tokens=" << row.tokens << " updated_us=" << row.updated_us
       << " capacity=" << row.capacity << " window_ms=" << row.window_ms << "}";
-}
-void PrintTo(const CheckResult& r, std::ostream* os) {
-  *os << "{allowed=" << r.allowed << " status=" << CheckStatusName(r.status) << " limit=" << r.limit
-      << " remaining=" << r.remaining << " retry_after_ms=" << r.retry_after_ms
-      << " reset_after_ms=" << r.reset_after_ms << " source=" << SourceName(r.source) << "}";
 }
 
 namespace {
@@ -135,16 +131,22 @@ CheckResult Expected(TokenBucket::State& state, const StoreOp& check, int64_t no
   return r;
 }
 
+// Applies `ops` on `row` as one batch and returns the full answers.
+std::vector<StoreAnswer> Apply(SharedRow& row, const std::vector<StoreOp>& ops, int64_t now_us,
+                               bool& wrote) {
+  std::vector<const StoreOp*> pointers;
+  for (const StoreOp& op : ops) pointers.push_back(&op);
+  std::vector<StoreAnswer> answers;
+  wrote = ApplyOnRow(row, pointers, now_us, answers);
+  EXPECT_EQ(answers.size(), ops.size()) << "one answer per operation";
+  return answers;
+}
+
 // Decides `checks` on `row` as one batch.
 std::vector<CheckResult> Decide(SharedRow& row, const std::vector<StoreOp>& checks, int64_t now_us,
                                 bool& wrote) {
-  std::vector<const StoreOp*> pointers;
-  for (const StoreOp& check : checks) pointers.push_back(&check);
-  std::vector<StoreAnswer> answers;
-  wrote = ApplyOnRow(row, pointers, now_us, answers);
   std::vector<CheckResult> results;
-  for (const StoreAnswer& a : answers) results.push_back(a.check);
-  EXPECT_EQ(results.size(), checks.size()) << "one result per check";
+  for (const StoreAnswer& a : Apply(row, checks, now_us, wrote)) results.push_back(a.check);
   return results;
 }
 
@@ -549,17 +551,6 @@ StoreOp LeaseOp(uint32_t cost, uint32_t want, const Policy& policy) {
 
 StoreOp ReturnOp(uint32_t tokens, int64_t debit_us, const Policy& policy) {
   return StoreOp{"k", tokens, policy, StoreOp::Kind::kReturn, 0, debit_us};
-}
-
-// Applies `ops` on `row` as one batch and returns the full answers.
-std::vector<StoreAnswer> Apply(SharedRow& row, const std::vector<StoreOp>& ops, int64_t now_us,
-                               bool& wrote) {
-  std::vector<const StoreOp*> pointers;
-  for (const StoreOp& op : ops) pointers.push_back(&op);
-  std::vector<StoreAnswer> answers;
-  wrote = ApplyOnRow(row, pointers, now_us, answers);
-  EXPECT_EQ(answers.size(), ops.size()) << "one answer per operation";
-  return answers;
 }
 
 // 10 per second: a token every 100 ms.

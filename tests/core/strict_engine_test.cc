@@ -9,41 +9,14 @@
 #include <vector>
 
 #include "tests/testing/fake_store.h"
+#include "tests/testing/recorder.h"
 
 namespace ratelimit {
-
-// Lets gtest print results in failure messages instead of dumping their bytes.
-void PrintTo(const CheckResult& r, std::ostream* os) {
-  *os << "{allowed=" << r.allowed << " status=" << CheckStatusName(r.status) << " limit=" << r.limit
-      << " remaining=" << r.remaining << " retry_after_ms=" << r.retry_after_ms
-      << " reset_after_ms=" << r.reset_after_ms << " source=" << SourceName(r.source) << "}";
-}
 
 namespace {
 
 constexpr Policy kPolicy{1'000'000, 1000};
 constexpr int64_t kNowUs = 1'700'000'000'000'000;
-
-// Records every answer, in the order it arrived.
-class Recorder final : public CheckCallback {
- public:
-  struct Answer {
-    uint64_t tag;
-    CheckResult result;
-  };
-
-  void OnCheckDone(uint64_t tag, const CheckResult& result) override {
-    answers.push_back(Answer{tag, result});
-  }
-
-  std::vector<uint64_t> tags() const {
-    std::vector<uint64_t> out;
-    for (const Answer& a : answers) out.push_back(a.tag);
-    return out;
-  }
-
-  std::vector<Answer> answers;
-};
 
 std::string KeyOf(uint64_t tag) { return "k" + std::to_string(tag); }
 

@@ -574,6 +574,18 @@ void ExpectEveryLeaseGivenBack(double tokens, uint32_t capacity, int64_t spent, 
   EXPECT_LE(tokens, expected + refill + 1e-6);
 }
 
+// Spends `checks` tokens of `key` (a bucket of `limit` on kSlowWindowMs), each check allowed
+// from a lease; records a fatal failure otherwise.
+void SpendFromLeases(Client& client, const std::string& key, uint32_t limit, int checks) {
+  for (int i = 0; i < checks; ++i) {
+    Result<CheckResult> r = client.Check({.key = key, .limit = limit, .window_ms = kSlowWindowMs});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->status, CheckStatus::kOk);
+    ASSERT_TRUE(r->allowed);
+    EXPECT_EQ(r->source, Source::kLease);
+  }
+}
+
 TEST(LeaseMode, SigtermGivesOutstandingLeasesBackToTheRowThenExitsZero) {
   REQUIRE_TEST_DATABASE();
   constexpr uint32_t kLimit = 1000;
@@ -590,13 +602,8 @@ TEST(LeaseMode, SigtermGivesOutstandingLeasesBackToTheRowThenExitsZero) {
   Client client({.socket_path = sidecar->socket_path(), .timeout_ms = 5000});
 
   const int64_t begin = NowNs();
-  for (int i = 0; i < kChecks; ++i) {
-    Result<CheckResult> r = client.Check({.key = key, .limit = kLimit, .window_ms = kSlowWindowMs});
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    ASSERT_EQ(r->status, CheckStatus::kOk);
-    ASSERT_TRUE(r->allowed);
-    EXPECT_EQ(r->source, Source::kLease);
-  }
+  SpendFromLeases(client, key, kLimit, kChecks);
+  if (testing::Test::HasFatalFailure()) return;
   // Prefetches may still be landing: wait until the row holds still.
   std::optional<double> held_row;
   EXPECT_TRUE(WaitUntil(
@@ -682,13 +689,8 @@ TEST(LeaseMode, ExpiredLeasesGoBackToTheRowWithinASecondWhileTheSidecarRuns) {
   Client client({.socket_path = sidecar->socket_path(), .timeout_ms = 5000});
 
   const int64_t begin = NowNs();
-  for (int i = 0; i < kChecks; ++i) {
-    Result<CheckResult> r = client.Check({.key = key, .limit = kLimit, .window_ms = kSlowWindowMs});
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    ASSERT_EQ(r->status, CheckStatus::kOk);
-    ASSERT_TRUE(r->allowed);
-    EXPECT_EQ(r->source, Source::kLease);
-  }
+  SpendFromLeases(client, key, kLimit, kChecks);
+  if (testing::Test::HasFatalFailure()) return;
   const int64_t stopped = NowNs();
   std::optional<double> tokens = RowTokens(conn.get(), table, key);
   ASSERT_TRUE(tokens);
