@@ -46,13 +46,20 @@ void PrintHelp() {
   }
 }
 
-// A secret for the bucket table's hash, fresh for every process (see KeyedHash).
-Result<HashKey> RandomHashKey() {
-  HashKey key;
-  if (getrandom(&key, sizeof(key), 0) != static_cast<ssize_t>(sizeof(key))) {
+// Randomness drawn once per process: the key of the bucket tables' hash, which must stay
+// secret from clients (see KeyedHash), and an independent seed for lease mode's jitter, whose
+// draws clients can observe in retry_after_ms.
+struct Secrets {
+  HashKey hash_key;
+  uint64_t jitter_seed = 0;
+};
+
+Result<Secrets> RandomSecrets() {
+  Secrets secrets;
+  if (getrandom(&secrets, sizeof(secrets), 0) != static_cast<ssize_t>(sizeof(secrets))) {
     return Status::IoError(std::string("getrandom: ") + std::strerror(errno));
   }
-  return key;
+  return secrets;
 }
 
 const char* AlgorithmName(Algorithm algorithm) {
@@ -69,10 +76,10 @@ const char* ModeName(const Config& config) {
 // deadline for giving leases back at shutdown.
 class Sidecar {
  public:
-  Sidecar(uv_loop_t* loop, const Config& config, const HashKey& hash_key)
+  Sidecar(uv_loop_t* loop, const Config& config, const Secrets& secrets)
       : loop_(loop),
         shutdown_grace_ms_(config.shutdown_grace_ms),
-        engine_(MakeEngine(loop, config, hash_key)),
+        engine_(MakeEngine(loop, config, secrets)),
         limiter_(config.default_policy, *engine_),
         server_(
             loop,
@@ -107,9 +114,10 @@ class Sidecar {
   // Shuts the server down (answering what it has read), gives leases back, then stops the
   // store, then closes every other handle so that uv_run returns. The store stops at the latest
   // when the grace period ends: connections with checks waiting on a stuck database get their
-  // answers (failures) from it, and only then can the server finish. Giving leases back has a
-  // grace period of its own, for a database that stops answering.
+  // answers (failures) from it, and only then can the server finish. Giving leases back gets
+  // what is left of the same grace period, for a database that stops answering.
   void Stop() {
+    stop_started_ms_ = uv_now(loop_);
     server_.Shutdown([this] { ReturnLeasesThenStopStore(); }, [this] { StopStore(); });
   }
 
@@ -119,14 +127,16 @@ class Sidecar {
       StopStore();
       return;
     }
+    const uint64_t spent_ms = uv_now(loop_) - stop_started_ms_;
     uv_timer_start(
         &return_deadline_,
         [](uv_timer_t* t) {
-          Log(LogLevel::kWarn, "giving leases back took the whole grace period; stopping");
+          Log(LogLevel::kWarn, "grace period over before every lease was given back; stopping");
           static_cast<Sidecar*>(t->data)->StopStore();
         },
-        std::max<uint64_t>(shutdown_grace_ms_, 100), 0);
+        shutdown_grace_ms_ > spent_ms ? shutdown_grace_ms_ - spent_ms : 0, 0);
     lease_->ReturnAll([this] {
+      if (store_stopping_) return;  // The deadline came first; the returns left were failed.
       const LeaseStats& stats = lease_->stats();
       Log(LogLevel::kInfo, "leases given back")
           .Int("returns", stats.returns)
@@ -153,18 +163,19 @@ class Sidecar {
   }
 
   std::unique_ptr<Engine> MakeEngine(uv_loop_t* loop, const Config& config,
-                                     const HashKey& hash_key) {
+                                     const Secrets& secrets) {
     if (config.store == StoreKind::kPostgres) {
       pg_store_ = std::make_unique<PgStore>(
           loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
                                config.pg_key_hash, config.pg_connections});
       if (config.mode == StoreMode::kStrict) return std::make_unique<StrictEngine>(*pg_store_);
-      auto lease = std::make_unique<LeaseEngine>(*pg_store_, clock_, hash_key,
-                                                 LeaseOptions{config.lease_ttl_ms});
+      auto lease = std::make_unique<LeaseEngine>(
+          *pg_store_, clock_, secrets.hash_key,
+          LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed});
       lease_ = lease.get();
       return lease;
     }
-    auto memory = NewMemoryEngine(config.algorithm, clock_, hash_key);
+    auto memory = NewMemoryEngine(config.algorithm, clock_, secrets.hash_key);
     memory_ = memory.get();
     return memory;
   }
@@ -192,6 +203,7 @@ class Sidecar {
   uv_timer_t sweep_timer_;
   uv_timer_t return_deadline_;
   bool store_stopping_ = false;
+  uint64_t stop_started_ms_ = 0;
 };
 
 int Main(int argc, char** argv) {
@@ -221,9 +233,9 @@ int Main(int argc, char** argv) {
   for (const std::string& name : UnknownRateLimitVariables(environ)) {
     Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
   }
-  Result<HashKey> hash_key = RandomHashKey();
-  if (!hash_key.ok()) {
-    Log(LogLevel::kError, "cannot start").Str("error", hash_key.status().message());
+  Result<Secrets> secrets = RandomSecrets();
+  if (!secrets.ok()) {
+    Log(LogLevel::kError, "cannot start").Str("error", secrets.status().message());
     return 1;
   }
   // A client that disconnects mid-write must cost an EPIPE, not the process.
@@ -233,7 +245,7 @@ int Main(int argc, char** argv) {
   uv_loop_init(&loop);
   int exit_code = 0;
   {
-    Sidecar sidecar(&loop, *config, *hash_key);
+    Sidecar sidecar(&loop, *config, *secrets);
     if (Status started = sidecar.Start(); started.ok()) {
       Log(LogLevel::kInfo, "listening")
           .Str("socket", config->socket_path)

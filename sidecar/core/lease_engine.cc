@@ -33,7 +33,7 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       ttl_us_(static_cast<int64_t>(options.ttl_ms) * 1000),
       refresh_us_(std::max<int64_t>(1, ttl_us_ / 4)),
       jitter_denials_(options.jitter_denials),
-      rng_(hash_key.k0 ^ (hash_key.k1 << 1)),
+      rng_(static_cast<std::minstd_rand::result_type>(options.jitter_seed)),
       keys_(hash_key) {}
 
 void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
@@ -43,11 +43,18 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   }
   const int64_t now = clock_.NowMicros();
   KeyState* found = keys_.Find(query.key);
-  if (query.cost == 0 &&
-      (found == nullptr || !found->answered_before || !(found->policy == query.policy))) {
-    // Nothing known here under this policy: the row has the answer, and a read changes nothing
-    // (it neither rescales the row nor makes this sidecar give its leases back).
-    ReadFromStore(query, tag, done);
+  if (query.cost == 0) {
+    // A read changes nothing: it neither rescales the row, nor makes this sidecar give its
+    // leases back, nor fetches any. It is answered here only while this sidecar holds tokens of
+    // the key under the same policy; otherwise the row has the answer.
+    const bool same = found != nullptr && found->policy == query.policy;
+    if (same) ExpireLeases(query.key, *found, now);
+    if (same && found->held > 0 && found->answered_before) {
+      ++stats_.lease_allowed;
+      done.OnCheckDone(tag, Allowed(*found, now));
+    } else {
+      CheckInStore(batcher_, query, tag, done);
+    }
     return;
   }
   KeyState& state = found != nullptr && found->policy == query.policy
@@ -133,7 +140,7 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 
   uint64_t waiting = 0;
   for (const Waiter& w : state.waiters) waiting += w.cost;
-  need = std::max<uint32_t>(need, 1);
+  need = std::clamp<uint32_t>(need, 1, policy.limit);
   const uint32_t want = LeaseWant(state, need, waiting);
   const double refill_per_refresh =
       double(policy.limit) * static_cast<double>(refresh_us_) / (double(policy.window_ms) * 1000);
@@ -141,16 +148,15 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
       std::max(need, std::min(want, CeilToTokens(refill_per_refresh, policy.limit)));
 
   StoreOp op{std::string(key), min_grant, policy, StoreOp::Kind::kLease, want};
-  state.fetching = true;
-  ++fetches_in_flight_;
-  ++stats_.fetches;
   Status sent = batcher_.Submit(std::move(op), [this, key = std::string(key), policy, now,
-                                                min_grant](Result<StoreAnswer> answer) {
-    OnFetched(key, policy, now, min_grant, std::move(answer));
+                                                min_grant, want](Result<StoreAnswer> answer) {
+    OnFetched(key, policy, now, min_grant, want, std::move(answer));
   });
-  if (!sent.ok()) {
-    state.fetching = false;
-    --fetches_in_flight_;
+  if (sent.ok()) {
+    state.fetching = true;
+    ++fetches_in_flight_;
+    ++stats_.fetches;
+  } else {
     std::deque<Waiter> waiters = std::move(state.waiters);
     state.waiters.clear();
     for (const Waiter& w : waiters) w.done->OnCheckDone(w.tag, StoreRefusal(sent, policy.limit));
@@ -158,10 +164,13 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 }
 
 void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_t sent_us,
-                            uint32_t min_grant, Result<StoreAnswer> answer) {
+                            uint32_t min_grant, uint32_t want, Result<StoreAnswer> answer) {
   --fetches_in_flight_;
   KeyState* found = keys_.Find(key);  // A key with a fetch in flight is never forgotten.
-  if (found == nullptr) return;
+  if (found == nullptr) {
+    MaybeFinishReturnAll();
+    return;
+  }
   KeyState& state = *found;
   state.fetching = false;
   const int64_t now = clock_.NowMicros();
@@ -192,12 +201,14 @@ void LeaseEngine::OnFetched(const std::string& key, const Policy& policy, int64_
       state.held += answer->granted;
       state.denied_until_us = 0;
       state.granted_last = true;
+      // Less than wanted: the row is scarce (or was halved for the next sidecar). No prefetch
+      // until a check needs more, so that this sidecar does not take the rest right away.
+      state.scarce = answer->granted < want;
       ScheduleRevisit(key, state, expires);
     } else {
       state.denied_until_us = now + std::max<int64_t>(1, row.retry_after_ms) * 1000 +
                               DenialJitter(policy, min_grant, state.granted_last);
       state.granted_last = false;
-      ScheduleRevisit(key, state, state.denied_until_us);
     }
   }
   // A lease spent only until ttl after its fetch was sent: a grant that landed later than that,
@@ -227,6 +238,11 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
     if (returning_all_) {
       w.done->OnCheckDone(w.tag,
                           Refusal(CheckStatus::kShuttingDown, state.policy.limit, Source::kLease));
+    } else if (w.cost > state.policy.limit) {
+      // Asked under a policy the key no longer has, for more than its new capacity: it can
+      // never be allowed, as the Limiter would have said under the new policy.
+      w.done->OnCheckDone(
+          w.tag, Refusal(CheckStatus::kCostExceedsLimit, state.policy.limit, Source::kLease));
     } else if (state.held >= w.cost) {
       Spend(state, w.cost);
       w.done->OnCheckDone(w.tag, Allowed(state, now));
@@ -244,7 +260,8 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
 }
 
 void LeaseEngine::MaybePrefetch(std::string_view key, KeyState& state, int64_t now) {
-  if (state.fetching || returning_all_ || state.denied_until_us > now) return;
+  if (state.fetching || returning_all_ || state.scarce || state.denied_until_us > now) return;
+  if (!batcher_.store().ready()) return;  // Checks that need a lease will say so.
   // Half of the lease that would be fetched now: half of R's demand, within the cap. Measured
   // against the lease size and not the raw demand, so that a lease landing always lifts the
   // key above it, and a sidecar never chains fetches into more than the cap allows.
@@ -277,39 +294,32 @@ void LeaseEngine::SendReturn(std::string_view key, const Policy& policy, uint32_
   if (!sent.ok()) --returns_in_flight_;
 }
 
-void LeaseEngine::ReadFromStore(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
-  const uint32_t limit = query.policy.limit;
-  Status sent = batcher_.Submit(
-      StoreOp{std::string(query.key), 0, query.policy},
-      [tag, &done, limit](Result<StoreAnswer> answer) {
-        CheckResult result = answer.ok() ? answer->check : StoreRefusal(answer.status(), limit);
-        result.source = Source::kDatabase;
-        done.OnCheckDone(tag, result);
-      });
-  if (!sent.ok()) done.OnCheckDone(tag, StoreRefusal(sent, limit));
-}
-
 void LeaseEngine::ScheduleRevisit(std::string_view key, KeyState& state, int64_t at_us) {
-  ++state.revisits;
-  revisits_.emplace(at_us, std::string(key));
+  if (state.visit_ticket != 0 && state.visit_at_us <= at_us) return;  // Visited by then anyway.
+  // One live entry per key: an earlier visit makes the later entry stale (its ticket no longer
+  // matches), so the queue holds about one entry per key however often it is rescheduled.
+  state.visit_ticket = ++last_ticket_;
+  state.visit_at_us = at_us;
+  revisits_.push(Revisit{at_us, state.visit_ticket, std::string(key)});
 }
 
 void LeaseEngine::Tick() {
   const int64_t now = clock_.NowMicros();
-  while (!revisits_.empty() && revisits_.top().first <= now) {
-    const std::string key = revisits_.top().second;
+  while (!revisits_.empty() && revisits_.top().at_us <= now) {
+    const Revisit visit = revisits_.top();
     revisits_.pop();
-    KeyState* state = keys_.Find(key);
-    if (state == nullptr) continue;
-    --state->revisits;
-    ExpireLeases(key, *state, now);
+    KeyState* state = keys_.Find(visit.key);
+    if (state == nullptr || state->visit_ticket != visit.ticket) continue;  // Stale.
+    state->visit_ticket = 0;
+    ExpireLeases(visit.key, *state, now);
     const bool idle = state->leases.empty() && state->waiters.empty() && !state->fetching &&
                       state->denied_until_us <= now;
-    if (state->revisits > 0) continue;  // A later entry looks again.
     if (idle) {
-      keys_.Erase(key);
+      keys_.Erase(visit.key);
     } else {
-      ScheduleRevisit(key, *state, now + ttl_us_);
+      // Leases expire in order, all within ttl; anything else is looked at again after ttl.
+      ScheduleRevisit(visit.key, *state,
+                      state->leases.empty() ? now + ttl_us_ : state->leases.front().expires_us);
     }
   }
 }
@@ -317,13 +327,17 @@ void LeaseEngine::Tick() {
 void LeaseEngine::ReturnAll(std::function<void()> done) {
   returning_all_ = true;
   on_returned_all_ = std::move(done);
+  // A store may fail a return before Submit returns: finishing is held off until every lease
+  // has been sent, so that no key is skipped.
+  sending_all_ = true;
   keys_.ForEach(
       [this](std::string_view key, KeyState& state) { ExpireLeases(key, state, kForever); });
+  sending_all_ = false;
   MaybeFinishReturnAll();
 }
 
 void LeaseEngine::MaybeFinishReturnAll() {
-  if (!returning_all_ || !on_returned_all_) return;
+  if (!returning_all_ || sending_all_ || !on_returned_all_) return;
   if (fetches_in_flight_ > 0 || returns_in_flight_ > 0) return;
   auto done = std::move(on_returned_all_);
   on_returned_all_ = nullptr;

@@ -28,6 +28,8 @@ struct LeaseOptions {
   // Whether a denial lasts a random extra, up to the time min_grant tokens take to refill (at
   // most R). Off only in tests that check exact times.
   bool jitter_denials = true;
+  // Seeds the jitter's generator. Draw it at start-up: the extra wait is visible to clients.
+  uint64_t jitter_seed = 0;
 };
 
 // Counters an operator may want; read on the loop thread.
@@ -58,7 +60,8 @@ struct LeaseStats {
 //
 // Prefetch: after a check is served, when fewer than half a lease, min(ceil(d * R), cap) / 2,
 // are held and no fetch is in flight, the next lease is fetched; steady traffic never waits, and
-// a sidecar holds at most about one and a half leases of a key. A check waits only while
+// a sidecar holds at most about one and a half leases of a key. No prefetch after a grant cut
+// short (the row is scarce), nor while the store is not ready. A check waits only while
 // its key holds too few tokens and a fetch is in flight; waiting checks are served in order.
 //
 // Denial cache: when the store grants nothing, the key is "denied until" the time the store
@@ -98,6 +101,8 @@ class LeaseEngine final : public Engine {
 
   const LeaseStats& stats() const { return stats_; }
   size_t key_count() const { return keys_.size(); }
+  // Entries in the queue of keys to look at again (about one per key).
+  size_t scheduled_visits() const { return revisits_.size(); }
 
  private:
   struct Lease {
@@ -125,9 +130,17 @@ class LeaseEngine final : public Engine {
     bool fetched_before = false;   // Some fetch was sent: last_fetch_us is meaningful.
     bool answered_before = false;  // Some fetch was decided: row_remaining is meaningful.
     bool granted_last = false;     // The last decided fetch was granted tokens.
-    uint32_t revisits = 0;         // Entries for this key in revisits_.
+    bool scarce = false;           // The last grant was less than wanted: no prefetch.
+    uint64_t visit_ticket = 0;     // The live entry of this key in revisits_; 0 when none.
+    int64_t visit_at_us = 0;
   };
-  using Revisit = std::pair<int64_t, std::string>;  // (local time, key)
+  // When Tick looks at a key again: to give expired leases back, or to forget it.
+  struct Revisit {
+    int64_t at_us;  // Local clock.
+    uint64_t ticket;
+    std::string key;
+    bool operator>(const Revisit& o) const { return at_us > o.at_us; }
+  };
 
   KeyState& StateOf(std::string_view key, const Policy& policy, int64_t now);
   void Serve(std::string_view key, KeyState& state, int64_t now);
@@ -135,14 +148,13 @@ class LeaseEngine final : public Engine {
   uint32_t LeaseWant(const KeyState& state, uint32_t need, uint64_t waiting) const;
   void StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now);
   void OnFetched(const std::string& key, const Policy& policy, int64_t sent_us, uint32_t min_grant,
-                 Result<StoreAnswer> answer);
+                 uint32_t want, Result<StoreAnswer> answer);
   int64_t DenialJitter(const Policy& policy, uint32_t min_grant, bool granted_last);
   void MaybePrefetch(std::string_view key, KeyState& state, int64_t now);
   void Spend(KeyState& state, uint32_t cost);
   // Gives back the leases that expire by `now` (all of them with `now` = INT64_MAX).
   void ExpireLeases(std::string_view key, KeyState& state, int64_t now);
   void SendReturn(std::string_view key, const Policy& policy, uint32_t tokens, int64_t debit_us);
-  void ReadFromStore(const CheckQuery& query, uint64_t tag, CheckCallback& done);
   void ScheduleRevisit(std::string_view key, KeyState& state, int64_t at_us);
   void MaybeFinishReturnAll();
   CheckResult Allowed(const KeyState& state, int64_t now) const;
@@ -159,6 +171,8 @@ class LeaseEngine final : public Engine {
   size_t fetches_in_flight_ = 0;
   size_t returns_in_flight_ = 0;
   bool returning_all_ = false;
+  bool sending_all_ = false;  // ReturnAll is sending every lease back.
+  uint64_t last_ticket_ = 0;
   std::function<void()> on_returned_all_;
   LeaseStats stats_;
 };

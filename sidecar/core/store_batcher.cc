@@ -76,4 +76,23 @@ void StoreBatcher::Pump() {
   }
 }
 
+CheckResult StoreRefusal(const Status& why, uint32_t limit) {
+  return Refusal(why.code() == Status::Code::kOverloaded ? CheckStatus::kOverloaded
+                                                         : CheckStatus::kStoreUnavailable,
+                 limit, Source::kDatabase);
+}
+
+void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag,
+                  CheckCallback& done) {
+  const uint32_t limit = query.policy.limit;
+  Status queued = batcher.Submit(
+      StoreOp{std::string(query.key), query.cost, query.policy},
+      [tag, &done, limit](Result<StoreAnswer> answer) {
+        CheckResult result = answer.ok() ? answer->check : StoreRefusal(answer.status(), limit);
+        result.source = Source::kDatabase;
+        done.OnCheckDone(tag, result);
+      });
+  if (!queued.ok()) done.OnCheckDone(tag, StoreRefusal(queued, limit));
+}
+
 }  // namespace ratelimit

@@ -9,6 +9,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "sidecar/core/engine.h"
 #include "sidecar/core/shared_store.h"
 #include "sidecar/core/status.h"
 
@@ -53,6 +54,15 @@ class StoreBatcher {
   // Keys in some Take of this batcher that has not completed.
   std::unordered_set<std::string> in_flight_keys_;
 };
+
+// The answer to a check that the store could not decide: StoreUnavailable, or Overloaded when
+// `why` says so; source Database.
+CheckResult StoreRefusal(const Status& why, uint32_t limit);
+
+// Sends `query` to the store as one kCheck and answers done.OnCheckDone(tag, ...) with the
+// store's decision (source Database) or a StoreRefusal. REQUIRES: as Engine::Check.
+void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag,
+                  CheckCallback& done);
 
 }  // namespace ratelimit
 

@@ -31,10 +31,6 @@ class StrictEngine final : public Engine {
   StoreBatcher batcher_;
 };
 
-// The answer to a check that the store could not decide: StoreUnavailable, or Overloaded when
-// `why` says so; source Database.
-CheckResult StoreRefusal(const Status& why, uint32_t limit);
-
 }  // namespace ratelimit
 
 #endif  // RATELIMIT_SIDECAR_CORE_STRICT_ENGINE_H_

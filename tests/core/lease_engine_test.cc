@@ -920,6 +920,61 @@ TEST_F(LeaseEngineTest, ReturnAllFinishesAtOnceWhenNothingIsHeldOrInFlight) {
   EXPECT_EQ(store.take_count(), 1u);
 }
 
+// A store that fails every Take before Take returns, as a database session that is already
+// broken does: ReturnAll must still send every key's lease before it says it is done.
+class FailsAtOnceStore final : public SharedStore {
+ public:
+  void Take(std::vector<StoreOp> batch, TakeDone done) override {
+    for (const StoreOp& op : batch) taken.push_back(op);
+    if (failing) {
+      done(Status::Unavailable("session broken"));
+    } else {
+      pending.push_back(std::move(done));
+    }
+  }
+  size_t free_slots() const override { return failing ? 1 : (pending.empty() ? 1 : 0); }
+  bool ready() const override { return true; }
+  std::string_view name() const override { return "fails-at-once"; }
+
+  bool failing = false;
+  std::vector<StoreOp> taken;
+  std::vector<TakeDone> pending;
+};
+
+TEST(LeaseEngineReturnAllTest, ReturnAllSendsEveryLeaseEvenWhenTheStoreFailsThemAtOnce) {
+  FakeClock clock;
+  FailsAtOnceStore store;
+  LeaseEngine engine(store, clock, HashKey{1, 2}, LeaseOptions{kTtlMs, false});
+  Recorder done;
+  const int64_t db_now = clock.NowMicros() + kDbOffsetUs;
+  for (uint64_t i = 0; i < 5; ++i) {  // Five keys, each holding a lease of 3 (1 spent).
+    engine.Check(CheckQuery{"k" + std::to_string(i), 1, kPolicy}, i, done);
+    ASSERT_EQ(store.pending.size(), 1u);
+    StoreAnswer grant;
+    grant.check.allowed = true;
+    grant.check.limit = kPolicy.limit;
+    grant.granted = 4;
+    grant.now_us = db_now;
+    TakeDone answer = std::move(store.pending.back());
+    store.pending.clear();
+    answer(std::vector<StoreAnswer>{grant});
+  }
+  ASSERT_EQ(done.answers.size(), 5u);
+  store.failing = true;
+  store.taken.clear();
+  int finished = 0;
+  engine.ReturnAll([&] {
+    ++finished;
+    EXPECT_EQ(store.taken.size(), 5u) << "finished before every lease was sent";
+  });
+  EXPECT_EQ(finished, 1);
+  EXPECT_EQ(store.taken.size(), 5u);
+  for (const StoreOp& op : store.taken) {
+    EXPECT_EQ(op.kind, Kind::kReturn);
+    EXPECT_EQ(op.cost, 3u);
+  }
+}
+
 TEST_F(LeaseEngineTest, ReturnAllFinishesEvenWhenTheReturnsFail) {
   WarmUp();
   int finished = 0;
@@ -1005,6 +1060,82 @@ TEST_F(LeaseEngineTest, TickKeepsAKeyWhoseFetchIsInFlightHoweverLongItTakes) {
   EXPECT_TRUE(recorder_.answers[0].result.allowed);
 }
 
+// A check waiting under one policy when the key's policy changes to one whose limit is below its
+// cost can never be allowed: it is refused as CostExceedsLimit, and the key is not left with a
+// denial computed for more tokens than the bucket holds.
+TEST_F(LeaseEngineTest, AWaitingCheckCostingMoreThanANewLimitIsRefusedAndLocksNothingOut) {
+  constexpr Policy kBig{1000, 60'000};
+  constexpr Policy kSmall{10, 60'000};
+  Check(0, 500, kBig);  // Waits for its fetch.
+  ASSERT_EQ(store_.take_count(), 1u);
+  Check(1, 1, kSmall);  // The key's policy changes while the fetch is in flight.
+  DecideAll();
+  ASSERT_EQ(recorder_.answers.size(), 2u);
+  for (const Recorder::Answer& a : recorder_.answers) {
+    if (a.tag == 0) {
+      EXPECT_EQ(a.result.status, CheckStatus::kCostExceedsLimit);
+      EXPECT_EQ(a.result.limit, 10u);
+    } else {
+      EXPECT_TRUE(a.result.allowed) << "the small policy's bucket is full";
+    }
+  }
+  for (const StoreOp& op : OpsOfKind(store_, Kind::kLease)) {
+    EXPECT_LE(op.cost, op.policy.limit) << "a lease asking for more than the bucket holds";
+  }
+  clock_.AdvanceMillis(1000);
+  DecideAll();
+  Check(2, 1, kSmall);
+  DecideAll();
+  ASSERT_EQ(recorder_.answers.size(), 3u);
+  EXPECT_TRUE(recorder_.answers[2].result.allowed) << "the key must not be locked out";
+}
+
+// Two policies taking turns on one key: each change gives the leases back and fetches anew, but
+// the queue of keys to look at again stays about one entry per key.
+TEST_F(LeaseEngineTest, AlternatingPoliciesDoNotGrowTheRevisitQueue) {
+  constexpr Policy kA{1000, 60'000};
+  constexpr Policy kB{900, 60'000};
+  for (uint64_t i = 0; i < 2000; ++i) {
+    Check(i, 1, i % 2 == 0 ? kA : kB);
+    DecideAll();
+    clock_.AdvanceMicros(100);
+  }
+  EXPECT_EQ(recorder_.answers.size(), 2000u);
+  EXPECT_LE(engine_.scheduled_visits(), 4u);
+  clock_.AdvanceMicros(2 * kTtlUs);
+  engine_.Tick();
+  DecideAll();
+  engine_.Tick();
+  EXPECT_EQ(engine_.key_count(), 0u);
+  EXPECT_EQ(engine_.scheduled_visits(), 0u);
+}
+
+// After a grant cut short (the row had less than wanted, or kept half for the next sidecar),
+// the sidecar does not go straight back for the rest: the next fetch waits for a check that
+// needs it.
+TEST_F(LeaseEngineTest, AGrantCutShortIsNotFollowedByAPrefetch) {
+  WarmUp();  // Demand is known: a lease wants 13 tokens.
+  store_.rows()[kKey] = SharedRow{10, DbNow(), 1000, 1000};  // Scarce: half of 10 is 5.
+  // Spend the lease down to the prefetch point; the prefetch is granted 5 of 13.
+  while (store_.take_count() == 2) ASSERT_TRUE(CheckAtOnce().allowed);
+  ASSERT_EQ(OnlyOp(2).kind, Kind::kLease);
+  Decide(2);
+  EXPECT_EQ(store_.take_count(), 3u) << "went straight back for the rest of a scarce row";
+  // A check served from what is held starts no fetch either.
+  ASSERT_TRUE(CheckAtOnce().allowed);
+  EXPECT_EQ(store_.take_count(), 3u);
+}
+
+// While the store is not ready, checks served from a lease start no fetch that would fail.
+TEST_F(LeaseEngineTest, NoPrefetchIsAttemptedWhileTheStoreIsNotReady) {
+  WarmUp();
+  const uint64_t fetches = engine_.stats().fetches;
+  store_.set_ready(false);
+  for (int i = 0; i < 12; ++i) ASSERT_TRUE(CheckAtOnce().allowed);
+  EXPECT_EQ(engine_.stats().fetches, fetches);
+  EXPECT_EQ(store_.take_count(), 2u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 
@@ -1024,6 +1155,27 @@ TEST_F(LeaseEngineTest, AReadOfAnUnknownKeyIsAStoreCheckOfCostZero) {
   EXPECT_EQ(r.source, Source::kDatabase);
   EXPECT_EQ(engine_.key_count(), 0u) << "a read leaves nothing to remember";
   EXPECT_EQ(store_.rows().at(kKey).tokens, 7.5) << "a read takes nothing";
+}
+
+// A read of a key this sidecar holds nothing of (its leases expired) asks the row, and starts
+// no fetch: a read changes nothing.
+TEST_F(LeaseEngineTest, AReadOfAKeyHoldingNothingAsksTheRowAndFetchesNothing) {
+  WarmUp();
+  clock_.AdvanceMicros(kTtlUs + 1);
+  engine_.Tick();
+  DecideAll();  // The expired lease goes back.
+  const size_t takes = store_.take_count();
+  const uint64_t fetches = engine_.stats().fetches;
+  Check(0, 0);
+  ASSERT_EQ(store_.take_count(), takes + 1);
+  EXPECT_EQ(OnlyOp(takes).kind, Kind::kCheck);
+  EXPECT_EQ(OnlyOp(takes).cost, 0u);
+  Decide(takes);
+  ASSERT_EQ(recorder_.answers.size(), 1u);
+  EXPECT_EQ(recorder_.answers[0].result.source, Source::kDatabase);
+  EXPECT_EQ(recorder_.answers[0].result.remaining, 1000u) << "refilled in the second since";
+  EXPECT_EQ(engine_.stats().fetches, fetches);
+  EXPECT_EQ(store_.take_count(), takes + 1);
 }
 
 TEST_F(LeaseEngineTest, AReadOfAKeyHoldingALeaseIsAnsweredFromMemory) {
