@@ -39,6 +39,15 @@ class BucketTable {
 
   size_t size() const { return map_.size(); }
 
+  // Gives the slots back when the table holds far fewer keys than slots (after a burst of keys
+  // went away), as a Sweep pass does at its end. States keep their addresses.
+  void ShrinkIfSparse() {
+    if (map_.bucket_count() > kMinSlotsToShrink && map_.size() * 4 < map_.bucket_count()) {
+      map_.rehash(0);  // As few slots as the remaining keys need.
+      cursor_ = 0;
+    }
+  }
+
   // Calls fn(key, state) for every key, in no particular order. `fn` must not insert or erase.
   template <typename Fn>
   void ForEach(Fn&& fn) {
@@ -65,10 +74,7 @@ class BucketTable {
     }
     cursor_ = end;
     for (std::string_view key : doomed_) Erase(key);
-    if (end == slots && slots > kMinSlotsToShrink && map_.size() * 4 < slots) {
-      map_.rehash(0);  // As few slots as the remaining keys need.
-      cursor_ = 0;
-    }
+    if (end == slots) ShrinkIfSparse();
     return doomed_.size();
   }
 

@@ -305,6 +305,7 @@ void LeaseEngine::ScheduleRevisit(std::string_view key, KeyState& state, int64_t
 
 void LeaseEngine::Tick() {
   const int64_t now = clock_.NowMicros();
+  keys_.ShrinkIfSparse();
   while (!revisits_.empty() && revisits_.top().at_us <= now) {
     const Revisit visit = revisits_.top();
     revisits_.pop();

@@ -90,7 +90,8 @@ class LeaseEngine final : public Engine {
   std::string_view store_name() const override { return batcher_.store().name(); }
   bool ready() const override { return batcher_.store().ready(); }
 
-  // Returns the unused tokens of leases that have expired and forgets keys that hold nothing.
+  // Returns the unused tokens of leases that have expired and forgets keys that hold nothing
+  // (giving the table's slots back after a burst of keys).
   // Call it periodically (every few tens of milliseconds).
   void Tick();
 

@@ -209,5 +209,24 @@ TEST(BucketTableTest, ATableEmptiedByABurstGivesItsSlotsBack) {
   EXPECT_EQ(erased, 1000u);
 }
 
+// A table whose keys are erased one by one (not by Sweep) gives its slots back when asked, and
+// only once it is sparse; states that stay keep their addresses.
+TEST(BucketTableTest, ShrinkIfSparseGivesSlotsBackOnlyWhenFewKeysAreLeft) {
+  BucketTable<int> table(HashKey{3, 4});
+  for (int i = 0; i < 100'000; ++i) table.Insert(Key(i), i);
+  const size_t peak_slots = table.slot_count();
+  table.ShrinkIfSparse();
+  EXPECT_EQ(table.slot_count(), peak_slots) << "full tables keep their slots";
+  int* kept = table.Find(Key(7));
+  for (int i = 0; i < 100'000; ++i) {
+    if (i != 7) table.Erase(Key(i));
+  }
+  EXPECT_EQ(table.slot_count(), peak_slots) << "erasing alone never gives slots back";
+  table.ShrinkIfSparse();
+  EXPECT_LT(table.slot_count(), peak_slots / 100);
+  EXPECT_EQ(table.Find(Key(7)), kept);
+  EXPECT_EQ(*kept, 7);
+}
+
 }  // namespace
 }  // namespace ratelimit
