@@ -5,8 +5,6 @@
 #include <cmath>
 #include <limits>
 
-#include "sidecar/core/strict_engine.h"
-
 namespace ratelimit {
 namespace {
 
@@ -99,6 +97,7 @@ LeaseEngine::KeyState& LeaseEngine::StateOf(std::string_view key, const Policy& 
   state->policy = policy;
   state->denied_until_us = 0;
   state->row_remaining = 0;
+  state->scarce = false;
   return *state;
 }
 
@@ -148,15 +147,18 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
       std::max(need, std::min(want, CeilToTokens(refill_per_refresh, policy.limit)));
 
   StoreOp op{std::string(key), min_grant, policy, StoreOp::Kind::kLease, want};
+  // In flight before Submit: a store may answer (fail) the fetch before Submit returns.
+  state.fetching = true;
+  ++fetches_in_flight_;
   Status sent = batcher_.Submit(std::move(op), [this, key = std::string(key), policy, now,
                                                 min_grant, want](Result<StoreAnswer> answer) {
     OnFetched(key, policy, now, min_grant, want, std::move(answer));
   });
   if (sent.ok()) {
-    state.fetching = true;
-    ++fetches_in_flight_;
     ++stats_.fetches;
   } else {
+    state.fetching = false;
+    --fetches_in_flight_;
     std::deque<Waiter> waiters = std::move(state.waiters);
     state.waiters.clear();
     for (const Waiter& w : waiters) w.done->OnCheckDone(w.tag, StoreRefusal(sent, policy.limit));

@@ -975,6 +975,25 @@ TEST(LeaseEngineReturnAllTest, ReturnAllSendsEveryLeaseEvenWhenTheStoreFailsThem
   }
 }
 
+// A fetch that the store fails before Take returns answers its check, and leaves the key free
+// to fetch again: nothing is left waiting on a fetch that already ended.
+TEST(LeaseEngineFetchTest, AFetchFailedBeforeTakeReturnsLeavesTheKeyFreeToFetchAgain) {
+  FakeClock clock;
+  FailsAtOnceStore store;
+  store.failing = true;
+  LeaseEngine engine(store, clock, HashKey{1, 2}, LeaseOptions{kTtlMs, false});
+  Recorder done;
+  for (uint64_t i = 0; i < 3; ++i) {
+    engine.Check(CheckQuery{kKey, 1, kPolicy}, i, done);
+    ASSERT_EQ(done.answers.size(), i + 1) << "check " << i << " was left waiting";
+    EXPECT_EQ(done.answers[i].result.status, CheckStatus::kStoreUnavailable);
+    EXPECT_EQ(store.taken.size(), i + 1) << "no new fetch for check " << i;
+  }
+  int finished = 0;
+  engine.ReturnAll([&] { ++finished; });
+  EXPECT_EQ(finished, 1) << "a fetch counted as still in flight";
+}
+
 TEST_F(LeaseEngineTest, ReturnAllFinishesEvenWhenTheReturnsFail) {
   WarmUp();
   int finished = 0;
