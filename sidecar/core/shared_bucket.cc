@@ -104,9 +104,12 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
       }
       case StoreOp::Kind::kReturn:
         if (now_us >= op->debit_us) {
+          TokenBucket::Decide(state, state.policy, 0, now_us);  // Refill first: not a change.
+          const uint128_t before = state.level;
           answer.granted = TokenBucket::Refund(
               state, op->cost, static_cast<uint64_t>(now_us - op->debit_us), now_us);
-          changed |= answer.granted > 0;
+          // Written whenever the level moved: a refund of less than one whole token counts.
+          changed |= uint128_t{state.level} != before;
         }
         answer.check.allowed = true;
         answer.check.limit = state.policy.limit;

@@ -630,24 +630,26 @@ TEST(ApplyOnRowTest, AReturnGivesBackItsTokensLessTheRefillSinceItsDebitUpToCapa
     uint32_t returned;     // Tokens of the lease.
     int64_t debit_ago_us;  // Negative: dated after now.
     uint32_t granted;      // Whole tokens put back.
+    bool writes;           // Whether the row changes (and so must be written).
     double tokens_after;
   };
   const Case kCases[] = {
-      {"debited just now: all back", 2, 0, 5, 0, 5, 7},
-      {"less one token refilled in the 100 ms since", 2, 0, 5, 100'000, 4, 6},
-      {"less 2.5 tokens: the fraction is kept", 2, 0, 5, 250'000, 2, 4.5},
-      {"refilled as much as the lease since: nothing", 2, 0, 5, 500'000, 0, 2},
-      {"refilled more than the lease since: nothing", 2, 0, 5, 10'000'000, 0, 2},
-      {"never above capacity", 8, 0, 5, 0, 2, 10},
-      {"a full row takes nothing back", 10, 0, 5, 0, 0, 10},
-      {"the row refills to now first", 0, 300'000, 4, 300'000, 1, 4},
-      {"dated after now, a clock that stepped back: nothing", 2, 0, 5, -1, 0, 2},
+      {"debited just now: all back", 2, 0, 5, 0, 5, true, 7},
+      {"less one token refilled in the 100 ms since", 2, 0, 5, 100'000, 4, true, 6},
+      {"less 2.5 tokens: the fraction is kept", 2, 0, 5, 250'000, 2, true, 4.5},
+      {"less than a whole token back still counts", 2, 0, 1, 50'000, 0, true, 2.5},
+      {"refilled as much as the lease since: nothing", 2, 0, 5, 500'000, 0, false, 2},
+      {"refilled more than the lease since: nothing", 2, 0, 5, 10'000'000, 0, false, 2},
+      {"never above capacity", 8, 0, 5, 0, 2, true, 10},
+      {"a full row takes nothing back", 10, 0, 5, 0, 0, false, 10},
+      {"the row refills to now first", 0, 300'000, 4, 300'000, 1, true, 4},
+      {"dated after now, a clock that stepped back: nothing", 2, 0, 5, -1, 0, false, 2},
   };
   for (const Case& c : kCases) {
     SCOPED_TRACE(c.name);
     const SharedRow before{c.tokens, kNowUs - c.updated_ago_us, 10, 1000};
     SharedRow row = before;
-    bool wrote = !(c.granted > 0);
+    bool wrote = !c.writes;
     const StoreAnswer a = Apply(row, {ReturnOp(c.returned, kNowUs - c.debit_ago_us, kTenPerSecond)},
                                 kNowUs, wrote)[0];
     EXPECT_EQ(a.granted, c.granted);
@@ -655,8 +657,8 @@ TEST(ApplyOnRowTest, AReturnGivesBackItsTokensLessTheRefillSinceItsDebitUpToCapa
     EXPECT_EQ(a.check.status, CheckStatus::kOk);
     EXPECT_EQ(a.check.limit, 10u);
     EXPECT_EQ(a.check.source, Source::kDatabase);
-    EXPECT_EQ(wrote, c.granted > 0);
-    if (c.granted > 0) {
+    EXPECT_EQ(wrote, c.writes);
+    if (c.writes) {
       EXPECT_DOUBLE_EQ(row.tokens, c.tokens_after);
       EXPECT_EQ(row.updated_us, kNowUs);
       EXPECT_EQ(row.capacity, 10u);

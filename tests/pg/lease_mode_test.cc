@@ -574,11 +574,12 @@ void ExpectEveryLeaseGivenBack(double tokens, uint32_t capacity, int64_t spent, 
   EXPECT_LE(tokens, expected + refill + 1e-6);
 }
 
-// Spends `checks` tokens of `key` (a bucket of `limit` on kSlowWindowMs), each check allowed
-// from a lease; records a fatal failure otherwise.
-void SpendFromLeases(Client& client, const std::string& key, uint32_t limit, int checks) {
+// Spends `checks` tokens of `key` (a bucket of `limit` on `window_ms`), each check allowed from a
+// lease; records a fatal failure otherwise.
+void SpendFromLeases(Client& client, const std::string& key, uint32_t limit, int checks,
+                     uint32_t window_ms = kSlowWindowMs) {
   for (int i = 0; i < checks; ++i) {
-    Result<CheckResult> r = client.Check({.key = key, .limit = limit, .window_ms = kSlowWindowMs});
+    Result<CheckResult> r = client.Check({.key = key, .limit = limit, .window_ms = window_ms});
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_EQ(r->status, CheckStatus::kOk);
     ASSERT_TRUE(r->allowed);
@@ -672,6 +673,44 @@ TEST(LeaseMode, OneSidecarHoldsAtMostTwoLeasesOfAnEighthOfTheBucket) {
       "after %d checks the sidecar held %.0f tokens, then up to %.0f of %u (two leases: %.0f)\n",
       kChecks, first_held, most_held, kLimit, 2 * kLeaseCap);
   EXPECT_LE(most_held, 2 * kLeaseCap);
+}
+
+// With an ordinary window, a lease of one token held for a moment goes back less only what
+// refilled since (a fraction of a token): a refund of less than one whole token is written too.
+TEST(LeaseMode, AOneTokenLeaseGoesBackAtShutdownLessOnlyTheRefillSinceItsDebit) {
+  REQUIRE_TEST_DATABASE();
+  constexpr uint32_t kLimit = 5;
+  constexpr uint32_t kWindowMs = 60'000;
+  constexpr int kChecks = 3;
+  const std::string table = "t_lease_small_return";
+  const std::string key = "lease-small-return-key";
+  DropTable(table);
+  PgConnPtr conn = ConnectToTestDatabase();
+  ASSERT_EQ(PQstatus(conn.get()), CONNECTION_OK) << PQerrorMessage(conn.get());
+  std::unique_ptr<SidecarProcess> sidecar = StartReadySidecar(
+      LeaseEnv(table, "lease_small_return", {{"RATE_LIMIT_LEASE_TTL_MS", "600000"}}));
+  ASSERT_TRUE(sidecar);
+  Client client({.socket_path = sidecar->socket_path(), .timeout_ms = 5000});
+  const int64_t begin = NowNs();
+  SpendFromLeases(client, key, kLimit, kChecks, kWindowMs);
+  if (testing::Test::HasFatalFailure()) return;
+  // The sidecar prefetches the next token after each check (a lease of this bucket is 1).
+  std::optional<double> held_row;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        held_row = RowTokens(conn.get(), table, key);
+        return held_row && kLimit - kChecks - *held_row >= 0.9;
+      },
+      3000));
+  ASSERT_TRUE(held_row);
+  std::printf("after %d checks the row has %.4f tokens\n", kChecks, *held_row);
+
+  sidecar->Signal(SIGTERM);
+  ASSERT_EQ(sidecar->WaitExit(10000), 0) << sidecar->Stderr();
+  std::optional<double> tokens = RowTokens(conn.get(), table, key);
+  ASSERT_TRUE(tokens);
+  std::printf("after SIGTERM the row has %.4f tokens; %d spent of %u\n", *tokens, kChecks, kLimit);
+  ExpectEveryLeaseGivenBack(*tokens, kLimit, kChecks, NowNs() - begin, kWindowMs);
 }
 
 TEST(LeaseMode, ExpiredLeasesGoBackToTheRowWithinASecondWhileTheSidecarRuns) {
