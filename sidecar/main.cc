@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "sidecar/config/config.h"
+#include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/lease_engine.h"
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
@@ -25,14 +26,16 @@ extern char** environ;
 namespace ratelimit {
 namespace {
 
-// Forgetting full buckets: every tick visits enough hash slots to cover the table in about
-// kSweepPassTicks ticks (5 s), so idle keys leave memory within seconds at any table size.
+// Housekeeping runs every kSweepIntervalMs, or kLeaseTickMs in lease mode: how often expired
+// leases are given back and idle keys forgotten (leases are never spent past their expiry
+// whatever this is; it only sets how soon unused tokens go back).
 constexpr uint64_t kSweepIntervalMs = 100;
-constexpr size_t kSweepPassTicks = 50;
-constexpr size_t kMinSweepSlots = 1024;
-// Lease mode: how often expired leases are given back and idle keys forgotten. Leases are never
-// spent past their expiry whatever this is; it only sets how soon unused tokens go back.
 constexpr uint64_t kLeaseTickMs = 20;
+// Forgetting full buckets in memory (the memory store, or the local fallback): every tick visits
+// enough hash slots to cover the table in about kSweepPassMs, so idle keys leave memory within
+// seconds at any table size.
+constexpr uint64_t kSweepPassMs = 5000;
+constexpr size_t kMinSweepSlots = 1024;
 
 void PrintHelp() {
   std::printf(
@@ -64,6 +67,18 @@ Result<Secrets> RandomSecrets() {
 
 const char* AlgorithmName(Algorithm algorithm) {
   return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
+}
+
+const char* FallbackName(FallbackPolicy policy) {
+  switch (policy) {
+    case FallbackPolicy::kLocal:
+      return "local";
+    case FallbackPolicy::kAllow:
+      return "allow";
+    case FallbackPolicy::kDeny:
+      return "deny";
+  }
+  return "?";
 }
 
 const char* ModeName(const Config& config) {
@@ -99,13 +114,9 @@ class Sidecar {
   Status Start() {
     uv_signal_start(&signals_[0], &SignalTrampoline, SIGTERM);
     uv_signal_start(&signals_[1], &SignalTrampoline, SIGINT);
-    if (memory_ != nullptr) {
-      uv_timer_start(&sweep_timer_, &SweepTrampoline, kSweepIntervalMs, kSweepIntervalMs);
-    }
-    if (lease_ != nullptr) {
-      uv_timer_start(
-          &sweep_timer_, [](uv_timer_t* t) { static_cast<Sidecar*>(t->data)->lease_->Tick(); },
-          kLeaseTickMs, kLeaseTickMs);
+    if (memory_ != nullptr || lease_ != nullptr) {
+      const uint64_t interval = lease_ != nullptr ? kLeaseTickMs : kSweepIntervalMs;
+      uv_timer_start(&sweep_timer_, &HousekeepingTrampoline, interval, interval);
     }
     if (pg_store_ != nullptr) pg_store_->Start();  // Connects in the background.
     return server_.Start();
@@ -168,12 +179,23 @@ class Sidecar {
       pg_store_ = std::make_unique<PgStore>(
           loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
                                config.pg_key_hash, config.pg_connections});
-      if (config.mode == StoreMode::kStrict) return std::make_unique<StrictEngine>(*pg_store_);
-      auto lease = std::make_unique<LeaseEngine>(
-          *pg_store_, clock_, secrets.hash_key,
-          LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed});
-      lease_ = lease.get();
-      return lease;
+      if (config.mode == StoreMode::kStrict) {
+        shared_engine_ = std::make_unique<StrictEngine>(*pg_store_);
+      } else {
+        auto lease = std::make_unique<LeaseEngine>(
+            *pg_store_, clock_, secrets.hash_key,
+            LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed});
+        lease_ = lease.get();
+        shared_engine_ = std::move(lease);
+      }
+      auto fallback = std::make_unique<FallbackEngine>(
+          *shared_engine_, config.fallback,
+          config.fallback == FallbackPolicy::kLocal
+              ? NewMemoryEngine(Algorithm::kTokenBucket, clock_, secrets.hash_key)
+              : nullptr,
+          config.expected_replicas);
+      memory_ = fallback->local();
+      return fallback;
     }
     auto memory = NewMemoryEngine(config.algorithm, clock_, secrets.hash_key);
     memory_ = memory.get();
@@ -185,17 +207,23 @@ class Sidecar {
     static_cast<Sidecar*>(signal->data)->Stop();
   }
 
-  static void SweepTrampoline(uv_timer_t* timer) {
-    MemoryEngine& engine = *static_cast<Sidecar*>(timer->data)->memory_;
-    engine.Sweep(std::max(kMinSweepSlots, engine.slot_count() / kSweepPassTicks));
+  static void HousekeepingTrampoline(uv_timer_t* timer) {
+    Sidecar* self = static_cast<Sidecar*>(timer->data);
+    if (self->lease_ != nullptr) self->lease_->Tick();
+    if (MemoryEngine* memory = self->memory_; memory != nullptr) {
+      const uint64_t passes = kSweepPassMs / uv_timer_get_repeat(timer);
+      memory->Sweep(std::max(kMinSweepSlots, memory->slot_count() / passes));
+    }
   }
 
   uv_loop_t* loop_;
   const uint32_t shutdown_grace_ms_;
   SteadyClock clock_;
-  std::unique_ptr<PgStore> pg_store_;  // Declared before the engine that uses it.
-  MemoryEngine* memory_ = nullptr;     // The engine, when the store is memory.
-  LeaseEngine* lease_ = nullptr;       // The engine, in lease mode.
+  std::unique_ptr<PgStore> pg_store_;  // Declared before the engines that use it.
+  // The postgres store's engine (strict or lease), which engine_ wraps with the fallback.
+  std::unique_ptr<Engine> shared_engine_;
+  MemoryEngine* memory_ = nullptr;  // The memory store's engine, or the local fallback's.
+  LeaseEngine* lease_ = nullptr;    // The shared engine, in lease mode.
   std::unique_ptr<Engine> engine_;
   Limiter limiter_;
   Server server_;
@@ -251,6 +279,8 @@ int Main(int argc, char** argv) {
           .Str("socket", config->socket_path)
           .Str("store", config->store == StoreKind::kPostgres ? "postgres" : "memory")
           .Str("mode", ModeName(*config))
+          .Str("fallback",
+               config->store == StoreKind::kPostgres ? FallbackName(config->fallback) : "none")
           .Str("algorithm", AlgorithmName(config->algorithm))
           .Int("default_limit", config->default_policy.limit)
           .Int("default_window_ms", config->default_policy.window_ms)

@@ -34,6 +34,11 @@ const std::vector<ConfigVariable> kConfigVariables = {
     {"RATE_LIMIT_PG_KEY_HASH", "sha256",
      "postgres store: keys at rest as SHA-256 digests (sha256) or as sent (none, debugging)"},
     {"RATE_LIMIT_PG_CONNECTIONS", "2", "postgres store: database sessions (1 to 64)"},
+    {"RATE_LIMIT_FALLBACK", "local",
+     "postgres store, while the database cannot decide: local (a per-pod bucket of limit / "
+     "RATE_LIMIT_EXPECTED_REPLICAS), allow or deny"},
+    {"RATE_LIMIT_EXPECTED_REPLICAS", "1",
+     "pods sharing the limits, for the local fallback's share (1 to 100000)"},
     {"RATE_LIMIT_LOG_LEVEL", "info", "debug, info, warn or error"},
 };
 
@@ -216,6 +221,18 @@ Result<Config> LoadConfig(const EnvLookup& env) {
       with("RATE_LIMIT_PG_CONNECTIONS",
            [&](auto name, auto v) {
              return ParseInteger(name, v, 1, 64, "sessions", config.pg_connections);
+           }),
+      with("RATE_LIMIT_FALLBACK",
+           [&](auto name, auto v) {
+             return ParseWord<FallbackPolicy>(name, v,
+                                              {{"local", FallbackPolicy::kLocal},
+                                               {"allow", FallbackPolicy::kAllow},
+                                               {"deny", FallbackPolicy::kDeny}},
+                                              config.fallback);
+           }),
+      with("RATE_LIMIT_EXPECTED_REPLICAS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 1, 100000, "pods", config.expected_replicas);
            }),
       with("RATE_LIMIT_LOG_LEVEL",
            [&](auto name, auto v) {

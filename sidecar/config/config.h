@@ -10,6 +10,7 @@
 
 #include "sidecar/config/table_name.h"
 #include "sidecar/core/check.h"
+#include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/status.h"
 #include "sidecar/log/log.h"
@@ -34,6 +35,8 @@ struct Config {
   // PostgreSQL store only.
   StoreMode mode = StoreMode::kLease;
   uint32_t lease_ttl_ms = 1000;
+  FallbackPolicy fallback = FallbackPolicy::kLocal;
+  uint32_t expected_replicas = 1;
   std::string database_url;  // Empty: libpq's PG* variables and defaults decide.
   TableName pg_table{"", "rate_limit_buckets"};
   bool pg_create_table = true;

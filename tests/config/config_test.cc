@@ -38,7 +38,9 @@ std::string Describe(const Config& c) {
       << " database_url=" << c.database_url << " pg_table=" << c.pg_table.Plain()
       << " pg_create_table=" << c.pg_create_table
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
-      << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms;
+      << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms
+      << " fallback=" << static_cast<int>(c.fallback)
+      << " expected_replicas=" << c.expected_replicas;
   return out.str();
 }
 
@@ -63,6 +65,8 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_EQ(config->log_level, LogLevel::kInfo);
   EXPECT_EQ(config->mode, StoreMode::kLease);
   EXPECT_EQ(config->lease_ttl_ms, 1000u);
+  EXPECT_EQ(config->fallback, FallbackPolicy::kLocal);
+  EXPECT_EQ(config->expected_replicas, 1u);
   EXPECT_EQ(config->database_url, "");
   EXPECT_EQ(config->pg_table.Quoted(), "\"rate_limit_buckets\"");
   EXPECT_TRUE(config->pg_create_table);
@@ -173,6 +177,14 @@ std::vector<GoodCase> GoodCases() {
       {"RATE_LIMIT_MODE", "strict", [](const Config& c) { EXPECT_EQ(c.mode, StoreMode::kStrict); }},
       {"RATE_LIMIT_MODE", "lease", [](const Config& c) { EXPECT_EQ(c.mode, StoreMode::kLease); }},
       {"RATE_LIMIT_LEASE_TTL_MS", "10", [](const Config& c) { EXPECT_EQ(c.lease_ttl_ms, 10u); }},
+      {"RATE_LIMIT_FALLBACK", "local",
+       [](const Config& c) { EXPECT_EQ(c.fallback, FallbackPolicy::kLocal); }},
+      {"RATE_LIMIT_FALLBACK", "allow",
+       [](const Config& c) { EXPECT_EQ(c.fallback, FallbackPolicy::kAllow); }},
+      {"RATE_LIMIT_FALLBACK", "deny",
+       [](const Config& c) { EXPECT_EQ(c.fallback, FallbackPolicy::kDeny); }},
+      {"RATE_LIMIT_EXPECTED_REPLICAS", "100000",
+       [](const Config& c) { EXPECT_EQ(c.expected_replicas, 100000u); }},
       {"RATE_LIMIT_LEASE_TTL_MS", "600000",
        [](const Config& c) { EXPECT_EQ(c.lease_ttl_ms, 600000u); }},
       {"DATABASE_URL", "postgresql://rl@db:5432/app",
@@ -296,6 +308,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_STORE", "redis"}, BadCase{"RATE_LIMIT_MODE", "Lease"},
         BadCase{"RATE_LIMIT_MODE", "eventual"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "9"},
         BadCase{"RATE_LIMIT_LEASE_TTL_MS", "600001"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "1s"},
+        BadCase{"RATE_LIMIT_FALLBACK", "open"}, BadCase{"RATE_LIMIT_FALLBACK", "Local"},
+        BadCase{"RATE_LIMIT_EXPECTED_REPLICAS", "0"},
+        BadCase{"RATE_LIMIT_EXPECTED_REPLICAS", "100001"},
         // Table names that are not plain identifiers, SQL injection attempts among them.
         BadCase{"RATE_LIMIT_PG_TABLE", "buckets; DROP TABLE users"},
         BadCase{"RATE_LIMIT_PG_TABLE", "x\" OR 1=1 --"}, BadCase{"RATE_LIMIT_PG_TABLE", "Buckets"},

@@ -15,6 +15,7 @@ namespace {
 
 using strict_test::Command;
 using strict_test::ConnectToTestDatabase;
+using strict_test::ExpectFallbackDenial;
 
 using strict_test::PingsReady;
 using strict_test::WaitUntil;
@@ -30,6 +31,7 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
                              {"RATE_LIMIT_MODE", "strict"},
+                             {"RATE_LIMIT_FALLBACK", "deny"},
                              {"RATE_LIMIT_PG_TABLE", "t_strict_recovery"},
                              {"DATABASE_URL", TestDatabaseUrl() + " dbname=" + database}});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
@@ -40,7 +42,7 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
   EXPECT_FALSE(ping->ready);
   Result<CheckResult> refused = client.Check({.key = "k"});
   ASSERT_TRUE(refused.ok());
-  EXPECT_EQ(refused->status, CheckStatus::kStoreUnavailable);
+  ExpectFallbackDenial(*refused);
 
   ASSERT_EQ(Command(admin.get(), "CREATE DATABASE " + database), "");
   // Reconnection backs off to at most 5 s between attempts.
@@ -68,6 +70,7 @@ TEST(StrictRecovery, ASidecarWhoseSocketPathIsMissingConnectsOnceItAppears) {
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
                              {"RATE_LIMIT_MODE", "strict"},
+                             {"RATE_LIMIT_FALLBACK", "deny"},
                              {"RATE_LIMIT_PG_TABLE", "t_strict_socket_appears"},
                              {"DATABASE_URL", "host=" + dir.path() + " port=" + pgport +
                                                   " user=postgres dbname=postgres"}});
@@ -86,7 +89,7 @@ TEST(StrictRecovery, ASidecarWhoseSocketPathIsMissingConnectsOnceItAppears) {
 }
 
 // With the database stuck (the table locked by another session), SIGTERM still ends the
-// sidecar within its grace period: waiting checks are answered StoreUnavailable.
+// sidecar within its grace period: waiting checks are answered by the fallback.
 TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   REQUIRE_TEST_DATABASE();
   const std::string table = "t_strict_stuck_shutdown";
@@ -96,6 +99,7 @@ TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
                              {"RATE_LIMIT_MODE", "strict"},
+                             {"RATE_LIMIT_FALLBACK", "deny"},
                              {"RATE_LIMIT_PG_TABLE", table},
                              {"RATE_LIMIT_SHUTDOWN_GRACE_MS", "500"},
                              {"DATABASE_URL", TestDatabaseUrl()}});
@@ -109,8 +113,9 @@ TEST(StrictRecovery, ShutdownIsNotHeldUpByADatabaseThatDoesNotAnswer) {
   ASSERT_EQ(Command(admin.get(), "LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE"), "");
   std::thread stuck([&] {
     Result<CheckResult> r = client.Check({.key = "k"});
-    // Either answered StoreUnavailable or cut off with the connection: never allowed.
-    EXPECT_TRUE(!r.ok() || r->status == CheckStatus::kStoreUnavailable);
+    // Either answered by the fallback (deny) or cut off with the connection: never allowed.
+    EXPECT_TRUE(!r.ok() ||
+                (r->status == CheckStatus::kOk && !r->allowed && r->source == Source::kFallback));
   });
   usleep(300000);  // The check is now waiting for the lock.
   sidecar.Signal(SIGTERM);
@@ -128,6 +133,7 @@ TEST(StrictConfig, AHostNameIsResolvedAndUsed) {
   Result<std::unique_ptr<SidecarProcess>> started = SidecarProcess::Start(
       {{"RATE_LIMIT_STORE", "postgres"},
        {"RATE_LIMIT_MODE", "strict"},
+       {"RATE_LIMIT_FALLBACK", "deny"},
        {"RATE_LIMIT_PG_TABLE", "t_strict_host_name"},
        {"DATABASE_URL", std::string("postgresql://postgres@localhost:") + pgport + "/postgres"}});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
@@ -146,6 +152,7 @@ TEST(StrictConfig, AMalformedDatabaseUrlStopsStartUpWithoutShowingIt) {
       RunProcess({kSidecarBin}, {{"RATE_LIMIT_SOCKET", dir.File("rl.sock")},
                                  {"RATE_LIMIT_STORE", "postgres"},
                                  {"RATE_LIMIT_MODE", "strict"},
+                                 {"RATE_LIMIT_FALLBACK", "deny"},
                                  {"DATABASE_URL", "postgresql://rl:Secr%zzet@127.0.0.1:1/db"}});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("DATABASE_URL is invalid"), std::string::npos) << r.err;

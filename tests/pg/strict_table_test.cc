@@ -21,6 +21,7 @@ namespace {
 using strict_test::Command;
 using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
+using strict_test::ExpectFallbackDenial;
 using strict_test::Lines;
 using strict_test::LinesContaining;
 
@@ -361,8 +362,7 @@ TEST(StrictTable, WithoutCreateTableAMissingTableKeepsTheSidecarUnreadyUntilSome
   EXPECT_FALSE(ping->ready);
   Result<CheckResult> refused = client.Check({.key = "no-create"});
   ASSERT_TRUE(refused.ok()) << refused.status().ToString();
-  EXPECT_EQ(refused->status, CheckStatus::kStoreUnavailable);
-  EXPECT_EQ(refused->source, Source::kDatabase);
+  ExpectFallbackDenial(*refused);
 
   PgConnPtr conn = ConnectOrFail();
   ASSERT_EQ(Command(conn.get(), TableDdl(table)), "");

@@ -71,10 +71,18 @@ inline std::string QueryValue(PGconn* conn, const std::string& sql,
 inline Env StrictEnv(const std::string& table, const std::string& app, Env extra = {}) {
   Env env = {{"RATE_LIMIT_STORE", "postgres"},
              {"RATE_LIMIT_MODE", "strict"},
+             {"RATE_LIMIT_FALLBACK", "deny"},  // Nothing allowed unless the database says so.
              {"DATABASE_URL", TestDatabaseUrl() + " application_name=" + app},
              {"RATE_LIMIT_PG_TABLE", table}};
   for (auto& [name, value] : extra) env[name] = value;
   return env;
+}
+
+// The answer to a check while the database cannot decide it, under RATE_LIMIT_FALLBACK=deny.
+inline void ExpectFallbackDenial(const CheckResult& r) {
+  EXPECT_EQ(r.status, CheckStatus::kOk);
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.source, Source::kFallback);
 }
 
 // Polls `done` every 20 ms for up to `timeout_ms`; returns its last answer.
