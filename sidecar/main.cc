@@ -178,7 +178,7 @@ class Sidecar {
     if (config.store == StoreKind::kPostgres) {
       pg_store_ = std::make_unique<PgStore>(
           loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
-                               config.pg_key_hash, config.pg_connections});
+                               config.pg_key_hash, config.pg_connections, config.pg_timeout_ms});
       if (config.mode == StoreMode::kStrict) {
         shared_engine_ = std::make_unique<StrictEngine>(*pg_store_);
       } else {

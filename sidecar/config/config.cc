@@ -34,6 +34,9 @@ const std::vector<ConfigVariable> kConfigVariables = {
     {"RATE_LIMIT_PG_KEY_HASH", "sha256",
      "postgres store: keys at rest as SHA-256 digests (sha256) or as sent (none, debugging)"},
     {"RATE_LIMIT_PG_CONNECTIONS", "2", "postgres store: database sessions (1 to 64)"},
+    {"RATE_LIMIT_PG_TIMEOUT_MS", "250",
+     "postgres store: a transaction not answered this soon fails over to the fallback and its "
+     "session reconnects (10 to 600000)"},
     {"RATE_LIMIT_FALLBACK", "local",
      "postgres store, while the database cannot decide: local (a per-pod bucket of limit / "
      "RATE_LIMIT_EXPECTED_REPLICAS), allow or deny"},
@@ -221,6 +224,10 @@ Result<Config> LoadConfig(const EnvLookup& env) {
       with("RATE_LIMIT_PG_CONNECTIONS",
            [&](auto name, auto v) {
              return ParseInteger(name, v, 1, 64, "sessions", config.pg_connections);
+           }),
+      with("RATE_LIMIT_PG_TIMEOUT_MS",
+           [&](auto name, auto v) {
+             return ParseInteger(name, v, 10, 600000, "milliseconds", config.pg_timeout_ms);
            }),
       with("RATE_LIMIT_FALLBACK",
            [&](auto name, auto v) {

@@ -42,6 +42,7 @@ struct Config {
   bool pg_create_table = true;
   KeyHashing pg_key_hash = KeyHashing::kSha256;
   uint32_t pg_connections = 2;
+  uint32_t pg_timeout_ms = 250;
   LogLevel log_level = LogLevel::kInfo;
 };
 

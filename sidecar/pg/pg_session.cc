@@ -330,6 +330,16 @@ void PgSession::Fail(const std::string& message) {
   if (done) done(Status::Unavailable("database connection lost: " + message));
 }
 
+void PgSession::Abandon(const std::string& why) {
+  if (state_ == State::kBroken || state_ == State::kClosed || state_ == State::kNew) return;
+  if (resolving_ != nullptr) {
+    resolving_->data = nullptr;  // Its callback still runs (cancelled) and frees it.
+    uv_cancel(reinterpret_cast<uv_req_t*>(resolving_));
+    resolving_ = nullptr;
+  }
+  Fail(why);
+}
+
 void PgSession::Close() {
   if (state_ == State::kClosed) return;
   if (resolving_ != nullptr) {

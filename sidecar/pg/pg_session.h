@@ -59,6 +59,11 @@ class PgSession {
   // broke. REQUIRES: state() == kIdle; queries is not empty.
   void Run(std::vector<PgQuery> queries, PipelineDone done);
 
+  // Drops the connection because the database is not answering (a connection attempt or a
+  // pipeline took too long): a pipeline in flight fails with Unavailable and the session is
+  // kBroken, for the owner to Connect again. Nothing happens when already kBroken or kClosed.
+  void Abandon(const std::string& why);
+
   // Drops the connection; a pipeline in flight fails with Unavailable. Idempotent.
   void Close();
 

@@ -49,7 +49,9 @@ struct PgStore::Slot {
   PgStore* store = nullptr;
   std::unique_ptr<PgSession> session;
   bool in_tx = false;
-  uv_timer_t timer;
+  uv_timer_t timer;          // Reconnects and table retries.
+  uv_timer_t deadline;       // The timeout of what the session is doing now...
+  uint64_t deadline_ms = 0;  // ...and its length.
   uint64_t backoff_ms = 0;
   bool connected = false;  // Since the last connect, until the session breaks.
   bool logged_down = false;
@@ -73,7 +75,9 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
                                                 [this, raw](PgSession&) { OnSessionState(*raw); });
     uv_timer_init(loop_, &slot->timer);
     slot->timer.data = raw;
-    ++open_timers_;
+    uv_timer_init(loop_, &slot->deadline);
+    slot->deadline.data = raw;
+    open_timers_ += 2;
     slots_.push_back(std::move(slot));
   }
   uv_timer_init(loop_, &gc_timer_);
@@ -84,9 +88,29 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
 PgStore::~PgStore() = default;
 
 void PgStore::Start() {
-  for (auto& slot : slots_) slot->session->Connect();
+  for (auto& slot : slots_) Connect(*slot);
   uv_timer_start(&gc_timer_, &GcTrampoline, kGcIntervalMs, kGcIntervalMs);
 }
+
+void PgStore::Connect(Slot& slot) {
+  StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kMinConnectTimeoutMs));
+  slot.session->Connect();
+}
+
+void PgStore::StartDeadline(Slot& slot, uint64_t ms) {
+  slot.deadline_ms = ms;
+  uv_timer_start(
+      &slot.deadline,
+      [](uv_timer_t* timer) {
+        auto* s = static_cast<Slot*>(timer->data);
+        if (s->store->shutting_down_) return;
+        s->session->Abandon("no answer within " + std::to_string(s->deadline_ms) +
+                            " ms (RATE_LIMIT_PG_TIMEOUT_MS)");
+      },
+      ms, 0);
+}
+
+void PgStore::StopDeadline(Slot& slot) { uv_timer_stop(&slot.deadline); }
 
 void PgStore::GcTrampoline(uv_timer_t* timer) {
   static_cast<PgStore*>(timer->data)->CollectGarbage();
@@ -114,7 +138,9 @@ void PgStore::CollectGarbage() {
                     " LIMIT " +
                     std::to_string(kGcBatch) + " FOR UPDATE SKIP LOCKED)",
                 {}};
+  StartDeadline(*slot, options_.timeout_ms);
   slot->session->Run({std::move(query)}, [this, slot](Result<std::vector<PgResultPtr>> r) {
+    StopDeadline(*slot);
     collecting_ = false;
     slot->in_tx = false;
     NotifyCapacity();
@@ -154,6 +180,7 @@ void PgStore::OnSessionState(Slot& slot) {
     case PgSession::State::kIdle:
       // A session turns idle after every pipeline; only a fresh connection is news.
       if (slot.connected) return;
+      StopDeadline(slot);  // Connected in time.
       slot.connected = true;
       slot.backoff_ms = 0;
       if (slot.logged_down) {
@@ -164,6 +191,7 @@ void PgStore::OnSessionState(Slot& slot) {
       NotifyCapacity();
       return;
     case PgSession::State::kBroken:
+      StopDeadline(slot);
       slot.connected = false;
       NotifyCapacity();         // Readiness may have changed: waiting checks must not wait on it.
       if (!slot.logged_down) {  // Once per outage, not once per attempt.
@@ -189,7 +217,7 @@ void PgStore::ScheduleReconnect(Slot& slot) {
       &slot.timer,
       [](uv_timer_t* timer) {
         auto* s = static_cast<Slot*>(timer->data);
-        if (!s->store->shutting_down_) s->session->Connect();
+        if (!s->store->shutting_down_) s->store->Connect(*s);
       },
       jittered, 0);
 }
@@ -211,7 +239,9 @@ void PgStore::EnsureTable(Slot& slot) {
   } else {
     queries = {{"SELECT 1 FROM " + table_sql_ + " LIMIT 0", {}}};
   }
+  StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kMinConnectTimeoutMs));
   slot.session->Run(std::move(queries), [this, &slot](Result<std::vector<PgResultPtr>> r) {
+    StopDeadline(slot);
     creating_table_ = false;
     slot.in_tx = false;
     if (!r.ok()) {
@@ -305,6 +335,7 @@ void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
   };
   slot->in_tx = true;
   ++stats_.transactions;
+  StartDeadline(*slot, options_.timeout_ms);  // For the whole transaction: see Complete.
   slot->session->Run(std::move(queries), [this, slot, tx](Result<std::vector<PgResultPtr>> r) {
     OnLocked(*slot, tx, std::move(r));
   });
@@ -402,6 +433,7 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
     // A statement error leaves the transaction aborted on a live session: end it first.
     if (slot.session->state() == PgSession::State::kIdle) {
       slot.session->Run({{"ROLLBACK", {}}}, [this, &slot, tx, results](auto) mutable {
+        StopDeadline(slot);
         slot.in_tx = false;
         TakeDone done = std::move(tx->done);
         done(std::move(results));
@@ -409,6 +441,7 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
       return;
     }
   }
+  StopDeadline(slot);
   slot.in_tx = false;
   TakeDone done = std::move(tx->done);
   done(std::move(results));
@@ -425,11 +458,13 @@ void PgStore::Shutdown(std::function<void()> done) {
   });
   for (auto& slot : slots_) {
     slot->session->Close();
-    uv_close(reinterpret_cast<uv_handle_t*>(&slot->timer), [](uv_handle_t* handle) {
-      auto* s = static_cast<Slot*>(handle->data);
-      --s->store->open_timers_;
-      s->store->MaybeShutdownDone();
-    });
+    for (uv_timer_t* timer : {&slot->timer, &slot->deadline}) {
+      uv_close(reinterpret_cast<uv_handle_t*>(timer), [](uv_handle_t* handle) {
+        auto* s = static_cast<Slot*>(handle->data);
+        --s->store->open_timers_;
+        s->store->MaybeShutdownDone();
+      });
+    }
   }
   NotifyCapacity();  // Not ready any more: checks still queued are answered now.
 }

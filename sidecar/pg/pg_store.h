@@ -23,6 +23,7 @@ struct PgStoreOptions {
   bool create_table = true;  // RATE_LIMIT_PG_CREATE_TABLE.
   KeyHashing key_hashing = KeyHashing::kSha256;  // RATE_LIMIT_PG_KEY_HASH.
   size_t connections = 2;                        // RATE_LIMIT_PG_CONNECTIONS.
+  uint32_t timeout_ms = 250;                     // RATE_LIMIT_PG_TIMEOUT_MS.
 };
 
 // Counters an operator may want; read on the loop thread.
@@ -50,11 +51,18 @@ struct PgStoreStats {
 // Start-up never blocks: sessions connect in the background, and a broken session reconnects
 // with jittered exponential backoff (100 ms doubling to 5 s). Until one session is connected
 // and the table exists, ready() is false.
+//
+// Timeout: a database that accepts connections but stops answering (frozen, locks held, a
+// network that drops packets) must not hold checks. A transaction, garbage collection or table
+// check not answered within timeout_ms, or a connection attempt not done within
+// max(timeout_ms, kMinConnectTimeoutMs), abandons its session: what was in flight fails at
+// once (the engine above answers by its fallback), and the session reconnects with the backoff.
 // Thread-safety: the loop thread only. Shutdown() must complete before destruction.
 class PgStore final : public SharedStore {
  public:
   static constexpr uint64_t kGcIntervalMs = 5000;
   static constexpr int kGcBatch = 500;
+  static constexpr uint64_t kMinConnectTimeoutMs = 1000;
 
   PgStore(uv_loop_t* loop, PgStoreOptions options);
   ~PgStore() override;
@@ -76,6 +84,10 @@ class PgStore final : public SharedStore {
 
   void OnSessionState(Slot& slot);
   void ScheduleReconnect(Slot& slot);
+  void Connect(Slot& slot);
+  // Abandons the slot's session unless StopDeadline is called within `ms`.
+  void StartDeadline(Slot& slot, uint64_t ms);
+  static void StopDeadline(Slot& slot);
   void ScheduleRetryOfTable(Slot& slot);
   void EnsureTable(Slot& slot);
   void OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,

@@ -40,7 +40,7 @@ std::string Describe(const Config& c) {
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
       << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms
       << " fallback=" << static_cast<int>(c.fallback)
-      << " expected_replicas=" << c.expected_replicas;
+      << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms;
   return out.str();
 }
 
@@ -67,6 +67,7 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_EQ(config->lease_ttl_ms, 1000u);
   EXPECT_EQ(config->fallback, FallbackPolicy::kLocal);
   EXPECT_EQ(config->expected_replicas, 1u);
+  EXPECT_EQ(config->pg_timeout_ms, 250u);
   EXPECT_EQ(config->database_url, "");
   EXPECT_EQ(config->pg_table.Quoted(), "\"rate_limit_buckets\"");
   EXPECT_TRUE(config->pg_create_table);
@@ -183,6 +184,7 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) { EXPECT_EQ(c.fallback, FallbackPolicy::kAllow); }},
       {"RATE_LIMIT_FALLBACK", "deny",
        [](const Config& c) { EXPECT_EQ(c.fallback, FallbackPolicy::kDeny); }},
+      {"RATE_LIMIT_PG_TIMEOUT_MS", "10", [](const Config& c) { EXPECT_EQ(c.pg_timeout_ms, 10u); }},
       {"RATE_LIMIT_EXPECTED_REPLICAS", "100000",
        [](const Config& c) { EXPECT_EQ(c.expected_replicas, 100000u); }},
       {"RATE_LIMIT_LEASE_TTL_MS", "600000",
@@ -309,7 +311,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_MODE", "eventual"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "9"},
         BadCase{"RATE_LIMIT_LEASE_TTL_MS", "600001"}, BadCase{"RATE_LIMIT_LEASE_TTL_MS", "1s"},
         BadCase{"RATE_LIMIT_FALLBACK", "open"}, BadCase{"RATE_LIMIT_FALLBACK", "Local"},
-        BadCase{"RATE_LIMIT_EXPECTED_REPLICAS", "0"},
+        BadCase{"RATE_LIMIT_EXPECTED_REPLICAS", "0"}, BadCase{"RATE_LIMIT_PG_TIMEOUT_MS", "9"},
+        BadCase{"RATE_LIMIT_PG_TIMEOUT_MS", "600001"},
         BadCase{"RATE_LIMIT_EXPECTED_REPLICAS", "100001"},
         // Table names that are not plain identifiers, SQL injection attempts among them.
         BadCase{"RATE_LIMIT_PG_TABLE", "buckets; DROP TABLE users"},

@@ -1,0 +1,89 @@
+// A database that accepts connections but does not answer: checks fall back within
+// RATE_LIMIT_PG_TIMEOUT_MS, and coordination resumes by itself once it answers again.
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <string>
+
+#include "ratelimit/client.h"
+#include "tests/pg/strict_test_support.h"
+#include "tests/testing/test_database.h"
+
+namespace ratelimit {
+namespace {
+
+using strict_test::Command;
+using strict_test::ConnectToTestDatabase;
+using strict_test::DropTable;
+using strict_test::StartReadySidecar;
+using strict_test::StrictEnv;
+using strict_test::WaitUntil;
+
+constexpr int kTimeoutMs = 200;
+
+class PgTimeout : public testing::TestWithParam<std::string> {};  // The mode.
+
+// Another session holds the table locked (ACCESS EXCLUSIVE) for 2 s: the sidecar's transactions
+// wait on the lock. Checks of a new key must still be answered, by the fallback, within the
+// timeout plus scheduling; once the lock is gone, checks are decided by the database again.
+TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) {
+  REQUIRE_TEST_DATABASE();
+  const std::string mode = GetParam();
+  const std::string table = "t_timeout_" + mode;
+  DropTable(table);
+  auto sidecar =
+      StartReadySidecar(StrictEnv(table, "timeout_" + mode,
+                                  {{"RATE_LIMIT_MODE", mode},
+                                   {"RATE_LIMIT_FALLBACK", "deny"},
+                                   {"RATE_LIMIT_PG_TIMEOUT_MS", std::to_string(kTimeoutMs)}}));
+  ASSERT_TRUE(sidecar);
+  Client client({.socket_path = sidecar->socket_path(), .timeout_ms = 5000});
+  const Source decided = mode == "lease" ? Source::kLease : Source::kDatabase;
+  Result<CheckResult> before = client.Check({.key = "warm"});
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  EXPECT_EQ(before->source, decided);
+
+  PgConnPtr locker = ConnectToTestDatabase();
+  ASSERT_EQ(PQstatus(locker.get()), CONNECTION_OK);
+  ASSERT_EQ(Command(locker.get(), "BEGIN"), "");
+  ASSERT_EQ(Command(locker.get(), "LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE"), "");
+  const auto locked_at = std::chrono::steady_clock::now();
+  int fallbacks = 0;
+  std::chrono::milliseconds slowest{0};
+  for (int i = 0; std::chrono::steady_clock::now() - locked_at < std::chrono::seconds(2); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    Result<CheckResult> r = client.Check({.key = "locked-" + std::to_string(i)});
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start);
+    slowest = std::max(slowest, took);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->status, CheckStatus::kOk);
+    EXPECT_FALSE(r->allowed) << "the deny fallback, or a decision it could not have made";
+    EXPECT_EQ(r->source, Source::kFallback);
+    ++fallbacks;
+  }
+  std::printf("%d checks while locked, slowest %lld ms (timeout %d ms)\n", fallbacks,
+              static_cast<long long>(slowest.count()), kTimeoutMs);
+  EXPECT_GE(fallbacks, 3);
+  // The timeout, plus the loop's turn and a busy machine's scheduling: never the 2 s lock.
+  EXPECT_LT(slowest, std::chrono::milliseconds(kTimeoutMs + 700));
+  ASSERT_EQ(Command(locker.get(), "COMMIT"), "");
+
+  // Sessions reconnect with backoff (at most 5 s between attempts) and decide again.
+  const bool resumed = WaitUntil(
+      [&] {
+        Result<CheckResult> r = client.Check({.key = "after"});
+        return r.ok() && r->status == CheckStatus::kOk && r->source == decided && r->allowed;
+      },
+      15000);
+  EXPECT_TRUE(resumed) << sidecar->Stderr();
+  const std::string log = sidecar->Stderr();
+  EXPECT_NE(log.find("RATE_LIMIT_PG_TIMEOUT_MS"), std::string::npos) << log;
+  EXPECT_EQ(sidecar->WaitExit(0), -1) << "the sidecar exited: " << log;
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, PgTimeout, testing::Values("strict", "lease"));
+
+}  // namespace
+}  // namespace ratelimit
