@@ -61,18 +61,19 @@ CheckResult FallbackEngine::Decide(const Pending& check) {
   // This pod's share of the bucket, refilled at its share of the rate.
   const Policy share{std::max<uint32_t>(1, check.policy.limit / expected_replicas_),
                      check.policy.window_ms};
-  if (check.cost > share.limit) {
-    r.retry_after_ms = check.policy.window_ms;
-    r.reset_after_ms = check.policy.window_ms;
-    return r;
-  }
   struct Capture final : CheckCallback {
     void OnCheckDone(uint64_t, const CheckResult& result) override { answer = result; }
     CheckResult answer;
   } capture;
-  local_->Check(CheckQuery{check.key, check.cost, share}, 0, capture);  // Answers at once.
-  r = capture.answer;
+  // A cost above the share can never pass here: the bucket is only read, to report it.
+  const bool never = check.cost > share.limit;
+  local_->Check(CheckQuery{check.key, never ? 0 : check.cost, share}, 0, capture);  // At once.
+  r = capture.answer;  // limit, remaining and reset_after_ms are the share's, on every path.
   r.source = Source::kFallback;
+  if (never) {
+    r.allowed = false;
+    r.retry_after_ms = check.policy.window_ms;
+  }
   return r;
 }
 

@@ -27,7 +27,8 @@ enum class FallbackPolicy {
 //
 // The local policy keeps its own memory engine: a pod's share of each key's bucket, so that
 // expected_replicas pods together admit about one bucket's worth while they cannot coordinate.
-// A check costing more than that share is denied while degraded (retry_after_ms = the window).
+// Its answers report the share (limit, remaining, reset_after_ms). A check costing more than
+// the share is denied while degraded (retry_after_ms = the window).
 //
 // Thread-safety: the loop thread only. The inner engine must outlive this one.
 class FallbackEngine final : public Engine, private CheckCallback {

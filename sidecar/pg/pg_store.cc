@@ -138,7 +138,9 @@ void PgStore::CollectGarbage() {
                     " LIMIT " +
                     std::to_string(kGcBatch) + " FOR UPDATE SKIP LOCKED)",
                 {}};
-  StartDeadline(*slot, options_.timeout_ms);
+  // A scan of the whole table (no index on what every check updates): background work, with
+  // a deadline of its own rather than the checks'.
+  StartDeadline(*slot, std::max<uint64_t>(options_.timeout_ms, kBackgroundTimeoutMs));
   slot->session->Run({std::move(query)}, [this, slot](Result<std::vector<PgResultPtr>> r) {
     StopDeadline(*slot);
     collecting_ = false;
@@ -182,7 +184,8 @@ void PgStore::OnSessionState(Slot& slot) {
       if (slot.connected) return;
       StopDeadline(slot);  // Connected in time.
       slot.connected = true;
-      slot.backoff_ms = 0;
+      // The backoff starts over only once a transaction succeeds (see Complete): a database
+      // that accepts connections but does not answer is retried less and less often.
       if (slot.logged_down) {
         Log(LogLevel::kInfo, "database connection restored");
         slot.logged_down = false;
@@ -239,7 +242,7 @@ void PgStore::EnsureTable(Slot& slot) {
   } else {
     queries = {{"SELECT 1 FROM " + table_sql_ + " LIMIT 0", {}}};
   }
-  StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kMinConnectTimeoutMs));
+  StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kBackgroundTimeoutMs));
   slot.session->Run(std::move(queries), [this, &slot](Result<std::vector<PgResultPtr>> r) {
     StopDeadline(slot);
     creating_table_ = false;
@@ -253,7 +256,9 @@ void PgStore::EnsureTable(Slot& slot) {
       // checks the table again once connected: only a live session needs a table retry.
       if (slot.session->state() == PgSession::State::kBroken) return;
       if (options_.create_table && slot.session->state() == PgSession::State::kIdle) {
-        slot.session->Run({{"ROLLBACK", {}}}, [](Result<std::vector<PgResultPtr>>) {});
+        StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kBackgroundTimeoutMs));
+        slot.session->Run({{"ROLLBACK", {}}},
+                          [&slot](Result<std::vector<PgResultPtr>>) { StopDeadline(slot); });
       }
       ScheduleRetryOfTable(slot);
       return;
@@ -312,6 +317,12 @@ void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
   const std::string keys = ArrayLiteral(tx->keys);
   std::vector<PgQuery> queries = {
       {"BEGIN", {}},
+      // The server gives up a little before our deadline, on a lock or a slow statement: the
+      // transaction then fails cleanly on a live session, and no orphaned backend stays behind
+      // waiting on a lock for a client that is gone.
+      {"SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
+       {std::to_string(std::max<uint64_t>(1, uint64_t{options_.timeout_ms} * 4 / 5))},
+       "rl_timeouts"},
       {"INSERT INTO " + table_sql_ +
            " (key, tokens, updated_at, capacity, window_ms)"
            " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
@@ -347,8 +358,8 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
     Complete(slot, tx, results.status());
     return;
   }
-  PGresult* rows = (*results)[2].get();
-  PGresult* clock = (*results)[3].get();
+  PGresult* rows = (*results)[3].get();
+  PGresult* clock = (*results)[4].get();
   if (PQntuples(clock) != 1 || PQgetisnull(clock, 0, 0)) {
     Complete(slot, tx, Status::IoError("database returned no clock"));
     return;
@@ -427,9 +438,21 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
 
 void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
                        Result<std::vector<StoreAnswer>> results) {
-  if (!results.ok()) {
+  if (results.ok()) {
+    if (transactions_failing_) {
+      transactions_failing_ = false;
+      Log(LogLevel::kInfo, "database transactions succeed again")
+          .Str("table", options_.table.Plain());
+    }
+  } else {
     ++stats_.failed_transactions;
     Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", results.status().message());
+    if (!transactions_failing_) {  // Once per change of state, not once per transaction.
+      transactions_failing_ = true;
+      Log(LogLevel::kWarn, "database transactions failing; checks answered by the fallback")
+          .Str("table", options_.table.Plain())
+          .Str("error", results.status().message());
+    }
     // A statement error leaves the transaction aborted on a live session: end it first.
     if (slot.session->state() == PgSession::State::kIdle) {
       slot.session->Run({{"ROLLBACK", {}}}, [this, &slot, tx, results](auto) mutable {
@@ -443,6 +466,7 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
   }
   StopDeadline(slot);
   slot.in_tx = false;
+  if (results.ok()) slot.backoff_ms = 0;
   TakeDone done = std::move(tx->done);
   done(std::move(results));
 }

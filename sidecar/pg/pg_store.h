@@ -53,16 +53,21 @@ struct PgStoreStats {
 // and the table exists, ready() is false.
 //
 // Timeout: a database that accepts connections but stops answering (frozen, locks held, a
-// network that drops packets) must not hold checks. A transaction, garbage collection or table
-// check not answered within timeout_ms, or a connection attempt not done within
-// max(timeout_ms, kMinConnectTimeoutMs), abandons its session: what was in flight fails at
-// once (the engine above answers by its fallback), and the session reconnects with the backoff.
+// network that drops packets) must not hold checks. The server is asked to give up a
+// transaction's lock waits and statements at 4/5 of timeout_ms (lock_timeout and
+// statement_timeout, local to the transaction), which fails it cleanly on a live session. A
+// transaction not answered within timeout_ms all the same, a connection attempt not done within
+// max(timeout_ms, kMinConnectTimeoutMs), or background work (garbage collection, the table)
+// not done within max(timeout_ms, kBackgroundTimeoutMs) abandons its session: what was in
+// flight fails at once (the engine above answers by its fallback), and the session reconnects
+// with the backoff, which starts over only once a transaction succeeds.
 // Thread-safety: the loop thread only. Shutdown() must complete before destruction.
 class PgStore final : public SharedStore {
  public:
   static constexpr uint64_t kGcIntervalMs = 5000;
   static constexpr int kGcBatch = 500;
   static constexpr uint64_t kMinConnectTimeoutMs = 1000;
+  static constexpr uint64_t kBackgroundTimeoutMs = 10000;  // Garbage collection, the table.
 
   PgStore(uv_loop_t* loop, PgStoreOptions options);
   ~PgStore() override;
@@ -106,6 +111,7 @@ class PgStore final : public SharedStore {
   bool creating_table_ = false;
   bool collecting_ = false;
   bool shutting_down_ = false;
+  bool transactions_failing_ = false;  // Since the last transaction that succeeded.
   size_t open_timers_ = 0;
   uv_timer_t gc_timer_;
   std::function<void()> on_shutdown_;

@@ -169,6 +169,16 @@ TEST(FallbackEngineTest, LocalDeniesACheckCostingMoreThanThisPodsShare) {
   EXPECT_FALSE(r.allowed);
   EXPECT_EQ(r.source, Source::kFallback);
   EXPECT_EQ(r.retry_after_ms, 1000u);
+  EXPECT_EQ(r.limit, 25u) << "the share, as every local answer reports";
+  EXPECT_EQ(r.remaining, 25u) << "nothing was taken";
+  // A check that fits is answered from the same bucket, with the same limit.
+  Recorder small;
+  CheckMany(f.engine, "k", 1, small, 5, kHundredPerSecond);
+  f.inner.AnswerAll(Unavailable(100));
+  ASSERT_EQ(small.answers.size(), 1u);
+  EXPECT_TRUE(small.answers[0].result.allowed);
+  EXPECT_EQ(small.answers[0].result.limit, 25u);
+  EXPECT_EQ(small.answers[0].result.remaining, 20u);
 }
 
 TEST(FallbackEngineTest, ReadinessAndStoreNameAreTheStoresAndRecordsAreReused) {
