@@ -68,6 +68,12 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
   EXPECT_GE(fallbacks, 3);
   // The timeout, plus the loop's turn and a busy machine's scheduling: never the 2 s lock.
   EXPECT_LT(slowest, std::chrono::milliseconds(kTimeoutMs + 700));
+  // The server gave up each transaction itself: no backend was left waiting on the lock for a
+  // session that went away, so the sidecar still has just its own sessions (2).
+  const std::string backends = strict_test::QueryValue(
+      locker.get(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+      {"timeout_" + mode});
+  EXPECT_EQ(backends, "2");
   ASSERT_EQ(Command(locker.get(), "COMMIT"), "");
 
   // Sessions reconnect with backoff (at most 5 s between attempts) and decide again.
