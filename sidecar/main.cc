@@ -128,6 +128,7 @@ class Sidecar {
   // answers (failures) from it, and only then can the server finish. Giving leases back gets
   // what is left of the same grace period, for a database that stops answering.
   void Stop() {
+    stopping_ = true;
     stop_started_ms_ = uv_now(loop_);
     server_.Shutdown([this] { ReturnLeasesThenStopStore(); }, [this] { StopStore(); });
   }
@@ -203,8 +204,16 @@ class Sidecar {
   }
 
   static void SignalTrampoline(uv_signal_t* signal, int signum) {
+    Sidecar* self = static_cast<Sidecar*>(signal->data);
+    if (self->stopping_) {
+      // An operator who signals twice wants out now: the socket file is already gone (the
+      // first signal removed it), and leases not yet given back are lost until their rows
+      // refill, which never over-admits.
+      Log(LogLevel::kWarn, "second signal: exiting now").Str("signal", strsignal(signum));
+      std::_Exit(1);
+    }
     Log(LogLevel::kInfo, "signal received").Str("signal", strsignal(signum));
-    static_cast<Sidecar*>(signal->data)->Stop();
+    self->Stop();
   }
 
   static void HousekeepingTrampoline(uv_timer_t* timer) {
@@ -231,6 +240,7 @@ class Sidecar {
   uv_timer_t sweep_timer_;
   uv_timer_t return_deadline_;
   bool store_stopping_ = false;
+  bool stopping_ = false;
   uint64_t stop_started_ms_ = 0;
 };
 

@@ -1,8 +1,10 @@
 // End-to-end: SIGTERM and SIGINT stop the sidecar cleanly, answering what it has read.
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <set>
 #include <thread>
 
@@ -92,6 +94,30 @@ TEST(ShutdownE2ETest, AClientThatNeverReadsIsClosedAfterTheGracePeriod) {
   (*sidecar)->Signal(SIGTERM);
   EXPECT_EQ((*sidecar)->WaitExit(20000), 0) << (*sidecar)->Stderr();
   EXPECT_NE((*sidecar)->Stderr().find("grace period over"), std::string::npos);
+  shutdown(stuck->fd(), SHUT_RDWR);
+  flood.join();
+}
+
+// A second signal does not wait for the grace period: the sidecar exits at once, non-zero, and
+// still removes its socket file so that the next one can start.
+TEST(ShutdownE2ETest, ASecondSignalExitsAtOnce) {
+  Result<std::unique_ptr<SidecarProcess>> sidecar =
+      SidecarProcess::Start({{"RATE_LIMIT_SHUTDOWN_GRACE_MS", "600000"}});
+  ASSERT_TRUE(sidecar.ok());
+  Result<RawSocket> stuck = RawSocket::Connect((*sidecar)->socket_path());
+  ASSERT_TRUE(stuck.ok());
+  std::thread flood = FloodWithoutReading(stuck->fd(), "stuck");
+  usleep(200000);  // The sidecar now holds answers it cannot deliver: a 10-minute grace.
+  (*sidecar)->Signal(SIGTERM);
+  usleep(200000);
+  EXPECT_EQ((*sidecar)->WaitExit(0), -1) << "the first signal did not wait for the client";
+  const auto start = std::chrono::steady_clock::now();
+  (*sidecar)->Signal(SIGTERM);
+  EXPECT_EQ((*sidecar)->WaitExit(5000), 1) << (*sidecar)->Stderr();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_NE((*sidecar)->Stderr().find("second signal"), std::string::npos);
+  struct stat st;
+  EXPECT_NE(stat((*sidecar)->socket_path().c_str(), &st), 0) << "the socket file was left";
   shutdown(stuck->fd(), SHUT_RDWR);
   flood.join();
 }
