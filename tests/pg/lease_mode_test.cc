@@ -27,21 +27,13 @@ namespace {
 using strict_test::Command;
 using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
+using strict_test::kSlowWindowMs;
+using strict_test::NowNs;
 using strict_test::QueryValue;
 using strict_test::StartReadySidecar;
 using strict_test::StartReadySidecars;
 using strict_test::StrictEnv;
 using strict_test::WaitUntil;
-
-// A window so long that nothing measurable refills while a test runs: 1000 tokens refill at
-// 2.5e-7 tokens per ms, so a second of refill (or of a refund's deduction) is 0.00025 tokens.
-constexpr uint32_t kSlowWindowMs = 4'000'000'000;
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 double Ms(int64_t ns) { return static_cast<double>(ns) / 1e6; }
 

@@ -23,21 +23,14 @@ namespace {
 using strict_test::ConnectToTestDatabase;
 using strict_test::DropTable;
 using strict_test::ExpectFallbackDenial;
+using strict_test::kSlowWindowMs;
+using strict_test::NowNs;
 
 using strict_test::QueryValue;
 using strict_test::ServerLogTail;
 using strict_test::StartReadySidecar;
 using strict_test::StartReadySidecars;
 using strict_test::StrictEnv;
-
-// A window so long that nothing measurable refills while a test runs (50 tokens in ~46 days).
-constexpr uint32_t kSlowWindowMs = 4'000'000'000;
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 // What one client thread saw.
 struct Tally {

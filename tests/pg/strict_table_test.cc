@@ -32,8 +32,6 @@ using strict_test::StartReadySidecars;
 using strict_test::StrictEnv;
 using strict_test::WaitUntil;
 
-constexpr uint32_t kSlowWindowMs = 4'000'000'000;
-
 // schema/postgres.sql, for a table of another name.
 std::string TableDdl(const std::string& table) { return CreateTableSql(TableName{"", table}); }
 

@@ -23,6 +23,17 @@
 namespace ratelimit {
 namespace strict_test {
 
+// A window so long that nothing measurable refills while a test runs: a bucket of 1000 refills
+// 2.5e-7 tokens per ms, so a second of refill (or of a lease refund's deduction) is 0.00025.
+inline constexpr uint32_t kSlowWindowMs = 4'000'000'000;
+
+// The steady clock in nanoseconds: comparable across the test's threads.
+inline int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Every test uses its own table (tests of one ctest run share the server and run in parallel)
 // and its own libpq application_name, so that the server log's lines can be told apart.
 
