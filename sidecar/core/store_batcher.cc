@@ -23,14 +23,17 @@ Status StoreBatcher::Submit(StoreOp op, OpDone done) {
 }
 
 void StoreBatcher::Pump() {
-  if (!store_.ready()) {  // The store went away while operations waited: answer them now.
-    std::deque<OpDone> stranded = std::move(waiting_);
-    queue_.clear();
-    waiting_.clear();
-    for (OpDone& done : stranded) done(Status::Unavailable("store not ready"));
-    return;
-  }
-  while (!queue_.empty() && store_.free_slots() > 0) {
+  while (true) {
+    // The store went away while operations waited, or stopped admitting more after the last
+    // Take (a circuit breaker's probe): answer them now rather than queue behind it.
+    if (!store_.ready()) {
+      std::deque<OpDone> stranded = std::move(waiting_);
+      queue_.clear();
+      waiting_.clear();
+      for (OpDone& done : stranded) done(Status::Unavailable("store not ready"));
+      return;
+    }
+    if (queue_.empty() || store_.free_slots() == 0) return;
     // Take every waiting operation whose key no transaction of ours holds, in arrival order.
     // Operations on a key in flight stay queued, together and in order, for the transaction
     // after it: two sessions of one sidecar never queue on the same row lock.
