@@ -207,6 +207,7 @@ void PgSession::Run(std::vector<PgQuery> queries, PipelineDone done) {
   index_ = 0;
   awaiting_end_of_statement_ = false;
   statement_error_.clear();
+  statement_sqlstate_.clear();
   TransitionTo(State::kBusy);
   for (size_t q = 0; q < queries.size(); ++q) {
     const PgQuery& query = queries[q];
@@ -296,6 +297,8 @@ void PgSession::ReadResults() {
         statement_error_.pop_back();
       }
       last_error_ = Redacted(statement_error_);
+      const char* sqlstate = PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
+      statement_sqlstate_ = sqlstate != nullptr ? sqlstate : "";
     }
     if (index_ < results_.size() && results_[index_] == nullptr)
       results_[index_] = std::move(result);

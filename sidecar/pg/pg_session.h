@@ -70,6 +70,9 @@ class PgSession {
   State state() const { return state_; }
   // The last connection or statement error, with the connection's password masked ("***").
   const std::string& last_error() const { return last_error_; }
+  // The SQLSTATE of the statement that failed the last pipeline ("42P01": no such table, ...),
+  // or "" when the last pipeline did not fail on a statement. Valid until the next Run.
+  const std::string& last_sqlstate() const { return statement_sqlstate_; }
 
  private:
   void TransitionTo(State next);
@@ -116,6 +119,7 @@ class PgSession {
   size_t index_ = 0;
   bool awaiting_end_of_statement_ = false;
   std::string statement_error_;
+  std::string statement_sqlstate_;
 };
 
 }  // namespace ratelimit

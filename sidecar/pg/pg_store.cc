@@ -15,7 +15,7 @@ namespace ratelimit {
 namespace {
 
 constexpr uint64_t kMinBackoffMs = 100;
-constexpr uint64_t kMaxBackoffMs = 5000;
+constexpr uint64_t kMaxBackoffMs = 1000;
 
 // SQL array literals of values that need no quoting (hex strings and numbers).
 std::string ArrayLiteral(const std::vector<std::string>& items) {
@@ -41,6 +41,14 @@ std::optional<int64_t> IntField(PGresult* r, int row, int col) {
 std::optional<double> DoubleField(PGresult* r, int row, int col) {
   if (PQgetisnull(r, row, col)) return std::nullopt;
   return std::strtod(PQgetvalue(r, row, col), nullptr);  // Reads NaN and Infinity too.
+}
+
+// SQLSTATEs of a transaction that say the table itself is not usable any more: dropped
+// (undefined_table, or its schema: invalid_schema_name), replaced by another shape
+// (undefined_column), or no longer ours to use (insufficient_privilege). Worth checking, and
+// creating, the table again rather than failing every transaction until an operator looks.
+bool TableUnusable(std::string_view sqlstate) {
+  return sqlstate == "42P01" || sqlstate == "3F000" || sqlstate == "42703" || sqlstate == "42501";
 }
 
 }  // namespace
@@ -164,7 +172,12 @@ size_t PgStore::free_slots() const {
   for (const auto& slot : slots_) {
     n += slot->session->state() == PgSession::State::kIdle && !slot->in_tx ? 1 : 0;
   }
-  return n;
+  if (breaker_.state() == CircuitBreaker::State::kClosed) return n;
+  return breaker_.Admits(uv_now(loop_)) ? std::min<size_t>(n, 1) : 0;  // One probe.
+}
+
+bool PgStore::ready() const {
+  return table_ready_ && free_or_busy_sessions() > 0 && breaker_.Admits(uv_now(loop_));
 }
 
 size_t PgStore::free_or_busy_sessions() const {
@@ -228,45 +241,94 @@ void PgStore::ScheduleReconnect(Slot& slot) {
 void PgStore::EnsureTable(Slot& slot) {
   if (creating_table_) return;
   creating_table_ = true;
+  CheckTable(slot, /*created=*/false);
+}
+
+void PgStore::CheckTable(Slot& slot, bool created) {
+  // NULL: no such table. Otherwise whether this role may do what checks do. (CREATE TABLE IF
+  // NOT EXISTS alone would not do: it needs CREATE on the schema even when the table exists.)
+  const std::string privileges =
+      "has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'INSERT') AND "
+      "has_table_privilege($1, 'UPDATE')";
+  RunTableWork(slot,
+               {{"SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE " + privileges + " END",
+                 {table_sql_}}},
+               [this, &slot, created](std::vector<PgResultPtr> results) {
+                 PGresult* r = results[0].get();
+                 if (PQntuples(r) != 1) return TableFailed(slot, "the table check returned no row");
+                 if (PQgetisnull(r, 0, 0)) {
+                   if (!options_.create_table || created) {
+                     return TableFailed(slot,
+                                        "the table does not exist and "
+                                        "RATE_LIMIT_PG_CREATE_TABLE=false");
+                   }
+                   return CreateTable(slot);
+                 }
+                 if (std::string_view(PQgetvalue(r, 0, 0)) != "t") {
+                   return TableFailed(slot,
+                                      "the database role lacks SELECT, INSERT or UPDATE on the "
+                                      "table");
+                 }
+                 creating_table_ = false;
+                 table_ready_ = true;
+                 table_problem_logged_ = false;
+                 Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
+                 NotifyCapacity();
+               });
+}
+
+void PgStore::CreateTable(Slot& slot) {
+  // The advisory lock serializes the DDL of sidecars that start together: CREATE TABLE IF NOT
+  // EXISTS alone can still fail on a concurrent creation of the same name.
+  RunTableWork(
+      slot,
+      {
+          {"BEGIN", {}},
+          {"SELECT pg_advisory_xact_lock(hashtext($1))", {"ratelimit:" + options_.table.Plain()}},
+          {CreateTableSql(options_.table), {}},
+          {"COMMIT", {}},
+      },
+      [this, &slot](std::vector<PgResultPtr>) { CheckTable(slot, /*created=*/true); });
+}
+
+void PgStore::RunTableWork(Slot& slot, std::vector<PgQuery> queries,
+                           std::function<void(std::vector<PgResultPtr>)> next) {
   slot.in_tx = true;
-  std::vector<PgQuery> queries;
-  if (options_.create_table) {
-    // The advisory lock serializes the DDL of sidecars that start together: CREATE TABLE IF NOT
-    // EXISTS alone can still fail on a concurrent creation of the same name.
-    queries = {
-        {"BEGIN", {}},
-        {"SELECT pg_advisory_xact_lock(hashtext($1))", {"ratelimit:" + options_.table.Plain()}},
-        {CreateTableSql(options_.table), {}},
-        {"COMMIT", {}},
-    };
-  } else {
-    queries = {{"SELECT 1 FROM " + table_sql_ + " LIMIT 0", {}}};
-  }
   StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kBackgroundTimeoutMs));
-  slot.session->Run(std::move(queries), [this, &slot](Result<std::vector<PgResultPtr>> r) {
+  slot.session->Run(std::move(queries), [this, &slot, next = std::move(next)](
+                                            Result<std::vector<PgResultPtr>> r) {
     StopDeadline(slot);
-    creating_table_ = false;
     slot.in_tx = false;
     if (!r.ok()) {
-      Log(LogLevel::kError, options_.create_table ? "cannot create the rate limit table"
-                                                  : "the rate limit table is not usable")
-          .Str("table", options_.table.Plain())
-          .Str("error", r.status().message());
-      // A broken session shares the slot's timer with the reconnect already scheduled, and
-      // checks the table again once connected: only a live session needs a table retry.
-      if (slot.session->state() == PgSession::State::kBroken) return;
-      if (options_.create_table && slot.session->state() == PgSession::State::kIdle) {
+      // A failed BEGIN ... COMMIT leaves the transaction aborted on a live session: end it.
+      if (slot.session->state() == PgSession::State::kIdle) {
+        slot.in_tx = true;
         StartDeadline(slot, std::max<uint64_t>(options_.timeout_ms, kBackgroundTimeoutMs));
-        slot.session->Run({{"ROLLBACK", {}}},
-                          [&slot](Result<std::vector<PgResultPtr>>) { StopDeadline(slot); });
+        slot.session->Run({{"ROLLBACK", {}}}, [&slot](Result<std::vector<PgResultPtr>>) {
+          StopDeadline(slot);
+          slot.in_tx = false;
+        });
       }
-      ScheduleRetryOfTable(slot);
+      TableFailed(slot, r.status().message());
       return;
     }
-    table_ready_ = true;
-    Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
-    NotifyCapacity();
+    next(std::move(*r));
   });
+}
+
+void PgStore::TableFailed(Slot& slot, const std::string& why) {
+  creating_table_ = false;
+  Log(LogLevel::kDebug, "rate limit table check failed; retrying").Str("error", why);
+  if (!table_problem_logged_) {  // Once until the table is usable again, not once per retry.
+    table_problem_logged_ = true;
+    Log(LogLevel::kError, options_.create_table ? "cannot create or use the rate limit table"
+                                                : "the rate limit table is not usable")
+        .Str("table", options_.table.Plain())
+        .Str("error", why);
+  }
+  // A broken session shares the slot's timer with the reconnect already scheduled, and checks
+  // the table again once connected: only a live session needs a table retry.
+  if (slot.session->state() != PgSession::State::kBroken) ScheduleRetryOfTable(slot);
 }
 
 void PgStore::ScheduleRetryOfTable(Slot& slot) {
@@ -345,6 +407,7 @@ void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
       {"SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}, "rl_clock"},
   };
   slot->in_tx = true;
+  breaker_.OnStart(uv_now(loop_));
   ++stats_.transactions;
   StartDeadline(*slot, options_.timeout_ms);  // For the whole transaction: see Complete.
   slot->session->Run(std::move(queries), [this, slot, tx](Result<std::vector<PgResultPtr>> r) {
@@ -439,6 +502,7 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
 void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
                        Result<std::vector<StoreAnswer>> results) {
   if (results.ok()) {
+    breaker_.OnSuccess();
     if (transactions_failing_) {
       transactions_failing_ = false;
       Log(LogLevel::kInfo, "database transactions succeed again")
@@ -446,6 +510,17 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
     }
   } else {
     ++stats_.failed_transactions;
+    if (breaker_.OnFailure(uv_now(loop_))) {
+      Log(LogLevel::kWarn,
+          "circuit breaker open: checks go to the fallback at once while the database is probed")
+          .Int("max_probe_interval_ms", CircuitBreaker::kMaxOpenMs);
+    }
+    if (table_ready_ && TableUnusable(slot.session->last_sqlstate())) {
+      table_ready_ = false;  // Not ready: checks go to the fallback until the table is back.
+      Log(LogLevel::kWarn, "the rate limit table is not usable any more; checking it again")
+          .Str("table", options_.table.Plain())
+          .Str("error", results.status().message());
+    }
     Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", results.status().message());
     if (!transactions_failing_) {  // Once per change of state, not once per transaction.
       transactions_failing_ = true;
@@ -460,6 +535,10 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
         slot.in_tx = false;
         TakeDone done = std::move(tx->done);
         done(std::move(results));
+        if (!table_ready_ && !shutting_down_ && slot.session->state() == PgSession::State::kIdle &&
+            !slot.in_tx) {
+          EnsureTable(slot);
+        }
       });
       return;
     }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "sidecar/config/table_name.h"
+#include "sidecar/core/circuit_breaker.h"
 #include "sidecar/core/shared_store.h"
 #include "sidecar/pg/key_digest.h"
 #include "sidecar/pg/pg_session.h"
@@ -49,8 +50,18 @@ struct PgStoreStats {
 // full.
 //
 // Start-up never blocks: sessions connect in the background, and a broken session reconnects
-// with jittered exponential backoff (100 ms doubling to 5 s). Until one session is connected
-// and the table exists, ready() is false.
+// with jittered exponential backoff (100 ms doubling to at most 1 s, +-25%), so that a database
+// back from an outage is used again within about a second. Until one session is connected and
+// the table exists and may be read and written by this role, ready() is false. A transaction
+// failing because the table is gone or no longer usable (dropped, its schema dropped, a column
+// missing, a privilege revoked) makes ready() false and the table is checked -- and, when
+// allowed, created -- again, with the same backoff.
+//
+// Circuit breaker: after CircuitBreaker::kFailureThreshold failed transactions in a row, ready()
+// is false for an open period (200 ms doubling to 1 s while probes fail); then one transaction
+// probes the database, and only its success lets checks through again. So a database that is
+// known to fail costs checks nothing: they are answered by the fallback at once instead of each
+// waiting up to a timeout.
 //
 // Timeout: a database that accepts connections but stops answering (frozen, locks held, a
 // network that drops packets) must not hold checks. The server is asked to give up a
@@ -78,7 +89,7 @@ class PgStore final : public SharedStore {
 
   void Take(std::vector<StoreOp> batch, TakeDone done) override;
   size_t free_slots() const override;
-  bool ready() const override { return table_ready_ && free_or_busy_sessions() > 0; }
+  bool ready() const override;
   std::string_view name() const override { return "postgres"; }
 
   const PgStoreStats& stats() const { return stats_; }
@@ -94,7 +105,14 @@ class PgStore final : public SharedStore {
   void StartDeadline(Slot& slot, uint64_t ms);
   static void StopDeadline(Slot& slot);
   void ScheduleRetryOfTable(Slot& slot);
+  // The table: checked (exists, and this role may use it), created when missing and allowed,
+  // then checked again; a failure is logged once and retried with the backoff.
   void EnsureTable(Slot& slot);
+  void CheckTable(Slot& slot, bool created);
+  void CreateTable(Slot& slot);
+  void RunTableWork(Slot& slot, std::vector<PgQuery> queries,
+                    std::function<void(std::vector<PgResultPtr>)> next);
+  void TableFailed(Slot& slot, const std::string& why);
   void OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
                 Result<std::vector<PgResultPtr>> results);
   void Complete(Slot& slot, std::shared_ptr<Transaction> tx, Result<std::vector<StoreAnswer>>);
@@ -112,6 +130,8 @@ class PgStore final : public SharedStore {
   bool collecting_ = false;
   bool shutting_down_ = false;
   bool transactions_failing_ = false;  // Since the last transaction that succeeded.
+  bool table_problem_logged_ = false;  // Since the table was last usable.
+  CircuitBreaker breaker_;
   size_t open_timers_ = 0;
   uv_timer_t gc_timer_;
   std::function<void()> on_shutdown_;

@@ -45,7 +45,7 @@ TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceI
   ExpectFallbackDenial(*refused);
 
   ASSERT_EQ(Command(admin.get(), "CREATE DATABASE " + database), "");
-  // Reconnection backs off to at most 5 s between attempts.
+  // Reconnection backs off to at most 1.25 s between attempts.
   EXPECT_TRUE(WaitUntil([&] { return PingsReady(sidecar.socket_path()); }, 15000))
       << sidecar.Stderr();
   Result<CheckResult> served = client.Check({.key = "k"});

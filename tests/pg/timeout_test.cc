@@ -36,6 +36,7 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
       StartReadySidecar(StrictEnv(table, "timeout_" + mode,
                                   {{"RATE_LIMIT_MODE", mode},
                                    {"RATE_LIMIT_FALLBACK", "deny"},
+                                   {"RATE_LIMIT_LOG_LEVEL", "debug"},
                                    {"RATE_LIMIT_PG_TIMEOUT_MS", std::to_string(kTimeoutMs)}}));
   ASSERT_TRUE(sidecar);
   Client client({.socket_path = sidecar->socket_path(), .timeout_ms = 5000});
@@ -66,8 +67,11 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
   std::printf("%d checks while locked, slowest %lld ms (timeout %d ms)\n", fallbacks,
               static_cast<long long>(slowest.count()), kTimeoutMs);
   // Checks were answered one after another while the lock lasted: not one of them waited for
-  // the lock (2 s) to go away. (How long each took is printed, not asserted.)
-  EXPECT_GE(fallbacks, 3);
+  // the lock (2 s) to go away. (How long each took is printed, not asserted.) And they did not
+  // each wait for a transaction bound to fail: once the circuit breaker opened, the database
+  // saw only a probe every open period (at most 1 s), so checks came back far more often than
+  // one per lock timeout (2 s / 160 ms = 12).
+  EXPECT_GE(fallbacks, 100);
   // The server gave up each transaction itself: no backend was left waiting on the lock for a
   // session that went away, so the sidecar still has just its own sessions (2).
   const std::string backends = strict_test::QueryValue(
@@ -76,7 +80,7 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
   EXPECT_EQ(backends, "2");
   ASSERT_EQ(Command(locker.get(), "COMMIT"), "");
 
-  // Sessions reconnect with backoff (at most 5 s between attempts) and decide again.
+  // Sessions reconnect with backoff (at most 1.25 s between attempts) and decide again.
   const bool resumed = WaitUntil(
       [&] {
         Result<CheckResult> r = client.Check({.key = "after"});
@@ -92,7 +96,14 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
     return n;
   };
   EXPECT_EQ(count("database transactions failing"), 1u) << log;
+  EXPECT_EQ(count("circuit breaker open"), 1u) << log;
   EXPECT_EQ(count("database transactions succeed again"), 1u) << log;
+  // The transactions that failed on the lock: the two that opened the breaker, then probes
+  // (200 ms doubling to 1 s: about 5 in 2 s). Without the breaker: one per check.
+  const size_t failed = count("rate limit transaction failed");
+  std::printf("%zu transactions failed while %d checks were answered\n", failed, fallbacks);
+  EXPECT_GE(failed, 2u);
+  EXPECT_LE(failed, 12u) << log;
   EXPECT_EQ(sidecar->WaitExit(0), -1) << "the sidecar exited: " << log;
 }
 
