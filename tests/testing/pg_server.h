@@ -2,7 +2,10 @@
 #ifndef RATELIMIT_TESTS_TESTING_PG_SERVER_H_
 #define RATELIMIT_TESTS_TESTING_PG_SERVER_H_
 
+#include <sys/types.h>
+
 #include <string>
+#include <vector>
 
 #include "sidecar/core/status.h"
 
@@ -16,25 +19,46 @@ namespace ratelimit {
 // Thread-safety: any thread, one call at a time.
 class PgServer {
  public:
+  // How long pg_ctl may take to stop or start the server (crash recovery included).
+  static constexpr int kPgCtlTimeoutS = 30;
+  // How long the processes may take to show that a SIGSTOP or SIGCONT took effect.
+  static constexpr int kSignalTimeoutMs = 5000;
+
   // The server of this process's environment; ok() is false when none is described there.
   static PgServer FromEnvironment();
   bool ok() const { return !data_dir_.empty() && !bin_dir_.empty(); }
 
   // pg_ctl stop -m immediate: every backend dies at once, as in a crash. Returns once the
-  // postmaster is gone.
+  // postmaster is gone. A frozen server is thawed first (a stopped postmaster cannot stop).
   [[nodiscard]] Status StopImmediate();
-  // pg_ctl start -w: returns once the server accepts connections (after crash recovery).
+  // pg_ctl start -w: returns once the server accepts connections (after crash recovery). The
+  // server goes on logging to RATELIMIT_TEST_PG_LOG.
   [[nodiscard]] Status Start();
   // SIGSTOP to the postmaster and every one of its children: connections stay open and nothing
   // answers. Thaw() sends SIGCONT to the same processes.
   [[nodiscard]] Status Freeze();
   [[nodiscard]] Status Thaw();
 
+  // Whatever a test did, leaves the server running and answering: thaws it, and starts it if
+  // it is not running. For a test's clean-up, so that a failed test does not break the next.
+  [[nodiscard]] Status EnsureRunning();
+  // True when postmaster.pid names a live process.
+  bool Running() const;
+  // The postmaster's pid from postmaster.pid; -1 when there is none.
+  pid_t PostmasterPid() const;
+
  private:
   PgServer(std::string data_dir, std::string bin_dir);
 
+  // Runs pg_ctl with `args` as the server's OS user; its output is in the error.
+  Status PgCtl(const std::vector<std::string>& args, const std::string& what) const;
+  // Sends SIGCONT to `frozen_` and to the postmaster's children; forgets `frozen_`.
+  Status ContinueAll();
+
   std::string data_dir_;
   std::string bin_dir_;
+  std::string log_path_;
+  std::vector<pid_t> frozen_;  // What Freeze stopped, postmaster first.
 };
 
 }  // namespace ratelimit
