@@ -1,6 +1,7 @@
 // Seed inputs for the connection fuzz target: valid request streams in the target's format.
 #include "tests/fuzz/fuzz_seeds.h"
 
+#include <cstdint>
 #include <string>
 
 #include "schema/frame_codec.h"
@@ -37,6 +38,37 @@ std::vector<std::vector<uint8_t>> FuzzSeeds() {
     put(encoder.CheckRequest(1, {.key = std::string("\0nul\xff", 5)}));
     put(encoder.ErrorResponse(2, CheckStatus::kOverloaded, "x"));
   });
+  add(255, [&](auto put) { put(encoder.PingRequest(0)); });
+  add(254, [&](auto put) {  // Every field set, ids at both ends of their range.
+    put(encoder.CheckRequest(
+        UINT64_MAX, {.key = "all-fields", .cost = 7, .limit = 4294967295u, .window_ms = 1}));
+    put(encoder.CheckRequest(0,
+                             {.key = "all-fields", .cost = 1, .limit = 9, .window_ms = 86400000}));
+  });
+  add(128, [&](auto put) {  // Keys of the longest valid length, and one byte.
+    put(encoder.CheckRequest(1, {.key = std::string(512, 'k')}));
+    put(encoder.CheckRequest(2, {.key = "k"}));
+  });
+  add(1, [&](auto put) {  // Odd first byte: fixed window; a bucket drained, then denied.
+    for (uint64_t id = 0; id < 15; ++id) put(encoder.CheckRequest(id, {.key = "fixed", .cost = 1}));
+  });
+  // One pipelined stream of pings and checks of several keys and policies, cut into reads of
+  // 1, 3, 5, 13, 37 and 100 bytes: frames split at every kind of point, prefixes included.
+  for (const uint8_t chunk : {0, 2, 4, 12, 36, 99}) {
+    add(chunk, [&](auto put) {
+      for (uint64_t id = 0; id < 24; ++id) {
+        if (id % 6 == 0) {
+          put(encoder.PingRequest(id));
+        } else {
+          const uint32_t limit = id % 4 == 0 ? 3 : 0;
+          put(encoder.CheckRequest(id, {.key = id % 2 == 0 ? "even" : "odd",
+                                        .cost = static_cast<uint32_t>(id % 3),
+                                        .limit = limit,
+                                        .window_ms = limit != 0 ? 250u : 0u}));
+        }
+      }
+    });
+  }
   return seeds;
 }
 

@@ -2,6 +2,9 @@
 //
 //   connection_input_replay [--mutations N] [--emit-seeds DIR] [FILE_OR_DIR...]
 //
+// Files (a directory: every file in it) are replayed first, then the seeds, then N mutations of
+// them. Exits 1 when a FILE_OR_DIR holds no file; a crash aborts.
+//
 // With gcc builds this is how the tests run the target; clang builds link libFuzzer instead.
 #include <cstdio>
 #include <cstdlib>
@@ -47,19 +50,26 @@ std::vector<uint8_t> Mutate(std::vector<uint8_t> input, std::mt19937_64& rng) {
   return input;
 }
 
-void RunPath(const std::filesystem::path& path) {
+// Replays a file, or every file under a directory; returns how many files it replayed.
+size_t RunPath(const std::filesystem::path& path) {
   if (std::filesystem::is_directory(path)) {
-    for (const auto& entry : std::filesystem::directory_iterator(path)) RunPath(entry.path());
-    return;
+    size_t files = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(path)) {
+      files += RunPath(entry.path());
+    }
+    return files;
   }
   std::ifstream in(path, std::ios::binary);
+  if (!in) return 0;
   Run(std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {}));
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   long mutations = 0;
+  size_t files = 0;
   std::vector<std::vector<uint8_t>> seeds = ratelimit::FuzzSeeds();
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--mutations") == 0 && i + 1 < argc) {
@@ -73,13 +83,18 @@ int main(int argc, char** argv) {
                   static_cast<std::streamsize>(seeds[s].size()));
       }
       return 0;
+    } else if (const size_t replayed = RunPath(argv[i]); replayed > 0) {
+      files += replayed;
     } else {
-      RunPath(argv[i]);
+      // A corpus that moved or emptied must not pass as "no crash".
+      std::fprintf(stderr, "no input to replay at %s\n", argv[i]);
+      return 1;
     }
   }
   for (const auto& seed : seeds) Run(seed);
   std::mt19937_64 rng(20261128);
   for (long m = 0; m < mutations; ++m) Run(Mutate(seeds[rng() % seeds.size()], rng));
-  std::printf("replayed %zu seeds and %ld mutations: no crash\n", seeds.size(), mutations);
+  std::printf("replayed %zu files, %zu seeds and %ld mutations: no crash\n", files, seeds.size(),
+              mutations);
   return 0;
 }
