@@ -18,6 +18,7 @@
 #include "sidecar/log/log.h"
 #include "sidecar/pg/conninfo.h"
 #include "sidecar/pg/pg_store.h"
+#include "sidecar/server/fd_limit.h"
 #include "sidecar/server/server.h"
 #include "sidecar/server/steady_clock.h"
 
@@ -84,6 +85,32 @@ const char* FallbackName(FallbackPolicy policy) {
 const char* ModeName(const Config& config) {
   if (config.store != StoreKind::kPostgres) return "memory";
   return config.mode == StoreMode::kLease ? "lease" : "strict";
+}
+
+// Raises the open file limit (see RaiseFdLimit) and warns when the connection cap cannot fit in
+// it: connections past the limit would be dropped without an answer.
+void RaiseFdLimitForConnections(const Config& config) {
+  Result<FdLimit> limit = RaiseFdLimit();
+  if (!limit.ok()) {
+    Log(LogLevel::kWarn, "cannot raise the open file limit").Str("error", limit.status().message());
+    return;
+  }
+  Log(LogLevel::kInfo, limit->soft > limit->old_soft ? "raised the open file limit"
+                                                     : "open file limit already at its maximum")
+      .Int("old_soft", static_cast<int64_t>(limit->old_soft))
+      .Int("new_soft", static_cast<int64_t>(limit->soft))
+      .Int("hard", static_cast<int64_t>(limit->hard));
+  const uint64_t needed =
+      uint64_t{config.max_connections} + kFdsBesidesConnections +
+      (config.store == StoreKind::kPostgres ? uint64_t{config.pg_connections} : 0);
+  if (needed > limit->soft) {
+    Log(LogLevel::kWarn,
+        "RATE_LIMIT_MAX_CONNECTIONS does not fit in the open file limit; connections past the "
+        "limit will be dropped without an answer")
+        .Int("max_connections", config.max_connections)
+        .Int("fds_needed", static_cast<int64_t>(needed))
+        .Int("open_file_limit", static_cast<int64_t>(limit->soft));
+  }
 }
 
 // Owns the store, the engine over it, the server, and the loop's other long-lived handles:
@@ -271,6 +298,7 @@ int Main(int argc, char** argv) {
   for (const std::string& name : UnknownRateLimitVariables(environ)) {
     Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
   }
+  RaiseFdLimitForConnections(*config);
   Result<Secrets> secrets = RandomSecrets();
   if (!secrets.ok()) {
     Log(LogLevel::kError, "cannot start").Str("error", secrets.status().message());

@@ -1,13 +1,19 @@
 // End-to-end: the real sidecar answers checks over its socket with the documented semantics.
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "ratelimit/client.h"
+#include "schema/frame_codec.h"
+#include "tests/testing/raw_socket.h"
 #include "tests/testing/sidecar_process.h"
 
 namespace ratelimit {
@@ -228,6 +234,27 @@ TEST(SidecarE2E, ConnectionsPastTheCapAreRefusedCleanly) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Status::Code::kUnavailable);
   EXPECT_NE(refused.status().message().find("too many connections"), std::string::npos);
+  // On the wire: one ErrorResponse saying Overloaded, then the close, before any request.
+  Result<RawSocket> raw = RawSocket::Connect(options.socket_path);
+  ASSERT_TRUE(raw.ok());
+  Result<std::vector<uint8_t>> error = raw->ReadFrame();
+  ASSERT_TRUE(error.ok()) << error.status().ToString();
+  FrameVerifier verifier;
+  Result<const wire::Frame*> root = verifier.Verify(*error);
+  ASSERT_TRUE(root.ok());
+  ASSERT_EQ((*root)->body_type(), wire::Body::ErrorResponse);
+  EXPECT_EQ((*root)->body_as_ErrorResponse()->status(), wire::Status::Overloaded);
+  EXPECT_TRUE(raw->WaitForClose());
+  // The connections inside the cap never noticed.
+  for (Pipeline* served : {first.get(), second.get()}) {
+    ASSERT_TRUE(served->QueueCheck(2, {.key = "inside-the-cap"}).ok());
+    ASSERT_TRUE(served->Flush().ok());
+    Result<Reply> reply = served->Receive();
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_EQ(reply->kind, Reply::Kind::kCheck);
+    EXPECT_TRUE(reply->check.allowed);
+  }
+  EXPECT_NE(sidecar->Stderr().find("connection refused: too many connections"), std::string::npos);
 
   first.reset();  // Closing one frees a place.
   bool served = false;
@@ -236,6 +263,83 @@ TEST(SidecarE2E, ConnectionsPastTheCapAreRefusedCleanly) {
     if (!served) usleep(10000);
   }
   EXPECT_TRUE(served);
+}
+
+// Sets this process's RLIMIT_NOFILE for the sidecars it starts (they inherit it), and puts the
+// old limits back on destruction. A lowered hard limit comes back only with CAP_SYS_RESOURCE;
+// without it, it stays lowered for the rest of this process, which is still enough for every
+// test in this file.
+class ScopedFdLimit {
+ public:
+  ScopedFdLimit(rlim_t soft, rlim_t hard) {
+    ok_ = getrlimit(RLIMIT_NOFILE, &saved_) == 0 && hard <= saved_.rlim_max;
+    const rlimit lowered{soft, hard};
+    ok_ = ok_ && setrlimit(RLIMIT_NOFILE, &lowered) == 0;
+  }
+  ~ScopedFdLimit() {
+    if (setrlimit(RLIMIT_NOFILE, &saved_) != 0) {
+      rlimit soft_only{};
+      getrlimit(RLIMIT_NOFILE, &soft_only);
+      soft_only.rlim_cur = std::min(saved_.rlim_cur, soft_only.rlim_max);
+      setrlimit(RLIMIT_NOFILE, &soft_only);
+    }
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+};
+
+// The soft and hard "Max open files" of a running process, from /proc/PID/limits.
+std::pair<std::string, std::string> FdLimitsOf(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::string("Max open files").size()));
+    std::pair<std::string, std::string> limits;
+    fields >> limits.first >> limits.second;
+    return limits;
+  }
+  return {};
+}
+
+TEST(SidecarE2E, StartUpRaisesTheOpenFileLimitToTheHardLimit) {
+  std::unique_ptr<SidecarProcess> sidecar;
+  {
+    ScopedFdLimit limit(256, 2048);
+    ASSERT_TRUE(limit.ok()) << "cannot set RLIMIT_NOFILE to 256/2048 here";
+    sidecar = StartSidecar();
+  }
+  ASSERT_TRUE(sidecar);
+  EXPECT_EQ(FdLimitsOf(sidecar->pid()), std::make_pair(std::string("2048"), std::string("2048")));
+  const std::string err = sidecar->Stderr();
+  EXPECT_NE(err.find(R"("msg":"raised the open file limit","old_soft":256,"new_soft":2048,)"
+                     R"("hard":2048})"),
+            std::string::npos)
+      << err;
+  // The default cap of 1024 connections fits in 2048 descriptors: no warning.
+  EXPECT_EQ(err.find("does not fit"), std::string::npos) << err;
+}
+
+TEST(SidecarE2E, AConnectionCapThatCannotFitTheOpenFileLimitIsWarnedAbout) {
+  std::unique_ptr<SidecarProcess> sidecar;
+  {
+    ScopedFdLimit limit(256, 2048);
+    ASSERT_TRUE(limit.ok()) << "cannot set RLIMIT_NOFILE to 256/2048 here";
+    sidecar = StartSidecar({{"RATE_LIMIT_MAX_CONNECTIONS", "2048"}});
+  }
+  ASSERT_TRUE(sidecar);
+  const std::string err = sidecar->Stderr();
+  const size_t warning = err.find(
+      R"("level":"warn","msg":"RATE_LIMIT_MAX_CONNECTIONS does not fit in the open file limit)");
+  ASSERT_NE(warning, std::string::npos) << err;
+  const std::string line = err.substr(warning, err.find('\n', warning) - warning);
+  EXPECT_NE(line.find(R"("max_connections":2048,)"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("open_file_limit":2048})"), std::string::npos) << line;
+  // A warning, not a refusal to start: the sidecar serves.
+  EXPECT_TRUE(Client({.socket_path = sidecar->socket_path()}).Check({.key = "k"}).ok());
 }
 
 TEST(SidecarE2E, OnlyAllowedUidsAreServed) {
