@@ -6,7 +6,7 @@
 # Installs the build dependencies (scripts/install-deps.sh), builds ratelimit-sidecar and the soak
 # test into $RATELIMIT_BUILD_DIR (default build/), then runs the soak once against a private
 # PostgreSQL 15 (scripts/with-postgres.sh). For SECONDS, three lease-mode sidecars share one table
-# with RATE_LIMIT_FALLBACK=deny while client threads check a hot key (about 20 times its refill
+# with RATE_LIMIT_FALLBACK=deny while client threads check a hot key (some 40 times its refill
 # rate) and many keys on every sidecar, and, one after another: the table is locked by another
 # session, the sidecars' backends are killed (pg_terminate_backend), the server is frozen
 # (SIGSTOP, then SIGCONT), stopped (pg_ctl -m immediate) and started again, and a sidecar is

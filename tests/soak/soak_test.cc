@@ -64,7 +64,7 @@ constexpr size_t kSidecars = 3;
 const std::string kTable = "soak_buckets";
 constexpr char kAppPrefix[] = "soak_sidecar_";  // The sidecars' libpq application_name.
 
-// The hot key: 300 tokens refilled over a second, checked some 20 times faster than that.
+// The hot key: 300 tokens refilled over a second, checked some 40 times faster than that.
 const std::string kHotKey = "soak-hot";
 constexpr uint32_t kHotLimit = 300;
 constexpr uint32_t kHotWindowMs = 1000;
