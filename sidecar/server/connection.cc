@@ -174,15 +174,25 @@ void Connection::FreeIfDone() {
   }
 }
 
+uv_buf_t Connection::NextReadBuffer() {
+  const size_t granted = server_.reads().Grant(read_share_);
+  // Held back: an empty buffer makes libuv end this connection's reads for the turn (the read
+  // callback gets UV_ENOBUFS) and leaves reading on, so what the client sent waits in the
+  // socket while other connections are served.
+  return granted == 0 ? uv_buf_init(nullptr, 0) : server_.ReadBuffer(granted);
+}
+
 void Connection::AllocTrampoline(uv_handle_t* handle, size_t /*suggested*/, uv_buf_t* buf) {
-  auto* self = static_cast<Connection*>(handle->data);
-  *buf = self->server_.ReadBuffer();
+  *buf = static_cast<Connection*>(handle->data)->NextReadBuffer();
 }
 
 void Connection::ReadTrampoline(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* self = static_cast<Connection*>(stream->data);
   if (nread > 0) {
+    self->server_.reads().Spent(self->read_share_, buf->len, static_cast<size_t>(nread));
     self->OnData({reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread)});
+  } else if (nread == UV_ENOBUFS) {
+    // Held back for this turn (see NextReadBuffer); reading goes on in a later one.
   } else if (nread == UV_EOF) {
     // The peer will send nothing more but may still read: answer what it sent, then close.
     if (self->reader_.has_partial()) {

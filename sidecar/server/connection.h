@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "schema/frame_reader.h"
+#include "sidecar/server/read_scheduler.h"
 #include "sidecar/server/request_handler.h"
 
 namespace ratelimit {
@@ -60,6 +61,7 @@ class Connection final : public RequestContext {
   void ApplyBackpressure();
   void FinishIfDrained();
   void FreeIfDone();
+  uv_buf_t NextReadBuffer();
   bool OverCap() const;
   bool UnderLowWater() const;
 
@@ -76,8 +78,9 @@ class Connection final : public RequestContext {
   std::vector<uint8_t> out_;      // Frames queued since the last write started.
   std::vector<uint8_t> writing_;  // Bytes owned by write_req_ while a write is in flight.
   bool write_in_flight_ = false;
-  size_t pending_checks_ = 0;  // Checks handed to the engine and not yet answered.
-  bool in_read_ = false;       // Inside OnData, which flushes once for the whole read.
+  size_t pending_checks_ = 0;        // Checks handed to the engine and not yet answered.
+  bool in_read_ = false;             // Inside OnData, which flushes once for the whole read.
+  ReadScheduler::Share read_share_;  // What Server::reads() granted this connection.
 };
 
 }  // namespace ratelimit

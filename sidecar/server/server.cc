@@ -27,14 +27,19 @@ Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
     : loop_(loop),
       options_(std::move(options)),
       handler_(limiter),
+      reads_(kReadBufferBytes),
       read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]) {
   listener_.data = this;
   grace_timer_.data = this;
+  turn_handle_.data = this;
 }
 
 Server::~Server() = default;
 
 Status Server::Start() {
+  uv_prepare_init(loop_, &turn_handle_);
+  uv_prepare_start(&turn_handle_, &TurnTrampoline);
+  turn_handle_open_ = true;
   if (Status s = PrepareSocketPath(options_.socket_path); !s.ok()) return s;
   uv_pipe_init(loop_, &listener_, 0);
   listener_open_ = true;
@@ -98,8 +103,9 @@ bool Server::PeerAllowed(Connection& connection) {
   return false;
 }
 
-uv_buf_t Server::ReadBuffer() {
-  return uv_buf_init(reinterpret_cast<char*>(read_buffer_.get()), kReadBufferBytes);
+uv_buf_t Server::ReadBuffer(size_t bytes) {
+  return uv_buf_init(reinterpret_cast<char*>(read_buffer_.get()),
+                     std::min(bytes, kReadBufferBytes));
 }
 
 void Server::Release(Connection* connection) {
@@ -115,6 +121,9 @@ void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on
   Log(LogLevel::kInfo, "shutting down").Int("connections", connections_.size());
   if (listener_open_) {
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
+  }
+  if (turn_handle_open_) {  // Draining connections read nothing more.
+    uv_close(reinterpret_cast<uv_handle_t*>(&turn_handle_), &TurnClosedTrampoline);
   }
   if (bound_) {
     if (unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
@@ -132,7 +141,7 @@ void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on
 }
 
 void Server::MaybeStopped() {
-  if (!shutting_down_ || listener_open_ || !connections_.empty()) return;
+  if (!shutting_down_ || listener_open_ || turn_handle_open_ || !connections_.empty()) return;
   if (grace_timer_open_) {
     grace_timer_open_ = false;
     uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), &GraceClosedTrampoline);
@@ -146,6 +155,17 @@ void Server::ListenTrampoline(uv_stream_t* server, int status) {
 void Server::ListenerClosedTrampoline(uv_handle_t* handle) {
   auto* self = static_cast<Server*>(handle->data);
   self->listener_open_ = false;
+  self->MaybeStopped();
+}
+
+void Server::TurnTrampoline(uv_prepare_t* prepare) {
+  auto* self = static_cast<Server*>(prepare->data);
+  self->reads_.StartTurn();
+}
+
+void Server::TurnClosedTrampoline(uv_handle_t* handle) {
+  auto* self = static_cast<Server*>(handle->data);
+  self->turn_handle_open_ = false;
   self->MaybeStopped();
 }
 

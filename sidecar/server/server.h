@@ -13,6 +13,7 @@
 
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/status.h"
+#include "sidecar/server/read_scheduler.h"
 #include "sidecar/server/request_handler.h"
 
 namespace ratelimit {
@@ -30,6 +31,8 @@ struct ServerOptions {
 
 // Listens on a Unix socket and owns every accepted Connection. Connections past
 // max_connections, or from a uid not in allowed_uids, get an ErrorResponse and are closed.
+// Reading is shared between connections turn by turn (see ReadScheduler), so a flood on some
+// connections delays the others by a few milliseconds at most.
 // Thread-safety: the loop thread only. The loop and limiter must outlive the server; the server
 // must be shut down (and its on_stopped called) before it is destroyed.
 class Server {
@@ -51,7 +54,10 @@ class Server {
 
   // For Connection.
   RequestHandler& handler() { return handler_; }
-  uv_buf_t ReadBuffer();
+  // The shared read buffer, its first `bytes` (at most its size). REQUIRES: bytes > 0.
+  uv_buf_t ReadBuffer(size_t bytes);
+  // How much each connection may read in this loop turn.
+  ReadScheduler& reads() { return reads_; }
   void Release(Connection* connection);
 
  private:
@@ -63,19 +69,24 @@ class Server {
   static void ListenerClosedTrampoline(uv_handle_t* handle);
   static void GraceTrampoline(uv_timer_t* timer);
   static void GraceClosedTrampoline(uv_handle_t* handle);
+  static void TurnTrampoline(uv_prepare_t* prepare);
+  static void TurnClosedTrampoline(uv_handle_t* handle);
 
   uv_loop_t* loop_;
   const ServerOptions options_;
   RequestHandler handler_;
   uv_pipe_t listener_;
   uv_timer_t grace_timer_;
+  uv_prepare_t turn_handle_;  // Starts each loop turn of reads_.
   bool listener_open_ = false;
+  bool turn_handle_open_ = false;
   bool bound_ = false;  // The socket file at socket_path is ours.
   bool grace_timer_open_ = false;
   bool shutting_down_ = false;
   std::function<void()> on_stopped_;
   std::function<void()> on_grace_over_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  ReadScheduler reads_;
   // One read buffer for all connections: libuv calls alloc and read back to back on one stream,
   // and frames are consumed before the read callback returns. 8-byte words keep frames aligned.
   std::unique_ptr<uint64_t[]> read_buffer_;
