@@ -53,7 +53,8 @@ std::vector<pid_t> ChildrenOf(pid_t parent) {
   return children;
 }
 
-// Waits until every one of `pids` is stopped (`stopped`) or running again (!`stopped`), or gone.
+// Waits until every one of `pids` is stopped (`stopped`) or running again (!`stopped`), or gone
+// (a zombie counts as gone).
 // Returns the pids that did not get there in time.
 std::vector<pid_t> WaitForState(const std::vector<pid_t>& pids, bool stopped, int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -61,7 +62,9 @@ std::vector<pid_t> WaitForState(const std::vector<pid_t>& pids, bool stopped, in
     std::vector<pid_t> pending;
     for (pid_t pid : pids) {
       std::optional<ProcState> s = ReadProcState(pid);
-      if (s && (s->state == 'T') != stopped) pending.push_back(pid);
+      // A child that exited but is not reaped yet (its parent is stopped) is as good as gone.
+      const bool gone = !s || s->state == 'Z' || s->state == 'X';
+      if (!gone && (s->state == 'T') != stopped) pending.push_back(pid);
     }
     if (pending.empty() || std::chrono::steady_clock::now() >= deadline) return pending;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
