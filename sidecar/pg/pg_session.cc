@@ -177,7 +177,12 @@ void PgSession::PollTrampoline(uv_poll_t* handle, int status, int events) {
 
 void PgSession::OnSocketEvent(int status, int events) {
   if (status < 0 && state_ != State::kConnecting) {
-    Fail(std::string("database socket error: ") + uv_strerror(status));
+    // libuv reports any error on the socket (POLLERR, a reset) as a status such as UV_EBADF,
+    // which says nothing to an operator; libpq reading the socket tells what happened ("server
+    // closed the connection unexpectedly").
+    const bool libpq_knows = PQconsumeInput(conn_.get()) == 0;
+    Fail(libpq_knows ? ConnError(conn_.get())
+                     : std::string("database socket error: ") + uv_strerror(status));
     return;
   }  // While connecting, libpq reads the socket error itself and may try the next address.
   switch (state_) {
