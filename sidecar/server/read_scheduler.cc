@@ -24,7 +24,10 @@ size_t ReadScheduler::Grant(Share& share) {
     share.round = round_;
     share.bytes = 0;
   }
-  if (!share.backlogged) return kQuietReadBytes;
+  // A quiet connection reads what is left of the turn's budget, one buffer at most (an
+  // ordinary pipelined client thus reads all it sent at once), and kQuietReadBytes even when
+  // nothing is left.
+  if (!share.backlogged) return std::clamp(budget_left_, kQuietReadBytes, buffer_bytes_);
   if (share.bytes >= allowance_) return 0;  // Its part of this round is read.
   if (budget_left_ == 0) {
     held_back_ = true;

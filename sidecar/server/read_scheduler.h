@@ -10,8 +10,10 @@ namespace ratelimit {
 // One libuv loop turn serves every readable connection in turn, so a turn that read everything
 // the sockets hold would take as long as the work of every flooding connection together, and a
 // client sending one request would wait that long for its answer. The scheduler bounds a turn:
-// - A quiet connection (its last read emptied its socket) reads at once, up to kQuietReadBytes:
-//   a client that sends a request at a time waits about one turn, whatever the others do.
+// - A quiet connection (its last read emptied its socket) reads at once: while the turn's
+//   budget lasts, up to what is left of it (one buffer at most), and kQuietReadBytes even when
+//   it is spent. A client that sends a request at a time waits about one turn, whatever the
+//   others do, and a pipelining client with no flood around reads all it sent in one read.
 // - A backlogged connection (its last read filled its buffer, so more may be waiting) reads
 //   at most its allowance per round, and only while the turn's budget (kTurnBudgetBytes, spent
 //   by every read) lasts; otherwise it waits for a later turn, its bytes left in the socket.

@@ -119,11 +119,24 @@ TEST(ReadScheduler, AConnectionWhoseReadEmptiedItsSocketIsQuietAgain) {
   size_t granted = reads.Grant(share);
   reads.Spent(share, granted, granted);  // Filled: more may be waiting.
   EXPECT_TRUE(share.backlogged);
+  reads.StartTurn();
   granted = reads.Grant(share);
   ASSERT_GT(granted, 0u);
   reads.Spent(share, granted, granted / 2);  // Emptied the socket.
   EXPECT_FALSE(share.backlogged);
-  EXPECT_EQ(reads.Grant(share), ReadScheduler::kQuietReadBytes);
+  ReadScheduler::Share fresh;
+  EXPECT_EQ(reads.Grant(share), reads.Grant(fresh)) << "granted as any quiet connection";
+}
+
+TEST(ReadScheduler, AQuietConnectionReadsAWholeBufferWhileTheBudgetLasts) {
+  ReadScheduler reads(kBuffer);
+  reads.StartTurn();
+  ReadScheduler::Share quiet;
+  EXPECT_EQ(reads.Grant(quiet), kBuffer) << "a pipelining client reads all it sent at once";
+  ReadScheduler::Share other;
+  reads.Spent(other, ReadScheduler::kTurnBudgetBytes - 10 * 1024,
+              ReadScheduler::kTurnBudgetBytes - 10 * 1024);
+  EXPECT_EQ(reads.Grant(quiet), 10u * 1024) << "what is left of the budget";
 }
 
 TEST(ReadScheduler, AHeldBackConnectionReadsInALaterTurn) {
