@@ -17,22 +17,22 @@
 #include "ratelimit/client.h"
 #include "sidecar/config/table_name.h"
 #include "sidecar/pg/table_sql.h"
-#include "tests/pg/strict_test_support.h"
 #include "tests/testing/check_load.h"
 #include "tests/testing/pg_server.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/test_database.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::LinesContaining;
-using strict_test::NowNs;
-using strict_test::PingsReady;
-using strict_test::QueryValue;
-using strict_test::WaitUntil;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::LinesContaining;
+using pg_test::NowNs;
+using pg_test::PingsReady;
+using pg_test::QueryValue;
+using pg_test::WaitUntil;
 
 constexpr int kSidecars = 3;  // = RATE_LIMIT_EXPECTED_REPLICAS.
 constexpr int kSessions = 2;  // RATE_LIMIT_PG_CONNECTIONS's default, per sidecar.
@@ -169,7 +169,7 @@ class FaultInjection : public testing::TestWithParam<std::string> {
   // Starts the sidecars; with `ready`, waits until each says it is.
   bool StartSidecars(const Env& env, bool ready = true) {
     if (ready) {
-      sidecars_ = strict_test::StartReadySidecars(kSidecars, env);
+      sidecars_ = pg_test::StartReadySidecars(kSidecars, env);
     } else {
       for (int i = 0; i < kSidecars; ++i) {
         Result<std::unique_ptr<SidecarProcess>> s = SidecarProcess::Start(env);

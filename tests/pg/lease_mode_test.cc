@@ -17,23 +17,23 @@
 #include <vector>
 
 #include "ratelimit/client.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/test_database.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
-using strict_test::kSlowWindowMs;
-using strict_test::NowNs;
-using strict_test::QueryValue;
-using strict_test::StartReadySidecar;
-using strict_test::StartReadySidecars;
-using strict_test::StrictEnv;
-using strict_test::WaitUntil;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
+using pg_test::kSlowWindowMs;
+using pg_test::NowNs;
+using pg_test::QueryValue;
+using pg_test::StartReadySidecar;
+using pg_test::StartReadySidecars;
+using pg_test::StrictEnv;
+using pg_test::WaitUntil;
 
 double Ms(int64_t ns) { return static_cast<double>(ns) / 1e6; }
 

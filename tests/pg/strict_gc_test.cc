@@ -3,18 +3,18 @@
 
 #include "gtest/gtest.h"
 #include "ratelimit/client.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
 
-using strict_test::QueryValue;
-using strict_test::StartReadySidecar;
-using strict_test::StrictEnv;
-using strict_test::WaitUntil;
+using pg_test::QueryValue;
+using pg_test::StartReadySidecar;
+using pg_test::StrictEnv;
+using pg_test::WaitUntil;
 
 TEST(StrictGc, IdleFullBucketsAreDeletedAndBucketsStillRefillingStay) {
   REQUIRE_TEST_DATABASE();
@@ -63,7 +63,7 @@ TEST(StrictConfig, ThePasswordInDatabaseUrlNeverReachesTheLog) {
   Client client({.socket_path = sidecar->socket_path()});
   Result<CheckResult> r = client.Check({.key = "k"});
   ASSERT_TRUE(r.ok());
-  strict_test::ExpectFallbackDenial(*r);
+  pg_test::ExpectFallbackDenial(*r);
   usleep(300000);  // A few reconnect attempts.
   const std::string log = sidecar->Stderr();
   EXPECT_NE(log.find("database connection failed"), std::string::npos) << log;

@@ -13,24 +13,24 @@
 
 #include "ratelimit/client.h"
 #include "ratelimit/pipeline.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/test_database.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
-using strict_test::ExpectFallbackDenial;
-using strict_test::kSlowWindowMs;
-using strict_test::NowNs;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
+using pg_test::ExpectFallbackDenial;
+using pg_test::kSlowWindowMs;
+using pg_test::NowNs;
 
-using strict_test::QueryValue;
-using strict_test::ServerLogTail;
-using strict_test::StartReadySidecar;
-using strict_test::StartReadySidecars;
-using strict_test::StrictEnv;
+using pg_test::QueryValue;
+using pg_test::ServerLogTail;
+using pg_test::StartReadySidecar;
+using pg_test::StartReadySidecars;
+using pg_test::StrictEnv;
 
 // What one client thread saw.
 struct Tally {

@@ -7,18 +7,18 @@
 
 #include "gtest/gtest.h"
 #include "ratelimit/client.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/temp_dir.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::ExpectFallbackDenial;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::ExpectFallbackDenial;
 
-using strict_test::PingsReady;
-using strict_test::WaitUntil;
+using pg_test::PingsReady;
+using pg_test::WaitUntil;
 
 TEST(StrictRecovery, ASidecarStartedBeforeItsDatabaseExistsConnectsByItselfOnceItDoes) {
   REQUIRE_TEST_DATABASE();

@@ -10,7 +10,7 @@
 #include "ratelimit/client.h"
 #include "ratelimit/pipeline.h"
 #include "sidecar/pg/table_sql.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_database.h"
@@ -18,19 +18,19 @@
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
-using strict_test::ExpectFallbackDenial;
-using strict_test::Lines;
-using strict_test::LinesContaining;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
+using pg_test::ExpectFallbackDenial;
+using pg_test::Lines;
+using pg_test::LinesContaining;
 
-using strict_test::PingsReady;
-using strict_test::QueryValue;
-using strict_test::StartReadySidecar;
-using strict_test::StartReadySidecars;
-using strict_test::StrictEnv;
-using strict_test::WaitUntil;
+using pg_test::PingsReady;
+using pg_test::QueryValue;
+using pg_test::StartReadySidecar;
+using pg_test::StartReadySidecars;
+using pg_test::StrictEnv;
+using pg_test::WaitUntil;
 
 // schema/postgres.sql, for a table of another name.
 std::string TableDdl(const std::string& table) { return CreateTableSql(TableName{"", table}); }

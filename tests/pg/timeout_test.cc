@@ -7,18 +7,18 @@
 #include <string>
 
 #include "ratelimit/client.h"
-#include "tests/pg/strict_test_support.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/test_database.h"
 
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
-using strict_test::StartReadySidecar;
-using strict_test::StrictEnv;
-using strict_test::WaitUntil;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
+using pg_test::StartReadySidecar;
+using pg_test::StrictEnv;
+using pg_test::WaitUntil;
 
 constexpr int kTimeoutMs = 200;
 
@@ -74,7 +74,7 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
   EXPECT_GE(fallbacks, 100);
   // The server gave up each transaction itself: no backend was left waiting on the lock for a
   // session that went away, so the sidecar still has just its own sessions (2).
-  const std::string backends = strict_test::QueryValue(
+  const std::string backends = pg_test::QueryValue(
       locker.get(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
       {"timeout_" + mode});
   EXPECT_EQ(backends, "2");

@@ -41,8 +41,8 @@
 
 #include "ratelimit/client.h"
 #include "schema/frame_codec.h"
-#include "tests/pg/strict_test_support.h"
 #include "tests/testing/pg_server.h"
+#include "tests/testing/pg_test_support.h"
 #include "tests/testing/raw_socket.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/temp_dir.h"
@@ -51,14 +51,14 @@
 namespace ratelimit {
 namespace {
 
-using strict_test::Command;
-using strict_test::ConnectToTestDatabase;
-using strict_test::DropTable;
-using strict_test::NowNs;
-using strict_test::QueryValue;
-using strict_test::StartReadySidecar;
-using strict_test::StrictEnv;
-using strict_test::WaitUntil;
+using pg_test::Command;
+using pg_test::ConnectToTestDatabase;
+using pg_test::DropTable;
+using pg_test::NowNs;
+using pg_test::QueryValue;
+using pg_test::StartReadySidecar;
+using pg_test::StrictEnv;
+using pg_test::WaitUntil;
 
 constexpr size_t kSidecars = 3;
 const std::string kTable = "soak_buckets";

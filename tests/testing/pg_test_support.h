@@ -1,6 +1,7 @@
-// Helpers for strict-mode tests on a real PostgreSQL: blocking SQL, sidecars, logs, waiting.
-#ifndef RATELIMIT_TESTS_PG_STRICT_TEST_SUPPORT_H_
-#define RATELIMIT_TESTS_PG_STRICT_TEST_SUPPORT_H_
+// Helpers for tests on a real PostgreSQL: blocking SQL, sidecars on the shared store, logs,
+// waiting.
+#ifndef RATELIMIT_TESTS_TESTING_PG_TEST_SUPPORT_H_
+#define RATELIMIT_TESTS_TESTING_PG_TEST_SUPPORT_H_
 
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
@@ -21,7 +22,7 @@
 #include "tests/testing/test_database.h"
 
 namespace ratelimit {
-namespace strict_test {
+namespace pg_test {
 
 // A window so long that nothing measurable refills while a test runs: a bucket of 1000 refills
 // 2.5e-7 tokens per ms, so a second of refill (or of a lease refund's deduction) is 0.00025.
@@ -192,7 +193,7 @@ class ServerLogTail {
   size_t offset_;
 };
 
-}  // namespace strict_test
+}  // namespace pg_test
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_TESTS_PG_STRICT_TEST_SUPPORT_H_
+#endif  // RATELIMIT_TESTS_TESTING_PG_TEST_SUPPORT_H_
