@@ -43,6 +43,8 @@ const std::vector<ConfigVariable> kConfigVariables = {
     {"RATE_LIMIT_EXPECTED_REPLICAS", "1",
      "pods sharing the limits, for the local fallback's share (1 to 100000)"},
     {"RATE_LIMIT_LOG_LEVEL", "info", "debug, info, warn or error"},
+    {"RATE_LIMIT_ADMIN_ADDR", "",
+     "host:port of the admin HTTP server (/metrics, /healthz, /readyz); empty disables it"},
 };
 
 namespace {
@@ -124,6 +126,39 @@ Status ParseSocketPath(std::string_view name, std::string_view value, std::strin
                        std::to_string(value.size()));
   }
   out = std::string(value);
+  return Status::Ok();
+}
+
+// host:port, host an IPv4 literal, [IPv6 literal] or a DNS name; port 0 to 65535.
+Status ParseAdminAddress(std::string_view name, std::string_view value,
+                         std::optional<AdminAddress>& out) {
+  constexpr std::string_view kAllowed =
+      "host:port, where host is an IPv4 address, [IPv6 address] or host name and port is 0 to "
+      "65535 (for example 0.0.0.0:9464)";
+  const size_t colon = value.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return Invalid(name, value, kAllowed);
+  std::string_view host = value.substr(0, colon);
+  uint32_t port = 0;
+  if (!ParseUint(name, value.substr(colon + 1), 0, 65535, 10, kAllowed, port).ok()) {
+    return Invalid(name, value, kAllowed);
+  }
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return Invalid(name, value, kAllowed);
+    host = host.substr(1, host.size() - 2);
+    for (const char c : host) {
+      const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+                      c == ':' || c == '.';
+      if (!ok) return Invalid(name, value, kAllowed);
+    }
+  } else {
+    if (host.size() > 253) return Invalid(name, value, kAllowed);
+    for (const char c : host) {
+      const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      c == '-' || c == '.';
+      if (!ok) return Invalid(name, value, kAllowed);
+    }
+  }
+  out = AdminAddress{std::string(host), static_cast<uint16_t>(port)};
   return Status::Ok();
 }
 
@@ -250,6 +285,8 @@ Result<Config> LoadConfig(const EnvLookup& env) {
                                          {"error", LogLevel::kError}},
                                         config.log_level);
            }),
+      with("RATE_LIMIT_ADMIN_ADDR",
+           [&](auto name, auto v) { return ParseAdminAddress(name, v, config.admin_addr); }),
   };
   for (Status& status : statuses) {
     if (!status.ok()) return std::move(status);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,15 @@ namespace ratelimit {
 enum class StoreKind { kMemory, kPostgres };
 enum class StoreMode { kLease, kStrict };
 enum class KeyHashing { kSha256, kNone };
+
+// RATE_LIMIT_ADMIN_ADDR: where the admin HTTP server (metrics, health) listens. The host is an
+// IPv4 literal, a bracketed IPv6 literal or a name resolved once at start-up; port 0 takes a
+// free port (logged).
+struct AdminAddress {
+  std::string host;
+  uint16_t port = 0;
+  bool operator==(const AdminAddress&) const = default;
+};
 
 // Every field's default is the documented default of its variable (see kConfigVariables).
 struct Config {
@@ -44,6 +54,7 @@ struct Config {
   uint32_t pg_connections = 2;
   uint32_t pg_timeout_ms = 250;
   LogLevel log_level = LogLevel::kInfo;
+  std::optional<AdminAddress> admin_addr;  // Empty: no admin server.
 };
 
 // One environment variable the sidecar reads: its name, default and meaning, for --help and docs.

@@ -40,7 +40,9 @@ std::string Describe(const Config& c) {
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
       << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms
       << " fallback=" << static_cast<int>(c.fallback)
-      << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms;
+      << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms
+      << " admin_addr="
+      << (c.admin_addr ? c.admin_addr->host + ":" + std::to_string(c.admin_addr->port) : "none");
   return out.str();
 }
 
@@ -73,6 +75,7 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_TRUE(config->pg_create_table);
   EXPECT_EQ(config->pg_key_hash, KeyHashing::kSha256);
   EXPECT_EQ(config->pg_connections, 2u);
+  EXPECT_FALSE(config->admin_addr.has_value());
 }
 
 // The documentation (kConfigVariables) and the code's defaults must not drift apart: setting each
@@ -212,6 +215,14 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kWarn); }},
       {"RATE_LIMIT_LOG_LEVEL", "error",
        [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kError); }},
+      {"RATE_LIMIT_ADMIN_ADDR", "0.0.0.0:9464",
+       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"0.0.0.0", 9464})); }},
+      {"RATE_LIMIT_ADMIN_ADDR", "127.0.0.1:0",
+       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"127.0.0.1", 0})); }},
+      {"RATE_LIMIT_ADMIN_ADDR", "[::1]:65535",
+       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"::1", 65535})); }},
+      {"RATE_LIMIT_ADMIN_ADDR", "localhost:9464",
+       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"localhost", 9464})); }},
   };
 }
 
@@ -323,6 +334,14 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_PG_CREATE_TABLE", "yes"}, BadCase{"RATE_LIMIT_PG_KEY_HASH", "md5"},
         BadCase{"RATE_LIMIT_PG_CONNECTIONS", "0"}, BadCase{"RATE_LIMIT_PG_CONNECTIONS", "65"},
         BadCase{"RATE_LIMIT_LOG_LEVEL", "verbose"}, BadCase{"RATE_LIMIT_LOG_LEVEL", "trace"},
+        // Admin addresses without a port, with a bad port or a host that is no host name.
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "9464"}, BadCase{"RATE_LIMIT_ADMIN_ADDR", ":9464"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "0.0.0.0:"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "0.0.0.0:65536"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "0.0.0.0:-1"}, BadCase{"RATE_LIMIT_ADMIN_ADDR", "::1:80"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "[::1:80"}, BadCase{"RATE_LIMIT_ADMIN_ADDR", "[]:80"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "host name:80"},
+        BadCase{"RATE_LIMIT_ADMIN_ADDR", "http://0.0.0.0:9464"},
         // Socket modes that are not octal 000..777, or that lock the owner out.
         BadCase{"RATE_LIMIT_SOCKET_MODE", "999"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "0800"},
         BadCase{"RATE_LIMIT_SOCKET_MODE", "1000"}, BadCase{"RATE_LIMIT_SOCKET_MODE", "rw-rw----"},
