@@ -1,11 +1,15 @@
-// Structured logging: one JSON object per line on stderr.
+// Structured logging: one JSON object per line on stderr, repeated lines rate-limited.
 #include "sidecar/log/log.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <ctime>
+#include <limits>
+#include <mutex>
+#include <utility>
 
 namespace ratelimit {
 namespace {
@@ -38,14 +42,183 @@ void AppendTimestamp(std::string& out) {
   out.append(buf);
 }
 
+// The process's repeat limiter and the clock it reads. Never destroyed: other threads may still
+// log while static destructors run at exit.
+struct Repeats {
+  std::mutex mu;
+  RepeatLimiter limiter;
+  std::function<uint64_t()> now_ms = &MonotonicMs;
+};
+
+Repeats& ProcessRepeats() {
+  static Repeats* repeats = new Repeats;
+  return *repeats;
+}
+
+// Serializes writes, so that a line that takes several write(2) calls (a long line on a pipe)
+// is never interleaved with another thread's.
+std::mutex& WriteMutex() {
+  static std::mutex* mu = new std::mutex;
+  return *mu;
+}
+
+// The length of the valid UTF-8 sequence at the start of `text`, or 0 when it is not one
+// (a stray continuation byte, a truncated sequence, an overlong form, a surrogate, > U+10FFFF).
+size_t Utf8SequenceLength(std::string_view text) {
+  const auto byte = [&text](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char lead = byte(0);
+  size_t length = 0;
+  unsigned char low = 0x80;  // Bounds of the second byte, which rule out overlongs and such.
+  unsigned char high = 0xbf;
+  if (lead >= 0xc2 && lead <= 0xdf) {
+    length = 2;
+  } else if (lead >= 0xe0 && lead <= 0xef) {
+    length = 3;
+    if (lead == 0xe0) low = 0xa0;
+    if (lead == 0xed) high = 0x9f;  // U+D800..U+DFFF are surrogates, not characters.
+  } else if (lead >= 0xf0 && lead <= 0xf4) {
+    length = 4;
+    if (lead == 0xf0) low = 0x90;
+    if (lead == 0xf4) high = 0x8f;
+  } else {
+    return 0;
+  }
+  if (text.size() < length || byte(1) < low || byte(1) > high) return 0;
+  for (size_t i = 2; i < length; ++i) {
+    if (byte(i) < 0x80 || byte(i) > 0xbf) return 0;
+  }
+  return length;
+}
+
 }  // namespace
 
 void SetLogLevel(LogLevel level) { g_level.store(level, std::memory_order_relaxed); }
 
 bool LogEnabled(LogLevel level) { return level >= g_level.load(std::memory_order_relaxed); }
 
+bool RepeatLimiter::Ended(const Entry& entry, uint64_t now_ms) const {
+  return now_ms >= entry.window_start_ms && now_ms - entry.window_start_ms >= options_.interval_ms;
+}
+
+RepeatLimiter::Verdict RepeatLimiter::AdmitTo(Entry& entry, LogLevel level, uint64_t now_ms,
+                                              bool carry) {
+  if (Ended(entry, now_ms)) {
+    entry.window_start_ms = now_ms;
+    entry.written = 0;
+    no_idle_before_ms_ = std::min(no_idle_before_ms_, EndOf(entry));
+  }
+  if (entry.written < options_.burst) {
+    ++entry.written;
+    Verdict verdict;
+    if (carry) verdict.suppressed = std::exchange(entry.suppressed, 0);
+    return verdict;
+  }
+  entry.level = entry.suppressed == 0 ? level : std::max(entry.level, level);
+  ++entry.suppressed;
+  return Verdict{false, 0};
+}
+
+uint64_t RepeatLimiter::EndOf(const Entry& entry) const {
+  constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+  return entry.window_start_ms > kNever - options_.interval_ms
+             ? kNever
+             : entry.window_start_ms + options_.interval_ms;
+}
+
+void RepeatLimiter::ForgetIdle(uint64_t now_ms) {
+  std::erase_if(entries_, [this, now_ms](const auto& item) {
+    return item.second.suppressed == 0 && Ended(item.second, now_ms);
+  });
+  // An entry with lines dropped turns idle only after a new interval starts (AdmitTo lowers the
+  // bound then), so only the others bound it now.
+  no_idle_before_ms_ = std::numeric_limits<uint64_t>::max();
+  for (const auto& [message, entry] : entries_) {
+    if (entry.suppressed == 0) no_idle_before_ms_ = std::min(no_idle_before_ms_, EndOf(entry));
+  }
+}
+
+RepeatLimiter::Verdict RepeatLimiter::Admit(std::string_view message, LogLevel level,
+                                            uint64_t now_ms) {
+  message = message.substr(0, kMaxMessageBytes);
+  auto it = entries_.find(message);
+  if (it == entries_.end()) {
+    if (entries_.size() >= options_.max_messages && now_ms >= no_idle_before_ms_) {
+      ForgetIdle(now_ms);
+    }
+    if (entries_.size() >= options_.max_messages) {
+      return AdmitTo(untracked_, level, now_ms, /*carry=*/false);
+    }
+    Entry fresh;
+    fresh.window_start_ms = now_ms;
+    no_idle_before_ms_ = std::min(no_idle_before_ms_, EndOf(fresh));
+    it = entries_.emplace(std::string(message), fresh).first;
+  }
+  return AdmitTo(it->second, level, now_ms, /*carry=*/true);
+}
+
+std::vector<RepeatLimiter::Suppressed> RepeatLimiter::TakeSuppressed(uint64_t now_ms) {
+  std::vector<Suppressed> taken;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    Entry& entry = it->second;
+    if (!Ended(entry, now_ms)) {
+      ++it;
+      continue;
+    }
+    // Reported or not, an ended entry means the same as no entry: its next line starts afresh.
+    if (entry.suppressed > 0) taken.push_back({it->first, entry.level, entry.suppressed});
+    it = entries_.erase(it);
+  }
+  if (untracked_.suppressed > 0 && Ended(untracked_, now_ms)) {
+    taken.push_back({std::string(kUntrackedMessages), untracked_.level, untracked_.suppressed});
+    untracked_.suppressed = 0;
+  }
+  return taken;
+}
+
+uint64_t MonotonicMs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+void ResetLogRepeatLimiter(const RepeatLimiter::Options& options,
+                           std::function<uint64_t()> now_ms) {
+  Repeats& repeats = ProcessRepeats();
+  std::lock_guard<std::mutex> lock(repeats.mu);
+  repeats.limiter = RepeatLimiter(options);
+  repeats.now_ms = now_ms ? std::move(now_ms) : std::function<uint64_t()>(&MonotonicMs);
+}
+
+void LogReportSuppressed() {
+  std::vector<RepeatLimiter::Suppressed> taken;
+  {
+    Repeats& repeats = ProcessRepeats();
+    std::lock_guard<std::mutex> lock(repeats.mu);
+    taken = repeats.limiter.TakeSuppressed(repeats.now_ms());
+  }
+  for (const RepeatLimiter::Suppressed& s : taken) {
+    Log(s.level, kLogSuppressedMsg, Log::Unlimited{})
+        .Str("message", s.message)
+        .Int("suppressed", static_cast<int64_t>(s.count));
+  }
+}
+
 void AppendJsonEscaped(std::string& out, std::string_view text) {
-  for (const char c : text) {
+  for (size_t i = 0; i < text.size();) {
+    const char c = text[i];
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x80) {
+      const size_t length = Utf8SequenceLength(text.substr(i));
+      if (length == 0) {
+        out += "\\ufffd";
+        ++i;
+      } else {
+        out.append(text.substr(i, length));
+        i += length;
+      }
+      continue;
+    }
+    ++i;
     switch (c) {
       case '"':
         out += "\\\"";
@@ -63,9 +236,9 @@ void AppendJsonEscaped(std::string& out, std::string_view text) {
         out += "\\t";
         break;
       default:
-        if (static_cast<unsigned char>(c) < 0x20) {
+        if (byte < 0x20) {
           char buf[8];
-          snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned char>(c));
+          snprintf(buf, sizeof(buf), "\\u%04x", byte);
           out += buf;
         } else {
           out += c;
@@ -76,6 +249,26 @@ void AppendJsonEscaped(std::string& out, std::string_view text) {
 
 Log::Log(LogLevel level, std::string_view msg) : enabled_(LogEnabled(level)) {
   if (!enabled_) return;
+  uint64_t suppressed = 0;
+  if (level != LogLevel::kDebug) {
+    Repeats& repeats = ProcessRepeats();
+    std::lock_guard<std::mutex> lock(repeats.mu);
+    const RepeatLimiter::Verdict verdict = repeats.limiter.Admit(msg, level, repeats.now_ms());
+    if (!verdict.write) {
+      enabled_ = false;
+      return;
+    }
+    suppressed = verdict.suppressed;
+  }
+  Begin(level, msg);
+  if (suppressed > 0) Int("suppressed", static_cast<int64_t>(suppressed));
+}
+
+Log::Log(LogLevel level, std::string_view msg, Unlimited) : enabled_(LogEnabled(level)) {
+  if (enabled_) Begin(level, msg);
+}
+
+void Log::Begin(LogLevel level, std::string_view msg) {
   line_.reserve(256);
   line_ += "{\"ts\":\"";
   AppendTimestamp(line_);
@@ -91,6 +284,7 @@ Log::~Log() {
   line_ += "}\n";
   const char* p = line_.data();
   size_t left = line_.size();
+  std::lock_guard<std::mutex> lock(WriteMutex());
   while (left > 0) {
     const ssize_t n = write(STDERR_FILENO, p, left);
     if (n <= 0) break;  // Nowhere left to report a failure to log.
