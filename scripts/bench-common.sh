@@ -12,10 +12,15 @@ bench_cleanup() {
 
 # start_sidecar NAME VAR=value...: a sidecar on $work/NAME.sock with those variables set.
 start_sidecar() {
-  local name=$1
-  shift
+  start_sidecar_bin build/bin/ratelimit-sidecar "$@"
+}
+
+# start_sidecar_bin BINARY NAME VAR=value...: the same with another build of the sidecar.
+start_sidecar_bin() {
+  local binary=$1 name=$2
+  shift 2
   env RATE_LIMIT_SOCKET="$work/$name.sock" RATE_LIMIT_LOG_LEVEL=warn "$@" \
-    build/bin/ratelimit-sidecar 2>>"$work/sidecars.log" &
+    "$binary" 2>>"$work/sidecars.log" &
   bench_pids+=($!)
 }
 

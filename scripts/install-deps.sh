@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config       # build
   libuv1-dev libpq-dev                   # event loop, PostgreSQL client
+  libmicrohttpd-dev                      # admin HTTP server (metrics, health)
   libssl-dev                             # libcrypto: SHA-256 of keys at rest
   postgresql-15 postgresql-client-15     # throwaway test server (scripts/with-postgres.sh)
   flatbuffers-compiler libflatbuffers-dev  # wire format (flatc and headers of the same version)

@@ -7,8 +7,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string_view>
 
+#include "sidecar/admin/admin_server.h"
+#include "sidecar/admin/health.h"
+#include "sidecar/admin/prometheus.h"
+#include "sidecar/admin/sidecar_metrics.h"
 #include "sidecar/config/config.h"
 #include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/lease_engine.h"
@@ -113,14 +118,18 @@ void RaiseFdLimitForConnections(const Config& config) {
   }
 }
 
-// Owns the store, the engine over it, the server, and the loop's other long-lived handles:
-// signals, the housekeeping timer (the memory store's sweep, lease mode's expiry), and the
-// deadline for giving leases back at shutdown.
+// Owns the store, the engine over it, the server, the admin server, and the loop's other
+// long-lived handles: signals, the housekeeping timer (the memory store's sweep, lease mode's
+// expiry), the status timer (health, metrics, suppressed log lines) and the deadline for
+// giving leases back at shutdown.
 class Sidecar {
  public:
   Sidecar(uv_loop_t* loop, const Config& config, const Secrets& secrets)
       : loop_(loop),
         shutdown_grace_ms_(config.shutdown_grace_ms),
+        admin_addr_(config.admin_addr),
+        health_(config.store == StoreKind::kPostgres ? "postgres" : "memory",
+                config.store == StoreKind::kPostgres && config.fallback != FallbackPolicy::kDeny),
         engine_(MakeEngine(loop, config, secrets)),
         limiter_(config.default_policy, *engine_),
         server_(
@@ -136,6 +145,10 @@ class Sidecar {
     sweep_timer_.data = this;
     uv_timer_init(loop_, &return_deadline_);
     return_deadline_.data = this;
+    uv_timer_init(loop_, &status_timer_);
+    status_timer_.data = this;
+    engines_.engine = engine_.get();
+    RegisterSidecarMetrics(registry_, server_.metrics(), engine_metrics_, engines_);
   }
 
   Status Start() {
@@ -146,7 +159,25 @@ class Sidecar {
       uv_timer_start(&sweep_timer_, &HousekeepingTrampoline, interval, interval);
     }
     if (pg_store_ != nullptr) pg_store_->Start();  // Connects in the background.
-    return server_.Start();
+    if (Status started = server_.Start(); !started.ok()) return started;
+    if (admin_addr_.has_value()) {
+      admin_ = std::make_unique<AdminServer>(registry_, health_);
+      Status started = admin_->Start(
+          AdminServerOptions{admin_addr_->host, admin_addr_->port, &AppendProcessMetrics});
+      if (!started.ok()) return started;
+      Log(LogLevel::kInfo, "admin server listening")
+          .Str("host", admin_addr_->host)
+          .Int("port", admin_->port());
+    }
+    OnStatusTick();  // Ready as soon as the socket listens, not one tick later.
+    uv_timer_start(&status_timer_, &StatusTrampoline, Health::kBeatIntervalMs,
+                   Health::kBeatIntervalMs);
+    return Status::Ok();
+  }
+
+  // Stops the admin server's thread. REQUIRES: the loop has stopped running.
+  void StopAdmin() {
+    if (admin_ != nullptr) admin_->Stop();
   }
 
   // Shuts the server down (answering what it has read), gives leases back, then stops the
@@ -156,6 +187,7 @@ class Sidecar {
   // what is left of the same grace period, for a database that stops answering.
   void Stop() {
     stopping_ = true;
+    health_.SetStopping();
     stop_started_ms_ = uv_now(loop_);
     server_.Shutdown([this] { ReturnLeasesThenStopStore(); }, [this] { StopStore(); });
   }
@@ -193,6 +225,7 @@ class Sidecar {
       }
       uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&return_deadline_), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&status_timer_), nullptr);
     };
     if (pg_store_ != nullptr) {
       pg_store_->Shutdown(close_rest);
@@ -223,11 +256,30 @@ class Sidecar {
               : nullptr,
           config.expected_replicas);
       memory_ = fallback->local();
+      engines_.local = memory_;
+      engines_.lease = lease_;
+      engines_.fallback = fallback.get();
+      engines_.pg_store = pg_store_.get();
       return fallback;
     }
     auto memory = NewMemoryEngine(config.algorithm, clock_, secrets.hash_key);
     memory_ = memory.get();
+    engines_.memory = memory_;
     return memory;
+  }
+
+  // Every Health::kBeatIntervalMs: the loop is alive, what readiness depends on, the engines'
+  // counters for /metrics, and log lines suppressed as repeats.
+  void OnStatusTick() {
+    health_.Beat(uv_hrtime() / 1000000);
+    health_.SetListening(server_.listening());
+    health_.SetStoreReady(engine_->ready());
+    if (admin_ != nullptr) engine_metrics_.Publish(engines_);
+    LogReportSuppressed();
+  }
+
+  static void StatusTrampoline(uv_timer_t* timer) {
+    static_cast<Sidecar*>(timer->data)->OnStatusTick();
   }
 
   static void SignalTrampoline(uv_signal_t* signal, int signum) {
@@ -254,18 +306,25 @@ class Sidecar {
 
   uv_loop_t* loop_;
   const uint32_t shutdown_grace_ms_;
+  const std::optional<AdminAddress> admin_addr_;
+  Health health_;
   SteadyClock clock_;
   std::unique_ptr<PgStore> pg_store_;  // Declared before the engines that use it.
   // The postgres store's engine (strict or lease), which engine_ wraps with the fallback.
   std::unique_ptr<Engine> shared_engine_;
   MemoryEngine* memory_ = nullptr;  // The memory store's engine, or the local fallback's.
   LeaseEngine* lease_ = nullptr;    // The shared engine, in lease mode.
+  SidecarEngines engines_;          // Views of every engine, for metrics; set by MakeEngine.
   std::unique_ptr<Engine> engine_;
   Limiter limiter_;
   Server server_;
+  EngineMetrics engine_metrics_;
+  MetricsRegistry registry_;
+  std::unique_ptr<AdminServer> admin_;  // Declared last: its thread reads everything above.
   uv_signal_t signals_[2];
   uv_timer_t sweep_timer_;
   uv_timer_t return_deadline_;
+  uv_timer_t status_timer_;
   bool store_stopping_ = false;
   bool stopping_ = false;
   uint64_t stop_started_ms_ = 0;
@@ -330,6 +389,7 @@ int Main(int argc, char** argv) {
       sidecar.Stop();
     }
     uv_run(&loop, UV_RUN_DEFAULT);
+    sidecar.StopAdmin();
   }
   if (const int rc = uv_loop_close(&loop); rc != 0) {
     Log(LogLevel::kError, "event loop closed with handles still open")

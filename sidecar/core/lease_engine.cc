@@ -275,6 +275,7 @@ void LeaseEngine::ExpireLeases(std::string_view key, KeyState& state, int64_t no
   size_t expired = 0;
   for (const Lease& lease : state.leases) {
     if (lease.expires_us > now) break;  // Oldest first: expiry times only grow.
+    if (now != kForever) stats_.tokens_expired += lease.tokens;  // Not a policy change or stop.
     if (lease.tokens > 0) SendReturn(key, state.policy, lease.tokens, lease.debit_us);
     state.held -= lease.tokens;
     ++expired;

@@ -41,6 +41,7 @@ struct LeaseStats {
   uint64_t tokens_leased = 0;
   uint64_t returns = 0;          // kReturn operations sent.
   uint64_t tokens_returned = 0;  // Whole tokens the store put back.
+  uint64_t tokens_expired = 0;   // Tokens unspent when their lease expired (then sent back).
 };
 
 // Each key this sidecar sees holds up to a few leases: tokens debited from the key's shared row

@@ -71,6 +71,7 @@ struct PgStore::Transaction {
   std::vector<std::string> keys;  // Distinct row keys (hex), sorted: the locking order.
   // For each of `keys`, the positions of its checks in `batch`, in batch order.
   std::vector<std::vector<size_t>> positions;
+  uint64_t started_ns = 0;  // uv_hrtime() at BEGIN.
 };
 
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
@@ -160,7 +161,7 @@ void PgStore::CollectGarbage() {
     }
     const char* tuples = PQcmdTuples((*r)[0].get());
     const uint64_t deleted = std::strtoull(tuples, nullptr, 10);
-    stats_.collected_rows += deleted;
+    metrics_.collected_rows.Add(deleted);
     if (deleted == static_cast<uint64_t>(kGcBatch))
       uv_timer_start(&gc_timer_, &GcTrampoline, 0, kGcIntervalMs);
   });
@@ -408,7 +409,9 @@ void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
   };
   slot->in_tx = true;
   breaker_.OnStart(uv_now(loop_));
-  ++stats_.transactions;
+  metrics_.transactions.Add();
+  metrics_.batch_size.Observe(tx->batch.size());
+  tx->started_ns = uv_hrtime();
   StartDeadline(*slot, options_.timeout_ms);  // For the whole transaction: see Complete.
   slot->session->Run(std::move(queries), [this, slot, tx](Result<std::vector<PgResultPtr>> r) {
     OnLocked(*slot, tx, std::move(r));
@@ -456,7 +459,7 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
     SharedRow row;
     const std::string problems = RepairRow(found->second, ops[0]->policy, now_us, row);
     if (!problems.empty()) {
-      ++stats_.repaired_rows;
+      metrics_.repaired_rows.Add();
       Log(LogLevel::kWarn, "repaired a malformed rate limit row")
           .Str("row_key_prefix", key.substr(0, 16))
           .Str("problems", problems);
@@ -501,6 +504,7 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
 
 void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
                        Result<std::vector<StoreAnswer>> results) {
+  metrics_.duration.Observe(uv_hrtime() - tx->started_ns);
   if (results.ok()) {
     breaker_.OnSuccess();
     if (transactions_failing_) {
@@ -509,7 +513,7 @@ void PgStore::Complete(Slot& slot, std::shared_ptr<Transaction> tx,
           .Str("table", options_.table.Plain());
     }
   } else {
-    ++stats_.failed_transactions;
+    metrics_.failed_transactions.Add();
     if (breaker_.OnFailure(uv_now(loop_))) {
       Log(LogLevel::kWarn,
           "circuit breaker open: checks go to the fallback at once while the database is probed")

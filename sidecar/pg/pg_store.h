@@ -6,10 +6,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "sidecar/admin/metrics.h"
 #include "sidecar/config/table_name.h"
 #include "sidecar/core/circuit_breaker.h"
 #include "sidecar/core/shared_store.h"
@@ -27,12 +29,23 @@ struct PgStoreOptions {
   uint32_t timeout_ms = 250;                     // RATE_LIMIT_PG_TIMEOUT_MS.
 };
 
-// Counters an operator may want; read on the loop thread.
-struct PgStoreStats {
-  uint64_t transactions = 0;
-  uint64_t failed_transactions = 0;
-  uint64_t repaired_rows = 0;
-  uint64_t collected_rows = 0;  // Full buckets deleted by garbage collection.
+// Upper bounds of the histograms below: operations per transaction (StoreBatcher::kMaxBatch is
+// the largest), and a transaction's duration in nanoseconds, from 100 us to 1 s.
+inline constexpr uint64_t kBatchSizeBounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+inline constexpr uint64_t kTransactionBoundsNs[] = {
+    100'000,    250'000,    500'000,     1'000'000,   2'500'000,   5'000'000,    10'000'000,
+    25'000'000, 50'000'000, 100'000'000, 250'000'000, 500'000'000, 1'000'000'000};
+
+// What the store counts, for /metrics: written by the loop thread only (see admin/metrics.h),
+// read from any thread.
+struct PgStoreMetrics {
+  Counter transactions;         // Check, lease and return transactions started.
+  Counter failed_transactions;  // Failed or timed out; each is also one of `transactions`.
+  Counter repaired_rows;        // Malformed rows repaired (and logged).
+  Counter collected_rows;       // Full buckets deleted by garbage collection.
+  Histogram batch_size{{std::begin(kBatchSizeBounds), std::end(kBatchSizeBounds)}};
+  // From sending BEGIN to the COMMIT's (or failure's) answer.
+  Histogram duration{{std::begin(kTransactionBoundsNs), std::end(kTransactionBoundsNs)}};
 };
 
 // A SharedStore on `connections` PgSessions. A Take is one transaction of two pipelines:
@@ -92,7 +105,7 @@ class PgStore final : public SharedStore {
   bool ready() const override;
   std::string_view name() const override { return "postgres"; }
 
-  const PgStoreStats& stats() const { return stats_; }
+  const PgStoreMetrics& metrics() const { return metrics_; }
 
  private:
   struct Slot;
@@ -135,7 +148,7 @@ class PgStore final : public SharedStore {
   size_t open_timers_ = 0;
   uv_timer_t gc_timer_;
   std::function<void()> on_shutdown_;
-  PgStoreStats stats_;
+  PgStoreMetrics metrics_;
 };
 
 }  // namespace ratelimit

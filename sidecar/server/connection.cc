@@ -61,11 +61,14 @@ void Connection::Close() {
 
 void Connection::OnData(std::span<const uint8_t> data) {
   in_read_ = true;
+  read_started_ns_ = uv_hrtime();
+  answered_in_read_ = 0;
   const Status status = reader_.Feed(data, [this](std::span<const uint8_t> frame) {
     if (state_ != State::kReading && state_ != State::kPaused) return false;
     Status handled = server_.handler().HandleFrame(frame, *this);
     if (!handled.ok()) {
       Log(LogLevel::kDebug, "closing connection after bad frame").Str("error", handled.message());
+      server_.metrics().bad_frames.Add();
       Drain();
       return false;
     }
@@ -74,12 +77,17 @@ void Connection::OnData(std::span<const uint8_t> data) {
   in_read_ = false;
   if (!status.ok()) {
     Log(LogLevel::kDebug, "closing connection after bad frame").Str("error", status.message());
+    server_.metrics().bad_frames.Add();
     server_.handler().WriteError(0, CheckStatus::kInvalidRequest, status.message(), *this);
     Drain();
-    return;
+  } else {
+    Flush();
+    ApplyBackpressure();
   }
-  Flush();
-  ApplyBackpressure();
+  // One clock reading for every check this read answered: their answers left together.
+  if (answered_in_read_ > 0) {
+    server_.metrics().latency.Observe(uv_hrtime() - read_started_ns_, answered_in_read_);
+  }
 }
 
 void Connection::Write(std::span<const uint8_t> frame) {
@@ -87,13 +95,36 @@ void Connection::Write(std::span<const uint8_t> frame) {
   out_.insert(out_.end(), frame.begin(), frame.end());
 }
 
+uint64_t Connection::CheckStarted(uint64_t id) {
+  ++pending_checks_;
+  uint32_t slot;
+  if (free_slots_.empty()) {
+    slot = static_cast<uint32_t>(in_flight_.size());
+    in_flight_.emplace_back();
+  } else {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  }
+  in_flight_[slot] = InFlight{id, read_started_ns_};
+  return slot;
+}
+
 void Connection::OnCheckDone(uint64_t tag, const CheckResult& result) {
+  const InFlight check = in_flight_[tag];
+  free_slots_.push_back(static_cast<uint32_t>(tag));
   --pending_checks_;
+  ServerMetrics& metrics = server_.metrics();
+  metrics.CountCheck(result);  // Decided, whether or not anyone is left to hear it.
+  if (in_read_ && check.started_ns == read_started_ns_) {
+    ++answered_in_read_;  // Measured once at the end of the read (see OnData).
+  } else {
+    metrics.latency.Observe(uv_hrtime() - check.started_ns);
+  }
   if (state_ == State::kClosing || state_ == State::kClosed) {
     FreeIfDone();  // Nobody to answer; this may have been the last thing keeping us alive.
     return;
   }
-  server_.handler().AnswerCheck(tag, result, *this);
+  server_.handler().AnswerCheck(check.id, result, *this);
   if (!in_read_) {  // An engine answering later, outside any read: send it now.
     Flush();
     ApplyBackpressure();

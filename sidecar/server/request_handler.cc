@@ -14,8 +14,7 @@ Status RequestHandler::HandleFrame(std::span<const uint8_t> frame, RequestContex
   // The Verifier accepts a union whose type is set but whose table is absent: check both.
   switch (root.body() == nullptr ? wire::Body::NONE : root.body_type()) {
     case wire::Body::CheckRequest:
-      context.CheckStarted();
-      limiter_.Check(ToCheckArgs(*root.body_as_CheckRequest()), id, context);
+      limiter_.Check(ToCheckArgs(*root.body_as_CheckRequest()), context.CheckStarted(id), context);
       return Status::Ok();
     case wire::Body::PingRequest: {
       Engine& engine = limiter_.engine();

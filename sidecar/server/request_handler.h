@@ -18,8 +18,10 @@ class RequestContext : public CheckCallback {
  public:
   // Queues a complete frame for the peer; the bytes are copied before returning.
   virtual void Write(std::span<const uint8_t> frame) = 0;
-  // Called just before a check goes to the limiter; its OnCheckDone follows, now or later.
-  virtual void CheckStarted() = 0;
+  // Called just before the check of request `id` goes to the limiter. Returns the tag that
+  // its OnCheckDone will carry, now or later (the request id itself, or a slot of the
+  // context's own, which then answers with RequestHandler::AnswerCheck(id, ...)).
+  virtual uint64_t CheckStarted(uint64_t id) = 0;
 
  protected:
   ~RequestContext() = default;

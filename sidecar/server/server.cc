@@ -54,6 +54,7 @@ Status Server::Start() {
   }
   rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kListenBacklog, &ListenTrampoline);
   if (rc != 0) return UvError("cannot listen on " + options_.socket_path, rc);
+  listening_ = true;
   return Status::Ok();
 }
 
@@ -66,6 +67,7 @@ void Server::OnConnection(int status) {
   Connection* connection = owned.get();
   const size_t admitted = connections_.size();
   connections_.emplace(connection, std::move(owned));
+  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
   if (const int rc = uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), connection->stream());
       rc != 0) {
     Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(rc));
@@ -73,16 +75,20 @@ void Server::OnConnection(int status) {
     return;
   }
   if (shutting_down_) {
+    metrics_.connections_refused.Add();
     connection->Refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
   } else if (admitted >= options_.max_connections) {
+    metrics_.connections_refused.Add();
     Log(LogLevel::kWarn, "connection refused: too many connections")
         .Int("max_connections", options_.max_connections);
     connection->Refuse(CheckStatus::kOverloaded,
                        "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
                            std::to_string(options_.max_connections) + ")");
   } else if (!PeerAllowed(*connection)) {
+    metrics_.connections_refused.Add();
     connection->Refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
   } else {
+    metrics_.connections_accepted.Add();
     connection->Start();
   }
 }
@@ -110,6 +116,7 @@ uv_buf_t Server::ReadBuffer(size_t bytes) {
 
 void Server::Release(Connection* connection) {
   connections_.erase(connection);
+  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
   MaybeStopped();
 }
 

@@ -15,6 +15,7 @@
 #include "sidecar/core/status.h"
 #include "sidecar/server/read_scheduler.h"
 #include "sidecar/server/request_handler.h"
+#include "sidecar/server/server_metrics.h"
 
 namespace ratelimit {
 
@@ -52,7 +53,12 @@ class Server {
   // every pending check has been answered. Idempotent.
   void Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over = nullptr);
 
+  // Whether the socket is listening: started, and not shutting down.
+  bool listening() const { return listening_ && !shutting_down_; }
+  const ServerMetrics& metrics() const { return metrics_; }
+
   // For Connection.
+  ServerMetrics& metrics() { return metrics_; }
   RequestHandler& handler() { return handler_; }
   // The shared read buffer, its first `bytes` (at most its size). REQUIRES: bytes > 0.
   uv_buf_t ReadBuffer(size_t bytes);
@@ -81,12 +87,14 @@ class Server {
   bool listener_open_ = false;
   bool turn_handle_open_ = false;
   bool bound_ = false;  // The socket file at socket_path is ours.
+  bool listening_ = false;
   bool grace_timer_open_ = false;
   bool shutting_down_ = false;
   std::function<void()> on_stopped_;
   std::function<void()> on_grace_over_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
   ReadScheduler reads_;
+  ServerMetrics metrics_;
   // One read buffer for all connections: libuv calls alloc and read back to back on one stream,
   // and frames are consumed before the read callback returns. 8-byte words keep frames aligned.
   std::unique_ptr<uint64_t[]> read_buffer_;

@@ -273,7 +273,10 @@ class BufferingContext final : public RequestContext {
   void Write(std::span<const uint8_t> frame) override {
     out_.insert(out_.end(), frame.begin(), frame.end());
   }
-  void CheckStarted() override { ++pending_; }
+  uint64_t CheckStarted(uint64_t id) override {
+    ++pending_;
+    return id;
+  }
   void OnCheckDone(uint64_t tag, const CheckResult& result) override {
     --pending_;
     ++answered_;

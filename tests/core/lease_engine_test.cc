@@ -640,6 +640,7 @@ TEST_F(LeaseEngineTest, TickReturnsAnExpiredLeasesUnusedTokensDatedAtItsDebit) {
   EXPECT_EQ(give_back.debit_us, debit);
   EXPECT_EQ(give_back.policy, kSlow);
   EXPECT_EQ(engine_.stats().returns, 1u);
+  EXPECT_EQ(engine_.stats().tokens_expired, held) << "every unspent token of the expired lease";
 
   // Answered 5 ms later by the database, 1.005 s after the debit: the row refilled 1.005 tokens
   // since, which the debit may have made room for, so 12 - 1.005 go back.
@@ -900,6 +901,7 @@ TEST_F(LeaseEngineTest, ReturnAllReturnsEveryLeaseAndFinishesWhenTheStoreAnswere
   EXPECT_EQ(store_.rows().at(kKey).tokens, row_before + held) << "no time passed";
   EXPECT_EQ(store_.rows().at("b").tokens, 1000);
   EXPECT_EQ(engine_.stats().tokens_returned, held + 1);
+  EXPECT_EQ(engine_.stats().tokens_expired, 0u) << "given back at shutdown, not expired";
 }
 
 TEST_F(LeaseEngineTest, ReturnAllFinishesAtOnceWhenNothingIsHeldOrInFlight) {

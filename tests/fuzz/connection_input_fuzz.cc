@@ -21,7 +21,10 @@ class CheckingContext final : public RequestContext {
   void Write(std::span<const uint8_t> frame) override {
     if (!verifier_.Verify(frame).ok()) std::abort();  // The sidecar wrote an invalid frame.
   }
-  void CheckStarted() override { ++pending_; }
+  uint64_t CheckStarted(uint64_t id) override {
+    ++pending_;
+    return id;
+  }
   void OnCheckDone(uint64_t tag, const CheckResult& result) override {
     if (pending_-- == 0) std::abort();  // An answer nobody asked for.
     handler_.AnswerCheck(tag, result, *this);

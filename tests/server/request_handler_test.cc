@@ -32,7 +32,10 @@ class RecordingContext final : public RequestContext {
   explicit RecordingContext(RequestHandler& handler) : handler_(handler) {}
 
   void Write(std::span<const uint8_t> frame) override { frames.push_back(Copy(frame)); }
-  void CheckStarted() override { ++started; }
+  uint64_t CheckStarted(uint64_t id) override {
+    ++started;
+    return id;
+  }
   void OnCheckDone(uint64_t tag, const CheckResult& result) override {
     ++done;
     handler_.AnswerCheck(tag, result, *this);

@@ -1,0 +1,72 @@
+// AdminServer: /metrics, /healthz and /readyz over HTTP, served from a thread of their own.
+#ifndef RATELIMIT_SIDECAR_ADMIN_ADMIN_SERVER_H_
+#define RATELIMIT_SIDECAR_ADMIN_ADMIN_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "sidecar/admin/health.h"
+#include "sidecar/admin/prometheus.h"
+#include "sidecar/core/status.h"
+
+struct MHD_Daemon;
+
+namespace ratelimit {
+
+struct AdminServerOptions {
+  std::string host;   // IPv4 literal, IPv6 literal (no brackets) or a name, resolved once.
+  uint16_t port = 0;  // 0: a free port; see port().
+  // Appended to every /metrics answer after the registry's series (process metrics).
+  std::function<void(std::string& out)> extra_metrics;
+  // An HTTP connection idle this long is closed.
+  unsigned timeout_seconds = 10;
+};
+
+// The HTTP side is libmicrohttpd, on its own polling thread: a scrape or a probe never runs on
+// the loop thread and never waits for it. Everything it reads is published by the loop thread
+// in atomics (metrics.h, Health). Only GET and HEAD are served; other methods get 405, other
+// paths 404. Connections are capped (kMaxConnections in all, kMaxConnectionsPerIp from one
+// address, so one client cannot lock out the kubelet's probes) and time out when idle, so a
+// slow or hostile HTTP client costs a few kilobytes and cannot hold the server.
+//
+// Thread-safety: Start and Stop on one thread; the registry and health must outlive the
+// server (Stop, or the destructor, joins the HTTP thread).
+class AdminServer {
+ public:
+  static constexpr unsigned kMaxConnections = 32;
+  static constexpr unsigned kMaxConnectionsPerIp = 8;
+
+  AdminServer(const MetricsRegistry& registry, const Health& health);
+  ~AdminServer();
+  AdminServer(const AdminServer&) = delete;
+  AdminServer& operator=(const AdminServer&) = delete;
+
+  // Resolves the host, binds, listens and starts the HTTP thread.
+  Status Start(const AdminServerOptions& options);
+  // The port listened on (the one chosen when options.port was 0). REQUIRES: Start succeeded.
+  uint16_t port() const { return port_; }
+  // Stops listening, closes connections and joins the HTTP thread. Idempotent.
+  void Stop();
+
+  // What a request gets; called on the HTTP thread for every request.
+  struct Reply {
+    unsigned status = 200;
+    std::string content_type;
+    std::string body;
+    bool allow_header = false;  // 405: say which methods are allowed.
+  };
+  Reply Route(std::string_view path, std::string_view method) const;
+
+ private:
+  const MetricsRegistry& registry_;
+  const Health& health_;
+  std::function<void(std::string&)> extra_metrics_;
+  MHD_Daemon* daemon_ = nullptr;
+  uint16_t port_ = 0;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_ADMIN_ADMIN_SERVER_H_

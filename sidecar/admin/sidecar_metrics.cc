@@ -1,0 +1,211 @@
+// SidecarMetrics: every series /metrics exposes, named once, and what copies engine counters in.
+#include "sidecar/admin/sidecar_metrics.h"
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ratelimit {
+namespace {
+
+constexpr double kNsPerSecond = 1e9;
+
+constexpr const char* kSourceNames[kSourceCount] = {"memory", "lease", "database", "fallback"};
+
+}  // namespace
+
+void EngineMetrics::Publish(const SidecarEngines& engines) {
+  store_ready_.Set(engines.engine != nullptr && engines.engine->ready() ? 1 : 0);
+  if (engines.fallback != nullptr) fallbacks_.Set(engines.fallback->fallbacks());
+  if (engines.lease != nullptr) {
+    const LeaseStats& stats = engines.lease->stats();
+    lease_fetches_.Set(stats.fetches);
+    lease_tokens_fetched_.Set(stats.tokens_leased);
+    lease_returns_.Set(stats.returns);
+    lease_tokens_returned_.Set(stats.tokens_returned);
+    lease_tokens_expired_.Set(stats.tokens_expired);
+    lease_waits_.Set(stats.waited);
+    lease_keys_.Set(static_cast<int64_t>(engines.lease->key_count()));
+  }
+  if (engines.memory != nullptr) memory_buckets_.Set(static_cast<int64_t>(engines.memory->size()));
+  if (engines.local != nullptr) local_buckets_.Set(static_cast<int64_t>(engines.local->size()));
+  build_info_.Set(1);
+}
+
+void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
+                            const EngineMetrics& engine_metrics, const SidecarEngines& engines) {
+  const EngineMetrics& e = engine_metrics;
+  registry.AddGauge("ratelimit_build_info", "The sidecar's version; the value is always 1.",
+                    e.build_info_, {{"version", RATELIMIT_VERSION}});
+
+  constexpr const char* kChecksHelp =
+      "Checks answered with status ok, by decision and by what decided them (memory, lease, "
+      "database, fallback).";
+  for (size_t source = 0; source < kSourceCount; ++source) {
+    registry.AddCounter("ratelimit_checks_total", kChecksHelp, server.allowed[source],
+                        {{"decision", "allowed"}, {"source", kSourceNames[source]}});
+    registry.AddCounter("ratelimit_checks_total", kChecksHelp, server.denied[source],
+                        {{"decision", "denied"}, {"source", kSourceNames[source]}});
+  }
+  for (size_t status = 1; status < kStatusCount; ++status) {
+    registry.AddCounter(
+        "ratelimit_check_errors_total",
+        "Checks answered with a status other than ok: invalid_request, cost_exceeds_limit, "
+        "store_unavailable, overloaded, shutting_down.",
+        server.refused[status], {{"status", CheckStatusName(static_cast<CheckStatus>(status))}});
+  }
+  registry.AddHistogram("ratelimit_check_duration_seconds",
+                        "Time from reading a check's frame to writing its answer, in seconds.",
+                        server.latency, kNsPerSecond);
+  registry.AddCounter("ratelimit_bad_frames_total",
+                      "Frames refused with an ErrorResponse (bad length, failed verification, "
+                      "not a request); each closes its connection.",
+                      server.bad_frames);
+  registry.AddGauge("ratelimit_connections", "Client connections open on the Unix socket.",
+                    server.connections_open);
+  registry.AddCounter("ratelimit_connections_accepted_total",
+                      "Client connections accepted and served.", server.connections_accepted);
+  registry.AddCounter("ratelimit_connections_refused_total",
+                      "Client connections refused: over RATE_LIMIT_MAX_CONNECTIONS, a peer uid "
+                      "not in RATE_LIMIT_ALLOWED_UIDS, or during shutdown.",
+                      server.connections_refused);
+
+  registry.AddGauge("ratelimit_store_ready",
+                    "1 when the store can decide checks now; 0 while the database is "
+                    "unreachable, failing or its table unusable (checks then go to the "
+                    "fallback).",
+                    e.store_ready_);
+  constexpr const char* kBucketsHelp =
+      "Keys held in memory: buckets of the memory store, keys with lease state, or buckets of "
+      "the local fallback.";
+  if (engines.memory != nullptr) {
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.memory_buckets_,
+                      {{"store", "memory"}});
+  }
+  if (engines.lease != nullptr) {
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.lease_keys_,
+                      {{"store", "lease"}});
+  }
+  if (engines.local != nullptr) {
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.local_buckets_,
+                      {{"store", "fallback"}});
+  }
+  if (engines.fallback != nullptr) {
+    registry.AddCounter("ratelimit_fallbacks_total",
+                        "Checks the database could not decide, answered by RATE_LIMIT_FALLBACK.",
+                        e.fallbacks_);
+  }
+  if (engines.lease != nullptr) {
+    registry.AddCounter("ratelimit_lease_fetches_total",
+                        "Leases asked of the database (each one operation of a transaction).",
+                        e.lease_fetches_);
+    registry.AddCounter("ratelimit_lease_tokens_fetched_total",
+                        "Tokens leased from the shared buckets.", e.lease_tokens_fetched_);
+    registry.AddCounter("ratelimit_lease_returns_total",
+                        "Leases given back to the database: expired, replaced by a new policy, "
+                        "or at shutdown.",
+                        e.lease_returns_);
+    registry.AddCounter("ratelimit_lease_tokens_returned_total",
+                        "Whole tokens the database put back into the shared buckets.",
+                        e.lease_tokens_returned_);
+    registry.AddCounter("ratelimit_lease_tokens_expired_total",
+                        "Tokens still unspent when their lease expired (then given back).",
+                        e.lease_tokens_expired_);
+    registry.AddCounter("ratelimit_lease_waits_total",
+                        "Checks that waited for a lease fetch instead of being answered from "
+                        "memory at once.",
+                        e.lease_waits_);
+  }
+  if (engines.pg_store != nullptr) {
+    const PgStoreMetrics& db = engines.pg_store->metrics();
+    registry.AddCounter("ratelimit_db_transactions_total",
+                        "Database transactions started (checks, lease fetches and returns).",
+                        db.transactions);
+    registry.AddCounter("ratelimit_db_transaction_errors_total",
+                        "Database transactions that failed or timed out.", db.failed_transactions);
+    registry.AddHistogram("ratelimit_db_batch_size",
+                          "Operations (checks, lease fetches, returns) per database transaction.",
+                          db.batch_size, 1);
+    registry.AddHistogram("ratelimit_db_transaction_duration_seconds",
+                          "Database transaction time from BEGIN to the answer to COMMIT, or to "
+                          "the failure, in seconds.",
+                          db.duration, kNsPerSecond);
+    registry.AddCounter("ratelimit_db_repaired_rows_total",
+                        "Malformed rows found and repaired (each is also logged).",
+                        db.repaired_rows);
+    registry.AddCounter("ratelimit_db_collected_rows_total",
+                        "Rows of full buckets deleted by garbage collection.", db.collected_rows);
+  }
+}
+
+void AppendProcessMetrics(std::string& out) {
+  auto series = [&out](const char* name, const char* type, const char* help, double value) {
+    out += "# HELP ";
+    out += name;
+    out += ' ';
+    out += help;
+    out += "\n# TYPE ";
+    out += name;
+    out += ' ';
+    out += type;
+    out += '\n';
+    out += name;
+    out += ' ';
+    out += FormatMetricValue(value);
+    out += '\n';
+  };
+  // /proc/self/stat: the command name (field 2) is in parentheses and may hold spaces, so the
+  // fields are counted from the last ')'.
+  std::ifstream stat_file("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  if (close != std::string::npos) {
+    std::istringstream fields(stat.substr(close + 2));
+    std::vector<std::string> f((std::istream_iterator<std::string>(fields)),
+                               std::istream_iterator<std::string>());
+    // f[0] is field 3 (state): field n is f[n - 3].
+    if (f.size() > 21) {
+      const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+      const double cpu =
+          (std::strtod(f[11].c_str(), nullptr) + std::strtod(f[12].c_str(), nullptr)) / ticks;
+      series("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.",
+             cpu);
+      series("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             std::strtod(f[21].c_str(), nullptr) * static_cast<double>(sysconf(_SC_PAGESIZE)));
+      std::ifstream proc_stat("/proc/stat");
+      std::string line;
+      while (std::getline(proc_stat, line)) {
+        if (line.rfind("btime ", 0) == 0) {
+          const double boot = std::strtod(line.c_str() + 6, nullptr);
+          series("process_start_time_seconds", "gauge",
+                 "Start time of the process since the Unix epoch, in seconds.",
+                 boot + std::strtod(f[19].c_str(), nullptr) / ticks);
+          break;
+        }
+      }
+    }
+  }
+  if (DIR* fds = opendir("/proc/self/fd"); fds != nullptr) {
+    size_t open = 0;
+    while (const dirent* entry = readdir(fds)) open += entry->d_name[0] != '.';
+    closedir(fds);
+    series("process_open_fds", "gauge", "Open file descriptors.",
+           static_cast<double>(open > 0 ? open - 1 : 0));  // Less the one reading the folder.
+  }
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    series("process_max_fds", "gauge", "The open file descriptor limit (soft).",
+           static_cast<double>(limit.rlim_cur));
+  }
+}
+
+}  // namespace ratelimit
