@@ -97,21 +97,24 @@ void Connection::Write(std::span<const uint8_t> frame) {
 
 uint64_t Connection::CheckStarted(uint64_t id) {
   ++pending_checks_;
-  uint32_t slot;
-  if (free_slots_.empty()) {
+  uint32_t slot = free_slot_;
+  if (slot == kNoSlot) {
     slot = static_cast<uint32_t>(in_flight_.size());
     in_flight_.emplace_back();
   } else {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
+    free_slot_ = in_flight_[slot].next_free;
   }
-  in_flight_[slot] = InFlight{id, read_started_ns_};
+  InFlight& check = in_flight_[slot];
+  check.id = id;
+  check.started_ns = read_started_ns_;
   return slot;
 }
 
 void Connection::OnCheckDone(uint64_t tag, const CheckResult& result) {
-  const InFlight check = in_flight_[tag];
-  free_slots_.push_back(static_cast<uint32_t>(tag));
+  InFlight& slot = in_flight_[tag];
+  const InFlight check = slot;
+  slot.next_free = free_slot_;
+  free_slot_ = static_cast<uint32_t>(tag);
   --pending_checks_;
   ServerMetrics& metrics = server_.metrics();
   metrics.CountCheck(result);  // Decided, whether or not anyone is left to hear it.

@@ -54,11 +54,14 @@ class Connection final : public RequestContext {
  private:
   enum class State { kReading, kPaused, kDraining, kClosing, kClosed };
 
-  // A check handed to the engine: the engine's tag is its index in in_flight_.
+  // A check handed to the engine: the engine's tag is its index in in_flight_. A free slot
+  // holds the index of the next free one, so taking and freeing a slot is two moves.
   struct InFlight {
     uint64_t id = 0;          // The request's id, echoed in the answer.
     uint64_t started_ns = 0;  // uv_hrtime() of the read that brought it.
+    uint32_t next_free = 0;
   };
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
 
   void TransitionTo(State next);
   void OnData(std::span<const uint8_t> data);
@@ -84,13 +87,13 @@ class Connection final : public RequestContext {
   std::vector<uint8_t> out_;      // Frames queued since the last write started.
   std::vector<uint8_t> writing_;  // Bytes owned by write_req_ while a write is in flight.
   bool write_in_flight_ = false;
-  size_t pending_checks_ = 0;         // Checks handed to the engine and not yet answered.
-  std::vector<InFlight> in_flight_;   // Slots, live or free; reused, so steady state allocates
-  std::vector<uint32_t> free_slots_;  // nothing.
-  bool in_read_ = false;              // Inside OnData, which flushes once for the whole read.
-  uint64_t read_started_ns_ = 0;      // When the current (or last) read began.
-  uint64_t answered_in_read_ = 0;     // Checks of the current read answered during it.
-  ReadScheduler::Share read_share_;   // What Server::reads() granted this connection.
+  size_t pending_checks_ = 0;        // Checks handed to the engine and not yet answered.
+  std::vector<InFlight> in_flight_;  // Slots, live or free; reused, so steady state allocates
+  uint32_t free_slot_ = kNoSlot;     // nothing. The first free one, or kNoSlot.
+  bool in_read_ = false;             // Inside OnData, which flushes once for the whole read.
+  uint64_t read_started_ns_ = 0;     // When the current (or last) read began.
+  uint64_t answered_in_read_ = 0;    // Checks of the current read answered during it.
+  ReadScheduler::Share read_share_;  // What Server::reads() granted this connection.
 };
 
 }  // namespace ratelimit
