@@ -1,0 +1,22 @@
+-- The shared bucket table of ratelimit-sidecar, for operators who create it themselves and run
+-- the sidecars with RATE_LIMIT_PG_CREATE_TABLE=false. The sidecar creates exactly this table
+-- when it is allowed to. Rename it with RATE_LIMIT_PG_TABLE (lower-case, optionally
+-- schema.table); the columns are a contract.
+--
+--   key         SHA-256 of the API key (RATE_LIMIT_PG_KEY_HASH=sha256, the default), or the
+--               key's bytes (none). Never plaintext unless an operator asks for it.
+--   tokens      tokens left at updated_at; fractional, refilled continuously.
+--   updated_at  the database's clock_timestamp() when tokens was computed; never a pod's clock.
+--   capacity    the bucket's capacity (the request's limit).
+--   window_ms   milliseconds to refill from empty to full.
+--
+-- Every check updates tokens and updated_at, so no index may cover them: updates then stay HOT
+-- (heap-only tuples), and fillfactor 70 leaves the room on each page that HOT updates need.
+-- Rows of full buckets mean the same as no row; the sidecars delete them in the background.
+CREATE TABLE IF NOT EXISTS rate_limit_buckets (
+  key bytea PRIMARY KEY,
+  tokens double precision,
+  updated_at timestamptz,
+  capacity bigint,
+  window_ms bigint
+) WITH (fillfactor = 70);
