@@ -1,4 +1,4 @@
-// Conninfo: checks DATABASE_URL without ever echoing it, and finds the password to mask.
+// Conninfo: checks DATABASE_URL without ever echoing it, finds the password to mask, redacts it.
 #include "sidecar/pg/conninfo.h"
 
 #include <arpa/inet.h>
@@ -42,6 +42,58 @@ std::string ConninfoPassword(const std::string& conninfo) {
   }
   const char* env = std::getenv("PGPASSWORD");
   return env != nullptr ? env : "";
+}
+
+namespace {
+
+// Appends `value` as libpq's conninfo syntax needs it: bare when that is unambiguous, else in
+// single quotes with ' and \ escaped.
+void AppendConninfoValue(std::string& out, std::string_view value) {
+  const bool bare = !value.empty() && value.find_first_of(" \t\n\r\f\v'\\=") == std::string::npos;
+  if (bare) {
+    out += value;
+    return;
+  }
+  out += '\'';
+  for (const char c : value) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '\'';
+}
+
+// Whether a dbname would be read as a connection string by a libpq call that expands it.
+bool LooksLikeConninfo(std::string_view value) {
+  return value.find('=') != std::string_view::npos || value.starts_with("postgresql://") ||
+         value.starts_with("postgres://");
+}
+
+}  // namespace
+
+std::string RedactConninfo(std::string_view conninfo) {
+  if (conninfo.empty()) return "";
+  OptionsPtr options = Parse(std::string(conninfo));
+  if (options == nullptr) return std::string(kUnparseableConninfo);
+  std::string out;
+  for (PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string_view keyword = o->keyword;
+    // libpq marks secrets with dispchar "*"; the names are listed too, so that a libpq that
+    // forgot one still hides it.
+    const bool secret = (o->dispchar != nullptr && std::string_view(o->dispchar) == "*") ||
+                        keyword == "password" || keyword == "sslpassword";
+    if (!out.empty()) out += ' ';
+    out += keyword;
+    out += '=';
+    if (secret) {
+      out += "***";
+    } else if (keyword == "dbname" && LooksLikeConninfo(o->val)) {
+      AppendConninfoValue(out, RedactConninfo(o->val));
+    } else {
+      AppendConninfoValue(out, o->val);
+    }
+  }
+  return out;
 }
 
 namespace {
