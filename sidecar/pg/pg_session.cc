@@ -97,6 +97,10 @@ void PgSession::StartConnecting(const std::string& hostaddr) {
     Fail(ConnError(conn_.get()));
     return;
   }
+  // Messages without DETAIL, HINT or CONTEXT: those quote row values ("Failing row contains
+  // (...)", a bind parameter's text), and so may quote an API key, and every message here may
+  // end up in the log. The SQLSTATE is kept apart (last_sqlstate) and added to the text.
+  PQsetErrorVerbosity(conn_.get(), PQERRORS_TERSE);
   // Server notices ("relation already exists, skipping") would otherwise go to stderr as plain
   // text, breaking the JSON-lines log; they are of interest only when debugging.
   PQsetNoticeProcessor(
@@ -301,9 +305,11 @@ void PgSession::ReadResults() {
       while (!statement_error_.empty() && statement_error_.back() == '\n') {
         statement_error_.pop_back();
       }
-      last_error_ = Redacted(statement_error_);
       const char* sqlstate = PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
       statement_sqlstate_ = sqlstate != nullptr ? sqlstate : "";
+      if (!statement_sqlstate_.empty())
+        statement_error_ += " (SQLSTATE " + statement_sqlstate_ + ")";
+      last_error_ = Redacted(statement_error_);
     }
     if (index_ < results_.size() && results_[index_] == nullptr)
       results_[index_] = std::move(result);
@@ -335,7 +341,8 @@ void PgSession::Fail(const std::string& message) {
   done_ = nullptr;
   results_.clear();
   TransitionTo(State::kBroken);
-  if (done) done(Status::Unavailable("database connection lost: " + message));
+  // The owner logs this status: it gets the masked text, like last_error().
+  if (done) done(Status::Unavailable("database connection lost: " + last_error_));
 }
 
 void PgSession::Abandon(const std::string& why) {

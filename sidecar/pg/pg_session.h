@@ -69,6 +69,9 @@ class PgSession {
 
   State state() const { return state_; }
   // The last connection or statement error, with the connection's password masked ("***").
+  // A statement error is the server's terse text plus its SQLSTATE, without DETAIL, HINT or
+  // CONTEXT, which may quote row values such as keys. The same text is in the error statuses
+  // that Run passes to `done`.
   const std::string& last_error() const { return last_error_; }
   // The SQLSTATE of the statement that failed the last pipeline ("42P01": no such table, ...),
   // or "" when the last pipeline did not fail on a statement. Valid until the next Run.
