@@ -2,7 +2,10 @@
 #include "sidecar/config/config.h"
 
 #include <charconv>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <span>
 
 namespace ratelimit {
 
@@ -84,9 +87,34 @@ struct Word {
   T value;
 };
 
+// The words of each variable that takes one: what LoadConfig reads and EffectiveConfig writes.
+constexpr Word<Algorithm> kAlgorithms[] = {{"token_bucket", Algorithm::kTokenBucket},
+                                           {"fixed_window", Algorithm::kFixedWindow}};
+constexpr Word<StoreKind> kStores[] = {{"memory", StoreKind::kMemory},
+                                       {"postgres", StoreKind::kPostgres}};
+constexpr Word<StoreMode> kModes[] = {{"lease", StoreMode::kLease}, {"strict", StoreMode::kStrict}};
+constexpr Word<bool> kBooleans[] = {{"true", true}, {"false", false}};
+constexpr Word<KeyHashing> kKeyHashings[] = {{"sha256", KeyHashing::kSha256},
+                                             {"none", KeyHashing::kNone}};
+constexpr Word<FallbackPolicy> kFallbacks[] = {{"local", FallbackPolicy::kLocal},
+                                               {"allow", FallbackPolicy::kAllow},
+                                               {"deny", FallbackPolicy::kDeny}};
+constexpr Word<LogLevel> kLogLevels[] = {{"debug", LogLevel::kDebug},
+                                         {"info", LogLevel::kInfo},
+                                         {"warn", LogLevel::kWarn},
+                                         {"error", LogLevel::kError}};
+
 template <typename T>
-Status ParseWord(std::string_view name, std::string_view value,
-                 std::initializer_list<Word<T>> words, T& out) {
+std::string WordFor(std::span<const Word<T>> words, T value) {
+  for (const Word<T>& w : words) {
+    if (w.value == value) return std::string(w.word);
+  }
+  return "?";  // Unreachable while every enumerator has its word.
+}
+
+template <typename T>
+Status ParseWord(std::string_view name, std::string_view value, std::span<const Word<T>> words,
+                 T& out) {
   std::string allowed = "one of";
   for (const Word<T>& w : words) {
     if (w.word == value) {
@@ -212,23 +240,12 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_ALGORITHM",
            [&](auto name, auto v) {
-             return ParseWord<Algorithm>(name, v,
-                                         {{"token_bucket", Algorithm::kTokenBucket},
-                                          {"fixed_window", Algorithm::kFixedWindow}},
-                                         config.algorithm);
+             return ParseWord<Algorithm>(name, v, kAlgorithms, config.algorithm);
            }),
       with("RATE_LIMIT_STORE",
-           [&](auto name, auto v) {
-             return ParseWord<StoreKind>(
-                 name, v, {{"memory", StoreKind::kMemory}, {"postgres", StoreKind::kPostgres}},
-                 config.store);
-           }),
+           [&](auto name, auto v) { return ParseWord<StoreKind>(name, v, kStores, config.store); }),
       with("RATE_LIMIT_MODE",
-           [&](auto name, auto v) {
-             return ParseWord<StoreMode>(
-                 name, v, {{"lease", StoreMode::kLease}, {"strict", StoreMode::kStrict}},
-                 config.mode);
-           }),
+           [&](auto name, auto v) { return ParseWord<StoreMode>(name, v, kModes, config.mode); }),
       with("RATE_LIMIT_LEASE_TTL_MS",
            [&](auto name, auto v) {
              return ParseInteger(name, v, 10, 600000, "milliseconds", config.lease_ttl_ms);
@@ -247,14 +264,11 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_PG_CREATE_TABLE",
            [&](auto name, auto v) {
-             return ParseWord<bool>(name, v, {{"true", true}, {"false", false}},
-                                    config.pg_create_table);
+             return ParseWord<bool>(name, v, kBooleans, config.pg_create_table);
            }),
       with("RATE_LIMIT_PG_KEY_HASH",
            [&](auto name, auto v) {
-             return ParseWord<KeyHashing>(
-                 name, v, {{"sha256", KeyHashing::kSha256}, {"none", KeyHashing::kNone}},
-                 config.pg_key_hash);
+             return ParseWord<KeyHashing>(name, v, kKeyHashings, config.pg_key_hash);
            }),
       with("RATE_LIMIT_PG_CONNECTIONS",
            [&](auto name, auto v) {
@@ -266,11 +280,7 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_FALLBACK",
            [&](auto name, auto v) {
-             return ParseWord<FallbackPolicy>(name, v,
-                                              {{"local", FallbackPolicy::kLocal},
-                                               {"allow", FallbackPolicy::kAllow},
-                                               {"deny", FallbackPolicy::kDeny}},
-                                              config.fallback);
+             return ParseWord<FallbackPolicy>(name, v, kFallbacks, config.fallback);
            }),
       with("RATE_LIMIT_EXPECTED_REPLICAS",
            [&](auto name, auto v) {
@@ -278,12 +288,7 @@ Result<Config> LoadConfig(const EnvLookup& env) {
            }),
       with("RATE_LIMIT_LOG_LEVEL",
            [&](auto name, auto v) {
-             return ParseWord<LogLevel>(name, v,
-                                        {{"debug", LogLevel::kDebug},
-                                         {"info", LogLevel::kInfo},
-                                         {"warn", LogLevel::kWarn},
-                                         {"error", LogLevel::kError}},
-                                        config.log_level);
+             return ParseWord<LogLevel>(name, v, kLogLevels, config.log_level);
            }),
       with("RATE_LIMIT_ADMIN_ADDR",
            [&](auto name, auto v) { return ParseAdminAddress(name, v, config.admin_addr); }),
@@ -297,6 +302,115 @@ Result<Config> LoadConfig(const EnvLookup& env) {
                    "token_bucket with RATE_LIMIT_STORE=postgres (fixed_window is memory-only)");
   }
   return config;
+}
+
+ConfigValues EffectiveConfig(const Config& config, std::string_view redacted_database_url) {
+  const auto number = [](uint64_t n) { return std::to_string(n); };
+  char mode[16];
+  std::snprintf(mode, sizeof(mode), "%04o", config.socket_mode);
+  std::string uids;
+  for (const uint32_t uid : config.allowed_uids) {
+    if (!uids.empty()) uids += ',';
+    uids += number(uid);
+  }
+  std::string admin;
+  if (config.admin_addr) {
+    const std::string& host = config.admin_addr->host;
+    admin = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+    admin += ":" + number(config.admin_addr->port);
+  }
+  // In kConfigVariables' order; config_test checks that every variable is here, once.
+  return {
+      {"RATE_LIMIT_SOCKET", config.socket_path},
+      {"RATE_LIMIT_SOCKET_MODE", mode},
+      {"RATE_LIMIT_ALLOWED_UIDS", uids},
+      {"RATE_LIMIT_MAX_CONNECTIONS", number(config.max_connections)},
+      {"RATE_LIMIT_MAX_FRAME_BYTES", number(config.max_frame_bytes)},
+      {"RATE_LIMIT_SHUTDOWN_GRACE_MS", number(config.shutdown_grace_ms)},
+      {"RATE_LIMIT_MAX_REQUESTS", number(config.default_policy.limit)},
+      {"RATE_LIMIT_WINDOW_MS", number(config.default_policy.window_ms)},
+      {"RATE_LIMIT_ALGORITHM", WordFor<Algorithm>(kAlgorithms, config.algorithm)},
+      {"RATE_LIMIT_STORE", WordFor<StoreKind>(kStores, config.store)},
+      {"RATE_LIMIT_MODE", WordFor<StoreMode>(kModes, config.mode)},
+      {"RATE_LIMIT_LEASE_TTL_MS", number(config.lease_ttl_ms)},
+      {"DATABASE_URL", std::string(redacted_database_url)},
+      {"RATE_LIMIT_PG_TABLE", config.pg_table.Plain()},
+      {"RATE_LIMIT_PG_CREATE_TABLE", WordFor<bool>(kBooleans, config.pg_create_table)},
+      {"RATE_LIMIT_PG_KEY_HASH", WordFor<KeyHashing>(kKeyHashings, config.pg_key_hash)},
+      {"RATE_LIMIT_PG_CONNECTIONS", number(config.pg_connections)},
+      {"RATE_LIMIT_PG_TIMEOUT_MS", number(config.pg_timeout_ms)},
+      {"RATE_LIMIT_FALLBACK", WordFor<FallbackPolicy>(kFallbacks, config.fallback)},
+      {"RATE_LIMIT_EXPECTED_REPLICAS", number(config.expected_replicas)},
+      {"RATE_LIMIT_LOG_LEVEL", WordFor<LogLevel>(kLogLevels, config.log_level)},
+      {"RATE_LIMIT_ADMIN_ADDR", admin},
+  };
+}
+
+ConfigValues LibpqEnvironment(const EnvLookup& env) {
+  // libpq's environment variables (its documentation, "Environment Variables"), PGPASSWORD
+  // apart. None of these holds a secret: key and certificate settings are file names.
+  static constexpr const char* kLibpqVariables[] = {
+      "PGHOST",
+      "PGHOSTADDR",
+      "PGPORT",
+      "PGDATABASE",
+      "PGUSER",
+      "PGPASSFILE",
+      "PGSERVICE",
+      "PGSERVICEFILE",
+      "PGOPTIONS",
+      "PGAPPNAME",
+      "PGCONNECT_TIMEOUT",
+      "PGTARGETSESSIONATTRS",
+      "PGLOADBALANCEHOSTS",
+      "PGCLIENTENCODING",
+      "PGSSLMODE",
+      "PGREQUIRESSL",
+      "PGSSLCOMPRESSION",
+      "PGSSLCERT",
+      "PGSSLKEY",
+      "PGSSLCERTMODE",
+      "PGSSLROOTCERT",
+      "PGSSLCRL",
+      "PGSSLCRLDIR",
+      "PGSSLSNI",
+      "PGSSLMINPROTOCOLVERSION",
+      "PGSSLMAXPROTOCOLVERSION",
+      "PGREQUIREPEER",
+      "PGREQUIREAUTH",
+      "PGCHANNELBINDING",
+      "PGGSSENCMODE",
+      "PGKRBSRVNAME",
+      "PGGSSLIB",
+      "PGGSSDELEGATION",
+      "PGSYSCONFDIR",
+      "PGDATESTYLE",
+      "PGTZ",
+      "PGGEQO",
+  };
+  ConfigValues values;
+  for (const char* name : kLibpqVariables) {
+    if (const char* value = env(name); value != nullptr) values.emplace_back(name, value);
+  }
+  const char* password = env("PGPASSWORD");
+  values.emplace_back("PGPASSWORD", password != nullptr ? "(set)" : "(unset)");
+  return values;
+}
+
+void LogEffectiveConfig(const Config& config, std::string_view redacted_database_url,
+                        const EnvLookup& env) {
+  if (!LogEnabled(LogLevel::kInfo)) return;
+  Log line(LogLevel::kInfo, "effective configuration");
+  for (const auto& [name, value] : EffectiveConfig(config, redacted_database_url)) {
+    line.Str(name, value);
+  }
+  if (config.store != StoreKind::kPostgres) return;  // Nothing else reads PG*.
+  for (const auto& [name, value] : LibpqEnvironment(env)) line.Str(name, value);
+}
+
+void LogEffectiveConfig(const Config& config, std::string_view redacted_database_url) {
+  LogEffectiveConfig(config, redacted_database_url,
+                     [](const char* name) -> const char* { return std::getenv(name); });
 }
 
 std::vector<std::string> UnknownRateLimitVariables(const char* const* environ_entries) {

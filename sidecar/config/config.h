@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sidecar/config/table_name.h"
@@ -76,6 +77,27 @@ using EnvLookup = std::function<const char*(const char* name)>;
 // allowed, e.g.
 //   RATE_LIMIT_WINDOW_MS="abc" is invalid: expected an integer from 1 to 4294967295
 Result<Config> LoadConfig(const EnvLookup& env);
+
+// The setting in effect of every variable in kConfigVariables, in that order, as text that
+// LoadConfig reads back as the same setting: defaults included, an unset RATE_LIMIT_ADMIN_ADDR
+// as "". DATABASE_URL is never taken from `config`: its value is `redacted_database_url`
+// (RedactConninfo in sidecar/pg, which config does not link).
+using ConfigValues = std::vector<std::pair<std::string_view, std::string>>;
+ConfigValues EffectiveConfig(const Config& config, std::string_view redacted_database_url);
+
+// The libpq environment variables (PGHOST, PGPORT, PGUSER, PGSSLMODE, ...) that are set, with
+// their values, in a fixed order; they fill in what DATABASE_URL leaves out. PGPASSWORD is
+// always listed, as "(set)" or "(unset)", never with its value.
+ConfigValues LibpqEnvironment(const EnvLookup& env);
+
+// Logs, at info, one line with msg "effective configuration" and one field per variable,
+// named after it, e.g. "RATE_LIMIT_MAX_REQUESTS":"100" (see EffectiveConfig), followed, for
+// the postgres store, by LibpqEnvironment(env). `redacted_database_url` is what DATABASE_URL
+// shows: pass RedactConninfo(config.database_url), never the URL itself.
+void LogEffectiveConfig(const Config& config, std::string_view redacted_database_url,
+                        const EnvLookup& env);
+// The same, reading the process's environment.
+void LogEffectiveConfig(const Config& config, std::string_view redacted_database_url);
 
 // Names in `environ`-style "NAME=value" entries that start with RATE_LIMIT_ but are not read by
 // this build: most often a typo, worth a warning.

@@ -1,4 +1,4 @@
-// Unit tests of LoadConfig and UnknownRateLimitVariables, driven by a fake environment.
+// Unit tests of LoadConfig, EffectiveConfig and UnknownRateLimitVariables, on a fake environment.
 #include "sidecar/config/config.h"
 
 #include <gmock/gmock.h>
@@ -11,6 +11,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "tests/log/stderr_capture.h"
 
 namespace ratelimit {
 namespace {
@@ -216,13 +218,21 @@ std::vector<GoodCase> GoodCases() {
       {"RATE_LIMIT_LOG_LEVEL", "error",
        [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kError); }},
       {"RATE_LIMIT_ADMIN_ADDR", "0.0.0.0:9464",
-       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"0.0.0.0", 9464})); }},
+       [](const Config& c) {
+         EXPECT_EQ(c.admin_addr, (AdminAddress{"0.0.0.0", 9464}));
+       }},
       {"RATE_LIMIT_ADMIN_ADDR", "127.0.0.1:0",
-       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"127.0.0.1", 0})); }},
+       [](const Config& c) {
+         EXPECT_EQ(c.admin_addr, (AdminAddress{"127.0.0.1", 0}));
+       }},
       {"RATE_LIMIT_ADMIN_ADDR", "[::1]:65535",
-       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"::1", 65535})); }},
+       [](const Config& c) {
+         EXPECT_EQ(c.admin_addr, (AdminAddress{"::1", 65535}));
+       }},
       {"RATE_LIMIT_ADMIN_ADDR", "localhost:9464",
-       [](const Config& c) { EXPECT_EQ(c.admin_addr, (AdminAddress{"localhost", 9464})); }},
+       [](const Config& c) {
+         EXPECT_EQ(c.admin_addr, (AdminAddress{"localhost", 9464}));
+       }},
   };
 }
 
@@ -376,6 +386,146 @@ TEST(ConfigTest, OutOfRangeMessageGivesTheRange) {
   Result<Config> config = Load({{"RATE_LIMIT_WINDOW_MS", "4294967296"}});
   ASSERT_FALSE(config.ok());
   EXPECT_THAT(config.status().message(), testing::HasSubstr("1 to 4294967295"));
+}
+
+// ---- The effective configuration, as logged at start-up ----
+
+EnvLookup Lookup(const Env& env) {
+  return [&env](const char* name) -> const char* {
+    const auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+}
+
+TEST(EffectiveConfigTest, ListsEveryVariableOnceInTheDocumentedOrder) {
+  Result<Config> config = Load({});
+  ASSERT_TRUE(config.ok());
+  std::vector<std::string_view> names;
+  for (const auto& [name, value] : EffectiveConfig(*config, "")) names.push_back(name);
+  std::vector<std::string_view> documented;
+  for (const ConfigVariable& variable : kConfigVariables) documented.push_back(variable.name);
+  EXPECT_EQ(names, documented);
+}
+
+TEST(EffectiveConfigTest, NothingSetShowsEachDocumentedDefault) {
+  Result<Config> config = Load({});
+  ASSERT_TRUE(config.ok());
+  const ConfigValues values = EffectiveConfig(*config, "");
+  ASSERT_EQ(values.size(), kConfigVariables.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    EXPECT_EQ(values[i].second, kConfigVariables[i].default_value) << values[i].first;
+  }
+}
+
+// What is logged is what is in effect: fed back to LoadConfig, it gives the same Config.
+TEST(EffectiveConfigTest, ReadsBackAsTheSameConfig) {
+  std::vector<Env> envs;
+  for (const GoodCase& c : GoodCases()) envs.push_back({{c.name, c.value}});
+  envs.push_back({{"RATE_LIMIT_SOCKET", "/run/rl/s.sock"},
+                  {"RATE_LIMIT_SOCKET_MODE", "640"},
+                  {"RATE_LIMIT_ALLOWED_UIDS", "10,20"},
+                  {"RATE_LIMIT_STORE", "postgres"},
+                  {"RATE_LIMIT_MODE", "strict"},
+                  {"RATE_LIMIT_PG_TABLE", "s.t"},
+                  {"RATE_LIMIT_PG_CREATE_TABLE", "false"},
+                  {"RATE_LIMIT_PG_KEY_HASH", "none"},
+                  {"RATE_LIMIT_FALLBACK", "deny"},
+                  {"RATE_LIMIT_LOG_LEVEL", "error"},
+                  {"RATE_LIMIT_ADMIN_ADDR", "[fe80::1]:9464"}});
+  for (const Env& env : envs) {
+    SCOPED_TRACE(env.begin()->first + "=" + env.begin()->second);
+    Result<Config> config = Load(env);
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    Env shown;
+    for (const auto& [name, value] : EffectiveConfig(*config, config->database_url)) {
+      shown[std::string(name)] = value;
+    }
+    EXPECT_EQ(Describe(shown), Describe(*config));
+  }
+}
+
+TEST(EffectiveConfigTest, DatabaseUrlIsTheRedactedTextNeverTheConfigs) {
+  Result<Config> config = Load({{"DATABASE_URL", "postgresql://u:hunter2@h/db"}});
+  ASSERT_TRUE(config.ok());
+  for (const auto& [name, value] : EffectiveConfig(*config, "user=u password=*** host=h")) {
+    EXPECT_THAT(value, testing::Not(testing::HasSubstr("hunter2"))) << name;
+    if (name == "DATABASE_URL") {
+      EXPECT_EQ(value, "user=u password=*** host=h");
+    }
+  }
+}
+
+TEST(EffectiveConfigTest, LibpqEnvironmentListsWhatIsSetAndOnlyWhetherPgpasswordIs) {
+  const Env env = {{"PGHOST", "db.internal"},
+                   {"PGSSLMODE", "verify-full"},
+                   {"PGPASSWORD", "hunter2"},
+                   {"PGUSER", ""},
+                   {"HOME", "/root"}};
+  EXPECT_EQ(LibpqEnvironment(Lookup(env)), (ConfigValues{{"PGHOST", "db.internal"},
+                                                         {"PGUSER", ""},
+                                                         {"PGSSLMODE", "verify-full"},
+                                                         {"PGPASSWORD", "(set)"}}));
+  EXPECT_EQ(LibpqEnvironment(Lookup({})), (ConfigValues{{"PGPASSWORD", "(unset)"}}));
+}
+
+class LogEffectiveConfigTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    SetLogLevel(LogLevel::kInfo);
+    ResetLogRepeatLimiter();  // Every test logs the same message; none may be suppressed.
+  }
+  void TearDown() override { SetLogLevel(LogLevel::kInfo); }
+};
+
+TEST_F(LogEffectiveConfigTest, WritesOneInfoLineWithEveryVariableAsAField) {
+  Result<Config> config = Load({{"RATE_LIMIT_MAX_REQUESTS", "7"}, {"PGHOST", "db"}});
+  ASSERT_TRUE(config.ok());
+  StderrCapture capture;
+  LogEffectiveConfig(*config, "", Lookup({{"PGHOST", "db"}}));
+  const std::vector<std::string> lines = capture.Lines();
+  ASSERT_EQ(lines.size(), 1u) << capture.Text();
+  const std::optional<JsonFields> fields = ParseJsonLine(lines[0]);
+  ASSERT_TRUE(fields.has_value()) << lines[0];
+  EXPECT_EQ(Field(*fields, "level"), "info");
+  EXPECT_EQ(Field(*fields, "msg"), "effective configuration");
+  for (const auto& [name, value] : EffectiveConfig(*config, "")) {
+    EXPECT_EQ(Field(*fields, name), value) << name;
+  }
+  EXPECT_EQ(Field(*fields, "RATE_LIMIT_MAX_REQUESTS"), "7");
+  EXPECT_EQ(Field(*fields, "RATE_LIMIT_WINDOW_MS"), "60000") << "defaults are shown too";
+  EXPECT_EQ(fields->size(), 3 + kConfigVariables.size())
+      << "the memory store reads no PG* variable, so none is shown";
+}
+
+TEST_F(LogEffectiveConfigTest, PostgresStoreAddsTheLibpqEnvironmentWithoutAnyPassword) {
+  const Env env = {{"RATE_LIMIT_STORE", "postgres"},
+                   {"DATABASE_URL", "postgresql://u:hunter2@h/db"},
+                   {"PGPASSWORD", "swordfish"},
+                   {"PGPORT", "6432"}};
+  Result<Config> config = Load(env);
+  ASSERT_TRUE(config.ok());
+  StderrCapture capture;
+  LogEffectiveConfig(*config, "user=u password=*** dbname=db host=h", Lookup(env));
+  const std::vector<std::string> lines = capture.Lines();
+  ASSERT_EQ(lines.size(), 1u) << capture.Text();
+  EXPECT_THAT(lines[0], testing::Not(testing::HasSubstr("hunter2")));
+  EXPECT_THAT(lines[0], testing::Not(testing::HasSubstr("swordfish")));
+  const std::optional<JsonFields> fields = ParseJsonLine(lines[0]);
+  ASSERT_TRUE(fields.has_value()) << lines[0];
+  EXPECT_EQ(Field(*fields, "DATABASE_URL"), "user=u password=*** dbname=db host=h");
+  EXPECT_EQ(Field(*fields, "RATE_LIMIT_STORE"), "postgres");
+  EXPECT_EQ(Field(*fields, "PGPORT"), "6432");
+  EXPECT_EQ(Field(*fields, "PGPASSWORD"), "(set)");
+  EXPECT_EQ(Field(*fields, "PGHOST"), std::nullopt) << "unset variables are left out";
+}
+
+TEST_F(LogEffectiveConfigTest, WritesNothingWhenInfoIsOff) {
+  Result<Config> config = Load({});
+  ASSERT_TRUE(config.ok());
+  SetLogLevel(LogLevel::kWarn);
+  StderrCapture capture;
+  LogEffectiveConfig(*config, "", Lookup({}));
+  EXPECT_EQ(capture.Text(), "");
 }
 
 // ---- Unknown variables ----
