@@ -189,19 +189,29 @@ void ResetLogRepeatLimiter(const RepeatLimiter::Options& options,
   repeats.now_ms = now_ms ? std::move(now_ms) : std::function<uint64_t()>(&MonotonicMs);
 }
 
-void LogReportSuppressed() {
-  std::vector<RepeatLimiter::Suppressed> taken;
-  {
-    Repeats& repeats = ProcessRepeats();
-    std::lock_guard<std::mutex> lock(repeats.mu);
-    taken = repeats.limiter.TakeSuppressed(repeats.now_ms());
-  }
+void Log::WriteSuppressed(const std::vector<RepeatLimiter::Suppressed>& taken) {
   for (const RepeatLimiter::Suppressed& s : taken) {
-    Log(s.level, kLogSuppressedMsg, Log::Unlimited{})
+    Log(s.level, kLogSuppressedMsg, Unlimited{})
         .Str("message", s.message)
         .Int("suppressed", static_cast<int64_t>(s.count));
   }
 }
+
+namespace {
+
+// `flush`: every count, as if every interval had ended.
+std::vector<RepeatLimiter::Suppressed> TakeSuppressed(bool flush) {
+  Repeats& repeats = ProcessRepeats();
+  std::lock_guard<std::mutex> lock(repeats.mu);
+  return repeats.limiter.TakeSuppressed(flush ? std::numeric_limits<uint64_t>::max()
+                                              : repeats.now_ms());
+}
+
+}  // namespace
+
+void LogReportSuppressed() { Log::WriteSuppressed(TakeSuppressed(/*flush=*/false)); }
+
+void LogFlushSuppressed() { Log::WriteSuppressed(TakeSuppressed(/*flush=*/true)); }
 
 void AppendJsonEscaped(std::string& out, std::string_view text) {
   for (size_t i = 0; i < text.size();) {

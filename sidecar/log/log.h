@@ -118,6 +118,9 @@ void ResetLogRepeatLimiter(const RepeatLimiter::Options& options = {},
 // written line of the same message are counted on that line instead. Thread-safe.
 inline constexpr std::string_view kLogSuppressedMsg = "log lines suppressed";
 void LogReportSuppressed();
+// The same for every message with lines dropped, its interval ended or not: call it once on the
+// way out, so that the last interval's counts are not lost. Thread-safe.
+void LogFlushSuppressed();
 
 // Builds one log line and writes it, with a single write(2), when destroyed:
 //   Log(LogLevel::kInfo, "listening").Str("socket", path).Int("max_connections", 1024);
@@ -147,9 +150,12 @@ class Log {
 
  private:
   friend void LogReportSuppressed();
+  friend void LogFlushSuppressed();
   struct Unlimited {};
   // A line that bypasses the repeat limiter.
   Log(LogLevel level, std::string_view msg, Unlimited);
+  // Writes one kLogSuppressedMsg line for each count.
+  static void WriteSuppressed(const std::vector<RepeatLimiter::Suppressed>& taken);
 
   void Begin(LogLevel level, std::string_view msg);
   void Key(std::string_view key);

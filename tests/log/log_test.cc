@@ -416,6 +416,20 @@ TEST_F(LogTest, ReportSuppressedWritesNothingWhenNothingWasDropped) {
   EXPECT_THAT(capture.Lines(), SizeIs(1));
 }
 
+TEST_F(LogTest, FlushSuppressedReportsCountsWhoseIntervalIsStillRunning) {
+  StderrCapture capture;
+  for (int i = 0; i < 8; ++i) Log(LogLevel::kWarn, "cannot read from connection");
+  LogReportSuppressed();
+  ASSERT_THAT(capture.Lines(), SizeIs(5));
+  LogFlushSuppressed();
+  ASSERT_THAT(capture.Lines(), SizeIs(6));
+  const JsonFields fields = ParseOrFail(capture.Lines()[5]);
+  EXPECT_EQ(Field(fields, "msg"), kLogSuppressedMsg);
+  EXPECT_EQ(Field(fields, "suppressed"), "3");
+  LogFlushSuppressed();
+  EXPECT_THAT(capture.Lines(), SizeIs(6));
+}
+
 // Two threads (the loop and the admin server) log at once into a pipe, as stderr is in a
 // container: lines longer than the pipe's buffer take several write(2) calls each, and still
 // every line arrives whole.
