@@ -122,7 +122,8 @@ void LogReportSuppressed();
 // way out, so that the last interval's counts are not lost. Thread-safe.
 void LogFlushSuppressed();
 
-// Builds one log line and writes it, with a single write(2), when destroyed:
+// Builds one log line and writes it whole to stderr when destroyed (one write(2), or more under
+// a lock when a pipe takes only part of it):
 //   Log(LogLevel::kInfo, "listening").Str("socket", path).Int("max_connections", 1024);
 // prints {"ts":"2026-11-28T13:00:00.000Z","level":"info","msg":"listening","socket":...}.
 //
