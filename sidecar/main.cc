@@ -71,22 +71,6 @@ Result<Secrets> RandomSecrets() {
   return secrets;
 }
 
-const char* AlgorithmName(Algorithm algorithm) {
-  return algorithm == Algorithm::kTokenBucket ? "token_bucket" : "fixed_window";
-}
-
-const char* FallbackName(FallbackPolicy policy) {
-  switch (policy) {
-    case FallbackPolicy::kLocal:
-      return "local";
-    case FallbackPolicy::kAllow:
-      return "allow";
-    case FallbackPolicy::kDeny:
-      return "deny";
-  }
-  return "?";
-}
-
 const char* ModeName(const Config& config) {
   if (config.store != StoreKind::kPostgres) return "memory";
   return config.mode == StoreMode::kLease ? "lease" : "strict";
@@ -354,6 +338,7 @@ int Main(int argc, char** argv) {
     }
   }
   SetLogLevel(config->log_level);
+  LogEffectiveConfig(*config, RedactConninfo(config->database_url));
   for (const std::string& name : UnknownRateLimitVariables(environ)) {
     Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
   }
@@ -372,17 +357,11 @@ int Main(int argc, char** argv) {
   {
     Sidecar sidecar(&loop, *config, *secrets);
     if (Status started = sidecar.Start(); started.ok()) {
+      // The rest of the configuration is in the "effective configuration" line.
       Log(LogLevel::kInfo, "listening")
           .Str("socket", config->socket_path)
           .Str("store", config->store == StoreKind::kPostgres ? "postgres" : "memory")
-          .Str("mode", ModeName(*config))
-          .Str("fallback",
-               config->store == StoreKind::kPostgres ? FallbackName(config->fallback) : "none")
-          .Str("algorithm", AlgorithmName(config->algorithm))
-          .Int("default_limit", config->default_policy.limit)
-          .Int("default_window_ms", config->default_policy.window_ms)
-          .Int("max_connections", config->max_connections)
-          .Int("max_frame_bytes", config->max_frame_bytes);
+          .Str("mode", ModeName(*config));
     } else {
       Log(LogLevel::kError, "cannot start").Str("error", started.message());
       exit_code = 1;
@@ -396,6 +375,7 @@ int Main(int argc, char** argv) {
         .Str("error", uv_strerror(rc));
     exit_code = exit_code == 0 ? 1 : exit_code;
   }
+  LogFlushSuppressed();
   if (exit_code == 0) Log(LogLevel::kInfo, "stopped");
   return exit_code;
 }
