@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds everything and runs every test: formatting, the suite with -Werror, the same suite under
-# ASan+UBSan, and a short libFuzzer run of the connection-input target from its committed corpus
+# Builds everything and runs every test: formatting, the suite with -Werror (with the Kubernetes
+# manifests validated offline by a Node suite), the same suite under ASan+UBSan, and a short
+# libFuzzer run of the connection-input target from its committed corpus
 # (scripts/fuzz.sh runs a long one). Exits non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets
 # the fuzz run's length (default 30).
 set -euo pipefail
@@ -36,6 +37,9 @@ run_ctest() {
   passed=$((passed + total - fail))
   failed=$((failed + fail))
 }
+
+echo "== Node packages of the manifest tests (npm ci, from package-lock.json)"
+npm ci --prefix tests/k8s --no-audit --no-fund
 
 echo "== format check (clang-format, .clang-format)"
 git ls-files '*.cc' '*.h' | xargs clang-format --dry-run -Werror
