@@ -328,12 +328,12 @@ int Main(int argc, char** argv) {
   }
   Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
   if (!config.ok()) {
-    Log(LogLevel::kError, config.status().message());
+    Log(LogLevel::kError, "invalid configuration").Str("error", config.status().message());
     return 2;
   }
   if (config->store == StoreKind::kPostgres) {
     if (Status url = ValidateConninfo(config->database_url); !url.ok()) {
-      Log(LogLevel::kError, url.message());
+      Log(LogLevel::kError, "invalid configuration").Str("error", url.message());
       return 2;
     }
   }

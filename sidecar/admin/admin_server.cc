@@ -72,7 +72,8 @@ Status AdminServer::Start(const AdminServerOptions& options) {
   freeaddrinfo(found);
 
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
-  if (ipv6) flags |= MHD_USE_IPv6;
+  // Dual stack: "[::]:port" then also serves IPv4 clients, as operators expect of a wildcard.
+  if (ipv6) flags |= MHD_USE_DUAL_STACK;
   // The logger first, so that even complaints about later options reach our log.
   daemon_ = MHD_start_daemon(
       flags, options.port, nullptr, nullptr, &Handle, this, MHD_OPTION_EXTERNAL_LOGGER,

@@ -460,8 +460,10 @@ void PgStore::OnLocked(Slot& slot, std::shared_ptr<Transaction> tx,
     const std::string problems = RepairRow(found->second, ops[0]->policy, now_us, row);
     if (!problems.empty()) {
       metrics_.repaired_rows.Add();
+      // Named by its key's SHA-256 digest whatever RATE_LIMIT_PG_KEY_HASH says: with none, the
+      // row key is the API key itself, a secret that must not reach the log.
       Log(LogLevel::kWarn, "repaired a malformed rate limit row")
-          .Str("row_key_prefix", key.substr(0, 16))
+          .Str("row_key_prefix", RowKeyHex(ops[0]->key, KeyHashing::kSha256).substr(0, 16))
           .Str("problems", problems);
     }
     decided.clear();
