@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "tests/log/stderr_capture.h"
+#include "tests/testing/stderr_capture.h"
 
 namespace ratelimit {
 namespace {

@@ -1,6 +1,6 @@
 // StderrCapture and ParseJsonLine: what the sidecar logged, read back and parsed in a test.
-#ifndef RATELIMIT_TESTS_LOG_STDERR_CAPTURE_H_
-#define RATELIMIT_TESTS_LOG_STDERR_CAPTURE_H_
+#ifndef RATELIMIT_TESTS_TESTING_STDERR_CAPTURE_H_
+#define RATELIMIT_TESTS_TESTING_STDERR_CAPTURE_H_
 
 #include <unistd.h>
 
@@ -182,4 +182,4 @@ inline std::optional<std::string> Field(const JsonFields& fields, std::string_vi
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_TESTS_LOG_STDERR_CAPTURE_H_
+#endif  // RATELIMIT_TESTS_TESTING_STDERR_CAPTURE_H_
