@@ -44,12 +44,6 @@ bool Eventually(const std::function<bool()>& done, int timeout_ms = 5000) {
   return true;
 }
 
-// The series whose names start with `prefix` as scraped now, for a failure message.
-std::string DumpNow(uint16_t port, std::string_view prefix = "ratelimit_") {
-  Result<PromText> m = ScrapeMetrics(port);
-  return m.ok() ? m->Dump(prefix) : m.status().ToString();
-}
-
 PromLabels Check(const std::string& decision, const std::string& source) {
   return {{"decision", decision}, {"source", source}};
 }

@@ -54,11 +54,6 @@ bool TransactionsAccountedFor(const PromText& m) {
          Get(m, "ratelimit_db_transaction_duration_seconds_count") == transactions;
 }
 
-std::string DumpNow(uint16_t port) {
-  Result<PromText> m = ScrapeMetrics(port);
-  return m.ok() ? m->Dump("ratelimit_") : m.status().ToString();
-}
-
 TEST(AdminPg, LeaseModeCountsTransactionsBatchesAndLeaseTokens) {
   REQUIRE_TEST_DATABASE();
   constexpr int kChecks = 50;

@@ -267,4 +267,9 @@ AdminSidecar StartWithAdmin(Env env) {
   return sidecar;
 }
 
+std::string DumpNow(uint16_t port, std::string_view prefix) {
+  Result<PromText> m = ScrapeMetrics(port);
+  return m.ok() ? m->Dump(prefix) : m.status().ToString();
+}
+
 }  // namespace ratelimit

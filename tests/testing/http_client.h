@@ -76,6 +76,10 @@ Result<PromText> ScrapeUntil(uint16_t port, const std::function<bool(const PromT
 // log has no such line.
 uint16_t AdminPortFromLog(std::string_view log);
 
+// The series whose names start with `prefix` as scraped now, one a line, or why the scrape
+// failed: for failure messages.
+std::string DumpNow(uint16_t port, std::string_view prefix = "ratelimit_");
+
 // A running sidecar with its admin server on 127.0.0.1 and a port of the sidecar's choosing.
 struct AdminSidecar {
   std::unique_ptr<SidecarProcess> process;
