@@ -417,7 +417,12 @@ TEST_P(FaultInjection, AFrozenServerIsSurvivedAndRecoveredFromOnceItContinues) {
   const Outage o = RunOutage({.inject = [&] { return server_.Freeze(); },
                               .heal = [&] { return server_.Thaw(); },
                               .recovery_counts_from_before_heal = true});
-  ExpectSurvived(o, {});
+  // A thawed server first works off what piled up while it was frozen: a fork for every
+  // connection attempt queued in its listen backlog (each sidecar session retried several times),
+  // and the abandoned transactions. On a busy machine a transaction in that burst can outlast the
+  // timeout once more (seen in CI: failing, succeed, failing, succeed within a second), so a
+  // second failing spell is allowed; the recovery bound and the log budget still hold.
+  ExpectSurvived(o, {.failures = 2});
   ExpectCleanEnd();
 }
 
