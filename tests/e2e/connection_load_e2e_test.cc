@@ -22,6 +22,7 @@
 #include "schema/frame_codec.h"
 #include "sidecar/server/connection.h"
 #include "tests/testing/raw_socket.h"
+#include "tests/testing/sanitizers.h"
 #include "tests/testing/sidecar_process.h"
 
 namespace ratelimit {
@@ -231,6 +232,7 @@ TEST(ConnectionLoadE2E, FloodersThatNeverReadCostBoundedMemoryAndOthersAreServed
   constexpr int kWellBehavedChecks = 200;
   constexpr int kMaxWellBehavedChecks = 20000;
   constexpr uint32_t kMaxFrameBytes = 4096;
+  constexpr int kDeadlineMs = 100;
   ASSERT_TRUE(RaiseOwnFdLimit(kFlooders + 64));
   Result<std::unique_ptr<SidecarProcess>> started =
       SidecarProcess::Start({{"RATE_LIMIT_MAX_CONNECTIONS", std::to_string(kFlooders + 16)},
@@ -242,8 +244,9 @@ TEST(ConnectionLoadE2E, FloodersThatNeverReadCostBoundedMemoryAndOthersAreServed
 
   // The well-behaved client connects first; each of its checks must come back within its
   // 100 ms deadline (Receive fails with TimedOut otherwise), during the flood and after it.
-  Result<std::unique_ptr<Pipeline>> connected =
-      Pipeline::Connect({.socket_path = sidecar.socket_path(), .timeout_ms = 100});
+  // Under the sanitizers the sidecar is slower by kSanitizerSlowdown, and so is the deadline.
+  Result<std::unique_ptr<Pipeline>> connected = Pipeline::Connect(
+      {.socket_path = sidecar.socket_path(), .timeout_ms = kDeadlineMs * kSanitizerSlowdown});
   ASSERT_TRUE(connected.ok()) << connected.status().ToString();
   Pipeline& well_behaved = **connected;
 
@@ -313,20 +316,19 @@ TEST(ConnectionLoadE2E, FloodersThatNeverReadCostBoundedMemoryAndOthersAreServed
       3 * (kMaxQueuedOutputBytes + answers_per_read) + kMaxFrameBytes + 4 + 2 * kKiB;
   size_t bound = per_connection * kFlooders;
   bound += bound / 4 + 64 * kMiB;
-#if defined(__SANITIZE_ADDRESS__)
-  bound += bound / 8 + 256 * kMiB;
-#endif
+  if (kUnderAddressSanitizer) bound += bound / 8 + 256 * kMiB;
   const int64_t bound_kb = baseline_kb + static_cast<int64_t>(bound / kKiB);
 
   std::printf(
       "flood: %zu connections sent %zu MiB (at most %zu KiB on one) of %zu-byte requests "
       "(answers %zu bytes) in %.1f s, the sidecar busy %.1f s of it\n"
       "sidecar VmRSS: %lld kB before, peak (VmHWM) %lld kB, after %lld kB; bound %lld kB\n"
-      "well-behaved client: %d checks answered, slowest %.2f ms (deadline 100 ms)\n",
+      "well-behaved client: %d checks answered, slowest %.2f ms (deadline %d ms)\n",
       kFlooders, flood.total_bytes / kMiB, flood.most_bytes_one_connection / kKiB, request_bytes,
       response_bytes, flood.seconds, flood.sidecar_cpu_seconds, static_cast<long long>(baseline_kb),
       static_cast<long long>(peak_kb), static_cast<long long>(final_kb),
-      static_cast<long long>(bound_kb), answered, static_cast<double>(slowest_us) / 1000.0);
+      static_cast<long long>(bound_kb), answered, static_cast<double>(slowest_us) / 1000.0,
+      kDeadlineMs * kSanitizerSlowdown);
   EXPECT_TRUE(failure.ok()) << failure.ToString();
   EXPECT_GE(answered, kWellBehavedChecks);
   EXPECT_EQ(flood.send_errors, 0u);  // Flooders are slowed down, not disconnected.
@@ -337,7 +339,8 @@ TEST(ConnectionLoadE2E, FloodersThatNeverReadCostBoundedMemoryAndOthersAreServed
 
   // A new connection is served after the flood too (the well-behaved one was, to the end).
   Result<CheckResult> fresh =
-      Client({.socket_path = sidecar.socket_path(), .timeout_ms = 100}).Check({.key = "fresh"});
+      Client({.socket_path = sidecar.socket_path(), .timeout_ms = kDeadlineMs * kSanitizerSlowdown})
+          .Check({.key = "fresh"});
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
   sidecar.Signal(SIGTERM);  // Flooders that never read are closed when the grace period ends.
   EXPECT_EQ(sidecar.WaitExit(30000), 0) << sidecar.Stderr().substr(0, 4000);
