@@ -1,0 +1,21 @@
+// ratelimit-sidecar-client: the Node.js client of the rate-limit sidecar and its Express middleware.
+export {
+  DEFAULT_CONNECTIONS,
+  DEFAULT_SOCKET_PATH,
+  DEFAULT_TIMEOUT_MS,
+  RateLimitClient,
+} from './client';
+export type { RateLimitClientOptions } from './client';
+export {
+  RateLimitError,
+  RateLimitInvalidRequestError,
+  RateLimitProtocolError,
+  RateLimitTimeoutError,
+  RateLimitUnavailableError,
+} from './errors';
+export type { RateLimitErrorCode, WireStatus } from './errors';
+export { RATELIMIT_HEADERS_DRAFT } from './headers';
+export { rateLimitMiddleware } from './middleware';
+export type { RateLimitMiddleware, RateLimitMiddlewareOptions } from './middleware';
+export type { CheckOptions, CheckResult, DecisionSource, PingResult } from './types';
+export { MAX_KEY_BYTES } from './validate';

@@ -1,0 +1,192 @@
+// rateLimitMiddleware in an Express app on a real HTTP server, with the real sidecar behind it.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+
+import express from 'express';
+
+import {
+  RateLimitClient,
+  RateLimitInvalidRequestError,
+  rateLimitMiddleware,
+} from '../dist/index.js';
+import { startSidecar } from './helpers/sidecar.mjs';
+
+const HTTP_TIMEOUT_MS = 5000;
+
+// An Express app with one limiter per route prefix, and an error handler that shows what the
+// middleware passed on: 400 for RateLimitInvalidRequestError, 500 for anything else.
+function makeApp(client) {
+  const app = express();
+  const apiKey = (req) => req.get('x-api-key');
+  app.use('/limited', rateLimitMiddleware({ client, key: apiKey, limit: 2, windowMs: 60_000 }));
+  app.use('/default-policy', rateLimitMiddleware({ client, key: apiKey }));
+  app.use(
+    '/costly',
+    rateLimitMiddleware({
+      client,
+      key: apiKey,
+      limit: 10,
+      windowMs: 10_000,
+      cost: (req) => Number(req.get('x-cost')),
+    }),
+  );
+  app.use(
+    '/broken-key',
+    rateLimitMiddleware({
+      client,
+      key: () => {
+        throw new Error('key lookup failed');
+      },
+    }),
+  );
+  app.use(
+    '/fail-open',
+    rateLimitMiddleware({
+      client,
+      key: apiKey,
+      limit: 2,
+      windowMs: 60_000,
+      onUnavailable: 'allow',
+    }),
+  );
+  app.use(
+    '/fail-closed',
+    rateLimitMiddleware({ client, key: apiKey, limit: 2, windowMs: 60_000, onUnavailable: 'deny' }),
+  );
+  app.get('/*', (req, res) => res.send('served'));
+  app.use((err, req, res, next) => {
+    res
+      .status(err instanceof RateLimitInvalidRequestError ? 400 : 500)
+      .send(`${err.name}: ${err.message}`);
+  });
+  return app;
+}
+
+describe('rateLimitMiddleware', () => {
+  let sidecar;
+  let client;
+  let server;
+  let base;
+
+  async function get(path, headers = {}) {
+    const res = await fetch(`${base}${path}`, {
+      headers,
+      signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
+    });
+    return {
+      status: res.status,
+      body: await res.text(),
+      policy: res.headers.get('ratelimit-policy'),
+      limit: res.headers.get('ratelimit'),
+      retryAfter: res.headers.get('retry-after'),
+    };
+  }
+
+  before(async () => {
+    sidecar = await startSidecar({
+      env: { RATE_LIMIT_MAX_REQUESTS: '100', RATE_LIMIT_WINDOW_MS: '60000' },
+    });
+    client = new RateLimitClient({ socketPath: sidecar.socketPath, timeoutMs: 1000 });
+    server = makeApp(client).listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    base = `http://127.0.0.1:${server.address().port}`;
+  });
+  after(async () => {
+    server?.closeAllConnections();
+    server?.close();
+    await client?.close();
+    await sidecar?.dispose();
+  });
+
+  test('admits with RateLimit-Policy and RateLimit, then 429 with Retry-After', async () => {
+    const key = { 'x-api-key': 'customer-1' };
+    // Capacity 2 per 60 s: a token comes back every 30 s; t and Retry-After round up.
+    assert.deepEqual(await get('/limited/a', key), {
+      status: 200,
+      body: 'served',
+      policy: '"default";q=2;w=60',
+      limit: '"default";r=1;t=30',
+      retryAfter: null,
+    });
+    assert.deepEqual(await get('/limited/b', key), {
+      status: 200,
+      body: 'served',
+      policy: '"default";q=2;w=60',
+      limit: '"default";r=0;t=60',
+      retryAfter: null,
+    });
+    assert.deepEqual(await get('/limited/c', key), {
+      status: 429,
+      body: 'Too Many Requests\n',
+      policy: '"default";q=2;w=60',
+      limit: '"default";r=0;t=30',
+      retryAfter: '30',
+    });
+    // Another key has its own bucket.
+    assert.equal((await get('/limited/a', { 'x-api-key': 'customer-2' })).status, 200);
+  });
+
+  test("without limit and windowMs, the sidecar's default policy; w is then left out", async () => {
+    const res = await get('/default-policy', { 'x-api-key': 'customer-3' });
+    assert.equal(res.status, 200);
+    assert.equal(res.policy, '"default";q=100');
+    assert.equal(res.limit, '"default";r=99;t=1');
+  });
+
+  test('a cost function spends its cost; cost above the limit goes to the error handler', async () => {
+    const key = { 'x-api-key': 'customer-4' };
+    assert.equal((await get('/costly', { ...key, 'x-cost': '4' })).limit, '"default";r=6;t=4');
+    const tooMuch = await get('/costly', { ...key, 'x-cost': '11' });
+    assert.equal(tooMuch.status, 400);
+    assert.match(tooMuch.body, /RateLimitInvalidRequestError: .*CostExceedsLimit/);
+  });
+
+  test('no key, or a key function that throws, goes to the error handler', async () => {
+    const noKey = await get('/limited/a');
+    assert.equal(noKey.status, 400);
+    assert.match(noKey.body, /RateLimitInvalidRequestError: the key function returned no key/);
+    const tooLong = await get('/limited/a', { 'x-api-key': 'k'.repeat(513) });
+    assert.equal(tooLong.status, 400);
+    const broken = await get('/broken-key');
+    assert.equal(broken.status, 500);
+    assert.match(broken.body, /Error: key lookup failed/);
+  });
+
+  test("sidecar stopped: onUnavailable 'allow' serves, without headers; 'deny' is 503", async () => {
+    await sidecar.stop();
+    const key = { 'x-api-key': 'customer-5' };
+    assert.deepEqual(await get('/fail-open', key), {
+      status: 200,
+      body: 'served',
+      policy: null,
+      limit: null,
+      retryAfter: null,
+    });
+    assert.deepEqual(await get('/fail-closed', key), {
+      status: 503,
+      body: 'Service Unavailable\n',
+      policy: null,
+      limit: null,
+      retryAfter: '1',
+    });
+  });
+});
+
+describe('rateLimitMiddleware options', () => {
+  const client = { check: async () => ({}) };
+  const key = () => 'k';
+  for (const [name, options, error] of [
+    ['no client', { key }, TypeError],
+    ['no key function', { client }, TypeError],
+    ['a limit without a window', { client, key, limit: 10 }, TypeError],
+    ['a negative limit', { client, key, limit: -1, windowMs: 10 }, RangeError],
+    ['a fractional cost', { client, key, cost: 0.5 }, RangeError],
+    ['an unknown onUnavailable', { client, key, onUnavailable: 'maybe' }, TypeError],
+    ['a policy name a header cannot carry', { client, key, policyName: 'caf\u00e9' }, TypeError],
+  ]) {
+    test(`refuses ${name} when created`, () => {
+      assert.throws(() => rateLimitMiddleware(options), error);
+    });
+  }
+});
