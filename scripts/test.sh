@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: formatting, the suite with -Werror (with the Kubernetes
-# manifests validated offline by a Node suite), the same suite built by clang under ASan+UBSan
-# (but for the tests of deadlines at shipped speed), and a short
-# libFuzzer run of the connection-input target from its committed corpus
-# (scripts/fuzz.sh runs a long one). Exits non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets
+# manifests validated offline by a Node suite, and the Node client's suites against the real
+# sidecar), the same suite built by clang under ASan+UBSan (but for the tests of deadlines at
+# shipped speed), and a short libFuzzer run of the connection-input target from its committed
+# corpus (scripts/fuzz.sh runs a long one). Exits non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets
 # the fuzz run's length (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +44,16 @@ run_ctest() {
 # Prints a stage's banner, with the time the whole run has taken so far, so a slow stage shows.
 stage() { echo "== $* (at $((SECONDS / 60)) min $((SECONDS % 60)) s)"; }
 
-stage "Node packages of the manifest tests (npm ci, from package-lock.json)"
+stage "Node packages of the manifest tests and the Node client (npm ci, from package-lock.json)"
 npm ci --prefix tests/k8s --no-audit --no-fund
+npm ci --prefix client/node --no-audit --no-fund
 
-stage "format check (clang-format, .clang-format)"
+stage "format check (clang-format, .clang-format; prettier for the Node client)"
 git ls-files '*.cc' '*.h' | xargs clang-format --dry-run -Werror
+npm run --prefix client/node --silent format:check
+
+stage "Node client build (flatc --ts from the schema, then tsc)"
+npm run --prefix client/node --silent build
 
 stage "build with -Werror"
 # Optimised as shipped; line tables only (-g1), which is enough for backtraces and compiles a

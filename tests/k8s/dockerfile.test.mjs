@@ -102,7 +102,7 @@ describe("the Dockerfile", () => {
       assert.ok(existsSync(`${repoRoot}/${source}`), `${source} exists`);
       assert.ok(!dockerIgnored(ignore, source), `.dockerignore drops ${source}`);
     }
-    for (const dropped of [".git", "build", "build-k8s", "tests/k8s/node_modules", "client/node_modules"]) {
+    for (const dropped of [".git", "build", "build-k8s", "tests/k8s/node_modules", "client/node_modules", "client/node"]) {
       assert.ok(dockerIgnored(ignore, dropped), `.dockerignore drops ${dropped}`);
     }
   });
