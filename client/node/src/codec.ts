@@ -13,18 +13,12 @@ import {
   Source,
   Status,
 } from './generated/ratelimit_generated';
-import { DecisionSource, PingResult } from './types';
+import { CheckResult, DecisionSource, PingResult } from './types';
 import { BufferVerifier, VerifiedTable } from './verifier';
 
-// A CheckResponse, whatever its status.
-export interface CheckReply {
+// A CheckResponse, whatever its status: a decision only when the status is Ok.
+export interface CheckReply extends CheckResult {
   status: WireStatus;
-  allowed: boolean;
-  limit: number;
-  remaining: number;
-  retryAfterMs: number;
-  resetAfterMs: number;
-  source: DecisionSource;
 }
 
 // One answer frame from the sidecar.
