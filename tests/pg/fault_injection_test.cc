@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <string>
@@ -67,6 +68,30 @@ constexpr uint32_t kFreshWindowMs = 60000;
 
 double Ms(int64_t ns) { return static_cast<double>(ns) / 1e6; }
 
+// Wall-clock milliseconds since the epoch: the clock of the sidecars' log lines.
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The "ts" of a sidecar's log line ("2026-12-01T23:51:40.010Z") in WallMs() terms; INT64_MAX
+// when it has none, which fails any bound.
+int64_t LogLineMs(const std::string& line) {
+  const std::string tag = "\"ts\":\"";
+  const size_t at = line.find(tag);
+  std::tm tm{};
+  int ms = 0;
+  if (at == std::string::npos ||
+      std::sscanf(line.c_str() + at + tag.size(), "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year,
+                  &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7) {
+    return INT64_MAX;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
 size_t Count(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
@@ -121,7 +146,8 @@ struct Expect {
 struct Outage {
   int64_t started_ns = 0;  // Just before the fault was injected.
   int64_t injected_ns = 0;
-  int64_t healed_ns = 0;  // The recovery bound counts from here.
+  int64_t healed_ns = 0;       // The recovery bound counts from here.
+  int64_t healed_wall_ms = 0;  // The same moment on the clock of the sidecars' log lines.
   std::vector<LoadAnswer> answers;
   std::vector<PingAnswer> pings;
 };
@@ -215,18 +241,21 @@ class FaultInjection : public testing::TestWithParam<std::string> {
     o.started_ns = fault.down_from_start ? load_started_ns_ : NowNs();
     Status injected = fault.inject();
     o.injected_ns = NowNs();
+    const int64_t injected_wall_ms = WallMs();
     EXPECT_TRUE(injected.ok()) << injected.ToString();
     std::printf("fault injected in %.1f ms\n", Ms(o.injected_ns - o.started_ns));
     if (fault.heal) {
       std::this_thread::sleep_for(std::chrono::milliseconds(fault.outage_ms));
-      const int64_t before = NowNs();
+      const int64_t before = NowNs(), before_wall_ms = WallMs();
       Status healed = fault.heal();
-      const int64_t after = NowNs();
+      const int64_t after = NowNs(), after_wall_ms = WallMs();
       EXPECT_TRUE(healed.ok()) << healed.ToString();
       o.healed_ns = fault.recovery_counts_from_before_heal ? before : after;
+      o.healed_wall_ms = fault.recovery_counts_from_before_heal ? before_wall_ms : after_wall_ms;
       std::printf("fault healed in %.1f ms\n", Ms(after - before));
     } else {
       o.healed_ns = o.injected_ns;
+      o.healed_wall_ms = injected_wall_ms;
     }
     WaitForRecovery(o.healed_ns);
     probe_->Stop();
@@ -379,6 +408,13 @@ class FaultInjection : public testing::TestWithParam<std::string> {
       EXPECT_LE(failing, expect.failures) << log;
     }
     EXPECT_EQ(succeed, failing) << log;
+    // A failing spell begins while the fault lasts, or in the burst right after its healing;
+    // one that begins later than the recovery bound is a relapse.
+    for (const std::string& line : LinesContaining(log, {"database transactions failing"})) {
+      const int64_t logged_ms = LogLineMs(line);
+      EXPECT_LE(logged_ms - o.healed_wall_ms, kRecoveryBoundMs)
+          << "a failing spell began after the recovery bound: " << line;
+    }
 
     EXPECT_EQ(sidecar.WaitExit(0), -1) << "the sidecar exited: " << log;
   }
@@ -421,7 +457,8 @@ TEST_P(FaultInjection, AFrozenServerIsSurvivedAndRecoveredFromOnceItContinues) {
   // connection attempt queued in its listen backlog (each sidecar session retried several times),
   // and the abandoned transactions. On a busy machine a transaction in that burst can outlast the
   // timeout once more (seen in CI: failing, succeed, failing, succeed within a second), so a
-  // second failing spell is allowed; the recovery bound and the log budget still hold.
+  // second failing spell is allowed, if it begins within the recovery bound of the thaw (as
+  // every spell must); the recovery bound and the log budget still hold.
   ExpectSurvived(o, {.failures = 2});
   ExpectCleanEnd();
 }
