@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: formatting, the suite with -Werror (with the Kubernetes
 # manifests validated offline by a Node suite, and the Node client's suites against the real
-# sidecar), the same suite built by clang under ASan+UBSan (but for the tests of deadlines at
-# shipped speed), and a short libFuzzer run of the connection-input target from its committed
-# corpus (scripts/fuzz.sh runs a long one). Exits non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets
-# the fuzz run's length (default 30).
+# sidecar; the soak runs in the next stage only), the same suite built by clang under ASan+UBSan
+# (but for the tests of deadlines at shipped speed), and a short libFuzzer run of the
+# connection-input target from its committed corpus (scripts/fuzz.sh runs a long one). Exits
+# non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets the fuzz run's length (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -62,7 +62,8 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRATELIMIT_WERRO
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO='-O2 -g1 -DNDEBUG' >/dev/null
 cmake --build build -j"$jobs"
 stage "tests"
-run_ctest build
+# The soak runs once, in the sanitizer stage below.
+run_ctest build --label-exclude soak
 
 stage "build with ASan + UBSan (clang)"
 # clang, so a second compiler's warnings are errors too, at -O1 as the sanitizers' docs advise,
@@ -75,7 +76,7 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=
 cmake --build build-asan -j"$jobs"
 stage "tests under ASan + UBSan"
 # Tests labelled shipped-speed assert deadlines at the speed the sidecar ships with; they ran in
-# the ordinary build above.
+# the ordinary build above. The soak (label soak) runs here only.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   run_ctest build-asan --label-exclude shipped-speed
 
