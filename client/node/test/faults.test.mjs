@@ -47,6 +47,21 @@ function isUnavailableNow(error) {
   return true;
 }
 
+// A check through a socket that cannot be connected to fails at once, not at its (long)
+// timeout, with the system's reason in the message.
+async function expectUnavailableAtOnce(socketPath, reason) {
+  const client = new RateLimitClient({ socketPath, timeoutMs: 10_000 });
+  try {
+    await assert.rejects(client.check('k'), (error) => {
+      isUnavailableNow(error);
+      assert.match(error.message, reason);
+      return true;
+    });
+  } finally {
+    await client.close();
+  }
+}
+
 describe('answers matched by id', () => {
   test('50 checks answered in reverse order each get their own answer', async (t) => {
     const n = 50;
@@ -207,19 +222,7 @@ describe('refusals and broken connections', () => {
   });
 
   test('no socket file (ENOENT): RateLimitUnavailableError at once', async () => {
-    const client = new RateLimitClient({
-      socketPath: join(makeTempDir(), 'none.sock'),
-      timeoutMs: 10_000,
-    });
-    try {
-      await assert.rejects(client.check('k'), (error) => {
-        isUnavailableNow(error);
-        assert.match(error.message, /ENOENT/);
-        return true;
-      });
-    } finally {
-      await client.close();
-    }
+    await expectUnavailableAtOnce(join(makeTempDir(), 'none.sock'), /ENOENT/);
   });
 
   test('a socket nobody listens on (ECONNREFUSED): RateLimitUnavailableError at once', async () => {
@@ -230,16 +233,7 @@ describe('refusals and broken connections', () => {
       `require('net').createServer().listen(${JSON.stringify(socketPath)}, () => process.kill(process.pid, 'SIGKILL'))`,
     ]);
     await once(child, 'exit');
-    const client = new RateLimitClient({ socketPath, timeoutMs: 10_000 });
-    try {
-      await assert.rejects(client.check('k'), (error) => {
-        isUnavailableNow(error);
-        assert.match(error.message, /ECONNREFUSED/);
-        return true;
-      });
-    } finally {
-      await client.close();
-    }
+    await expectUnavailableAtOnce(socketPath, /ECONNREFUSED/);
   });
 
   test('after a broken connection the next check opens a new one', async (t) => {
