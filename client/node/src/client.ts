@@ -1,7 +1,7 @@
 // RateLimitClient: asks the sidecar for decisions over a few pipelined Unix-socket connections.
-import { FrameEncoder, Reply } from './codec';
-import { Connection } from './connection';
-import { RateLimitProtocolError, RateLimitUnavailableError } from './errors';
+import { FrameEncoder } from './codec';
+import { Connection, ReplyKind, ReplyOf } from './connection';
+import { RateLimitUnavailableError } from './errors';
 import { checkResult } from './status';
 import { CheckOptions, CheckResult, PingResult } from './types';
 import { integerOption, keyBytes, uint32 } from './validate';
@@ -52,7 +52,7 @@ export class RateLimitClient {
   readonly socketPath: string;
   readonly timeoutMs: number;
   private readonly slots: (Connection | null)[];
-  // Every connection not yet closed, including replaced ones still finishing.
+  // Every connection whose socket is not closed yet, including replaced ones still finishing.
   private readonly live = new Set<Connection>();
   private nextSlot = 0;
   private nextId = 1;
@@ -92,21 +92,15 @@ export class RateLimitClient {
     const cost = uint32('cost', options.cost, 1);
     const limit = uint32('limit', options.limit, 0);
     const windowMs = uint32('windowMs', options.windowMs, 0);
-    const reply = await this.roundTrip((id) =>
+    const reply = await this.roundTrip('check', (id) =>
       this.encoder.check(id, bytes, cost, limit, windowMs),
     );
-    if (reply.kind !== 'check') {
-      throw new RateLimitProtocolError(`sidecar answered a check with a ${reply.kind} frame`);
-    }
-    return checkResult(reply.check);
+    return checkResult(reply.status, reply.result);
   }
 
   // Whether the sidecar answers, and whether its store is ready.
   async ping(): Promise<PingResult> {
-    const reply = await this.roundTrip((id) => this.encoder.ping(id));
-    if (reply.kind !== 'ping') {
-      throw new RateLimitProtocolError(`sidecar answered a ping with a ${reply.kind} frame`);
-    }
+    const reply = await this.roundTrip('ping', (id) => this.encoder.ping(id));
     return reply.ping;
   }
 
@@ -120,10 +114,13 @@ export class RateLimitClient {
     return Promise.all([...this.live].map((c) => c.close(error))).then(() => undefined);
   }
 
-  private roundTrip(encode: (id: number) => Buffer): Promise<Reply> {
+  private roundTrip<K extends ReplyKind>(
+    expects: K,
+    encode: (id: number) => Buffer,
+  ): Promise<ReplyOf<K>> {
     if (this.closed) throw new RateLimitUnavailableError('the client was closed');
     const id = this.nextId++;
-    return this.connection().send(id, encode(id));
+    return this.connection().send(id, encode(id), expects);
   }
 
   // The next connection in turn, opened if its slot is empty or its connection is going away.
@@ -132,15 +129,10 @@ export class RateLimitClient {
     this.nextSlot = (slot + 1) % this.slots.length;
     const current = this.slots[slot];
     if (current != null && current.usable) return current;
-    const connection = new Connection({
-      socketPath: this.socketPath,
-      timeoutMs: this.timeoutMs,
-      onClosed: (closed) => {
-        this.live.delete(closed);
-        if (this.slots[slot] === closed) this.slots[slot] = null;
-      },
-    });
+    const connection = new Connection({ socketPath: this.socketPath, timeoutMs: this.timeoutMs });
+    // Live until its socket is closed, so that close() waits for every socket.
     this.live.add(connection);
+    void connection.closed.then(() => this.live.delete(connection));
     this.slots[slot] = connection;
     return connection;
   }

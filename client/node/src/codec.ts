@@ -16,14 +16,15 @@ import {
 import { CheckResult, DecisionSource, PingResult } from './types';
 import { BufferVerifier, VerifiedTable } from './verifier';
 
-// A CheckResponse, whatever its status: a decision only when the status is Ok.
-export interface CheckReply extends CheckResult {
-  status: WireStatus;
-}
-
-// One answer frame from the sidecar.
+// One answer frame from the sidecar. A CheckResponse's fields are a decision only when its
+// status is Ok.
 export type Reply =
-  | { readonly kind: 'check'; readonly id: number; readonly check: CheckReply }
+  | {
+      readonly kind: 'check';
+      readonly id: number;
+      readonly status: WireStatus;
+      readonly result: CheckResult;
+    }
   | { readonly kind: 'ping'; readonly id: number; readonly ping: PingResult }
   | {
       readonly kind: 'error';
@@ -87,7 +88,7 @@ export function decodeReply(payload: Uint8Array): Reply {
   if (body === null) throw new RateLimitProtocolError(`sidecar sent a frame without a body`);
   switch (type) {
     case Body.CheckResponse:
-      return { kind: 'check', id, check: readCheck(verifier, body, frame) };
+      return { kind: 'check', id, ...readCheck(verifier, body, frame) };
     case Body.PingResponse:
       return { kind: 'ping', id, ping: readPing(verifier, body, frame) };
     case Body.ErrorResponse: {
@@ -106,19 +107,25 @@ export function decodeReply(payload: Uint8Array): Reply {
   }
 }
 
-function readCheck(verifier: BufferVerifier, table: VerifiedTable, frame: Frame): CheckReply {
+function readCheck(
+  verifier: BufferVerifier,
+  table: VerifiedTable,
+  frame: Frame,
+): { status: WireStatus; result: CheckResult } {
   for (let slot = 0; slot < CHECK_RESPONSE_SCALAR_SIZES.length; slot++) {
     verifier.scalar(table, slot, CHECK_RESPONSE_SCALAR_SIZES[slot]!);
   }
   const r = frame.body(new CheckResponse()) as CheckResponse;
   return {
     status: wireStatus(r.status()),
-    allowed: r.allowed(),
-    limit: r.limit(),
-    remaining: r.remaining(),
-    retryAfterMs: r.retryAfterMs(),
-    resetAfterMs: r.resetAfterMs(),
-    source: decisionSource(r.source()),
+    result: {
+      allowed: r.allowed(),
+      limit: r.limit(),
+      remaining: r.remaining(),
+      retryAfterMs: r.retryAfterMs(),
+      resetAfterMs: r.resetAfterMs(),
+      source: decisionSource(r.source()),
+    },
   };
 }
 

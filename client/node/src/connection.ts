@@ -14,7 +14,8 @@ import { errorResponseError } from './status';
 // Connecting: requests queue until the socket connects.
 // Open: requests are written, all those of one tick in one write.
 // Closing: the sidecar said it closes this connection (an ErrorResponse, or the end of its
-//   stream): no new requests; answers still arriving are read.
+//   stream): no new requests; answers still arriving are read, and once no request is pending
+//   the client closes it, whether the sidecar has or not.
 // Closed: the socket is gone and every request still pending has failed.
 enum State {
   Connecting,
@@ -23,7 +24,13 @@ enum State {
   Closed,
 }
 
+// The kind of answer a request must get; anything else is a protocol error.
+export type ReplyKind = 'check' | 'ping';
+// The answer of that kind.
+export type ReplyOf<K extends ReplyKind> = Extract<Reply, { kind: K }>;
+
 interface Pending {
+  expects: ReplyKind;
   resolve(reply: Reply): void;
   reject(error: RateLimitError): void;
   timer: NodeJS.Timeout;
@@ -33,8 +40,6 @@ export interface ConnectionOptions {
   socketPath: string;
   // Bounds each request, from send() to its answer, connecting included; and the connect.
   timeoutMs: number;
-  // Called once, when the connection is Closed, so its owner stops handing it out.
-  onClosed(connection: Connection): void;
 }
 
 // While the sidecar's listen backlog is full, connect fails with EAGAIN; try again this often
@@ -79,12 +84,14 @@ export class Connection {
     return this.state === State.Connecting || this.state === State.Open;
   }
 
-  // Sends one request frame and resolves with its answer, or rejects with a RateLimitError.
-  // ErrorResponse answers are rejections too. REQUIRES: usable; ids strictly increasing.
-  send(id: number, frame: Buffer): Promise<Reply> {
-    return new Promise<Reply>((resolve, reject) => {
+  // Sends one request frame and resolves with its answer, of kind `expects`, or rejects with a
+  // RateLimitError. ErrorResponse answers are rejections too. REQUIRES: usable; ids strictly
+  // increasing.
+  send<K extends ReplyKind>(id: number, frame: Buffer, expects: K): Promise<ReplyOf<K>> {
+    return new Promise<ReplyOf<K>>((resolve, reject) => {
       const timer = setTimeout(() => this.expire(id), this.options.timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
+      // settle() resolves only with a reply of kind `expects`.
+      this.pending.set(id, { expects, resolve: resolve as (reply: Reply) => void, reject, timer });
       if (this.pending.size === 1) this.socket?.ref();
       this.outbox.push({ id, frame });
       if (this.state === State.Open) this.scheduleFlush();
@@ -132,18 +139,15 @@ export class Connection {
       this.retryTimer = setTimeout(() => this.openSocket(), CONNECT_RETRY_MS);
       return;
     }
-    this.failure ??=
+    const what =
       this.state === State.Connecting
-        ? new RateLimitUnavailableError(
-            `cannot connect to the sidecar at ${this.options.socketPath}: ${error.code ?? error.message}`,
-            undefined,
-            { cause: error },
-          )
-        : new RateLimitUnavailableError(
-            `connection to the sidecar failed: ${error.code ?? error.message}`,
-            undefined,
-            { cause: error },
-          );
+        ? `cannot connect to the sidecar at ${this.options.socketPath}`
+        : 'connection to the sidecar failed';
+    this.failure ??= new RateLimitUnavailableError(
+      `${what}: ${error.code ?? error.message}`,
+      undefined,
+      { cause: error },
+    );
     // 'close' follows and fails what is pending.
   }
 
@@ -169,9 +173,15 @@ export class Connection {
       this.transitionTo(State.Closing);
       return;
     }
-    if (this.settle(reply.id, reply, undefined)) return;
-    if (reply.id === 0 || reply.id > this.highestIdSent) {
-      throw new RateLimitProtocolError(`sidecar answered id ${reply.id}, never sent`);
+    const expects = this.pending.get(reply.id)?.expects;
+    if (expects === reply.kind) {
+      this.settle(reply.id, reply, undefined);
+    } else if (expects !== undefined) {
+      throw new RateLimitProtocolError(`sidecar answered a ${expects} with a ${reply.kind} frame`);
+    } else if (reply.id === 0 || reply.id > this.highestIdSent) {
+      throw new RateLimitProtocolError(
+        `sidecar answered id ${reply.id}, which this connection never sent`,
+      );
     }
     // Otherwise the late answer to a request that timed out: dropped.
   }
@@ -182,10 +192,17 @@ export class Connection {
     if (request === undefined) return false;
     this.pending.delete(id);
     clearTimeout(request.timer);
-    if (this.pending.size === 0) this.socket?.unref();
     if (error !== undefined) request.reject(error);
     else request.resolve(reply!);
+    if (this.pending.size === 0) this.onIdle();
     return true;
+  }
+
+  // Nothing is pending: an open idle connection must not keep the process alive, and one the
+  // sidecar is closing has nothing left to wait for.
+  private onIdle(): void {
+    if (this.state === State.Closing) this.transitionTo(State.Closed);
+    else this.socket?.unref();
   }
 
   private expire(id: number): void {
@@ -232,8 +249,10 @@ export class Connection {
       case State.Open:
         this.clearConnectTimers();
         return;
-      case State.Connecting:
       case State.Closing:
+        if (this.pending.size === 0) this.transitionTo(State.Closed);
+        return;
+      case State.Connecting: // The initial state, never entered again.
         return;
       case State.Closed: {
         this.clearConnectTimers();
@@ -244,7 +263,6 @@ export class Connection {
         // The socket's 'close' resolves `closed`; without a socket nothing is left to wait for.
         if (this.socket === null) this.resolveClosed();
         else this.socket.destroy();
-        this.options.onClosed(this);
         return;
       }
     }

@@ -57,11 +57,6 @@ export class FrameReader {
     }
   }
 
-  // Whether part of a frame is waiting for more bytes.
-  get hasPartial(): boolean {
-    return this.prefixHave > 0 || this.body !== null;
-  }
-
   private startBody(length: number): void {
     this.body = Buffer.allocUnsafe(length);
     this.bodyHave = 0;

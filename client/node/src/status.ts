@@ -1,5 +1,4 @@
 // How the sidecar's Status values become results and typed errors.
-import { CheckReply } from './codec';
 import {
   RateLimitError,
   RateLimitInvalidRequestError,
@@ -13,29 +12,19 @@ import { CheckResult } from './types';
 // InvalidRequest and CostExceedsLimit are the caller's mistake (RateLimitInvalidRequestError);
 // StoreUnavailable, Overloaded and ShuttingDown mean no decision now (RateLimitUnavailableError),
 // so callers treat them like an unreachable sidecar.
-export function checkResult(reply: CheckReply): CheckResult {
-  switch (reply.status) {
+export function checkResult(status: WireStatus, result: CheckResult): CheckResult {
+  switch (status) {
     case 'Ok':
-      return {
-        allowed: reply.allowed,
-        limit: reply.limit,
-        remaining: reply.remaining,
-        retryAfterMs: reply.retryAfterMs,
-        resetAfterMs: reply.resetAfterMs,
-        source: reply.source,
-      };
+      return result;
     case 'InvalidRequest':
     case 'CostExceedsLimit':
       throw new RateLimitInvalidRequestError(
-        `sidecar refused the check: ${reply.status}` +
-          (reply.status === 'CostExceedsLimit' ? ` (limit ${reply.limit})` : ''),
-        reply.status,
+        `sidecar refused the check: ${status}` +
+          (status === 'CostExceedsLimit' ? ` (limit ${result.limit})` : ''),
+        status,
       );
     default:
-      throw new RateLimitUnavailableError(
-        `sidecar could not decide the check: ${reply.status}`,
-        reply.status,
-      );
+      throw new RateLimitUnavailableError(`sidecar could not decide the check: ${status}`, status);
   }
 }
 

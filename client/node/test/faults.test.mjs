@@ -88,6 +88,28 @@ describe('answers matched by id', () => {
     });
   });
 
+  test('with connections: 4, concurrent checks are spread over 4 connections', async (t) => {
+    const keysByConnection = [];
+    const { client } = await setUp(
+      t,
+      async (socket, requests) => {
+        const keys = new Set();
+        keysByConnection.push(keys);
+        for await (const request of requests) {
+          keys.add(request.key);
+          socket.write(checkResponseFrame(request.id, { allowed: true, limit: request.limit }));
+        }
+      },
+      { connections: 4 },
+    );
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => client.check(`k${i}`, { limit: i + 1, windowMs: 1000 })),
+    );
+    results.forEach((r, i) => assert.equal(r.limit, i + 1));
+    assert.equal(keysByConnection.length, 4);
+    for (const keys of keysByConnection) assert.equal(keys.size, 10);
+  });
+
   test('a ping and a check answered in swapped order', async (t) => {
     const { client } = await setUp(t, async (socket, requests) => {
       const read = [];
@@ -164,7 +186,7 @@ describe('malformed answers: RateLimitProtocolError, and the connection is close
         assert.equal(error.code, 'RATE_LIMIT_PROTOCOL');
         return true;
       });
-      if (!name.startsWith('a ping')) await closedByClient;
+      await closedByClient;
     });
   }
 });
@@ -180,6 +202,25 @@ describe('refusals and broken connections', () => {
       assert.match(error.message, /too many connections/);
       return true;
     });
+  });
+
+  test('an ErrorResponse on a connection the sidecar leaves open: the client closes it', async (t) => {
+    let closedByClient;
+    const { client } = await setUp(t, async (socket, requests) => {
+      closedByClient = once(socket, 'close');
+      for await (const request of requests) {
+        socket.write(errorResponseFrame(request.id, STATUS.Overloaded, 'busy'));
+      }
+    });
+    await assert.rejects(client.check('k'), (error) => {
+      isUnavailableNow(error);
+      assert.equal(error.wireStatus, 'Overloaded');
+      return true;
+    });
+    // Nothing is pending any more, so the client does not wait for the sidecar to close it.
+    await closedByClient;
+    // And the next check goes out on a new connection.
+    await assert.rejects(client.check('k'), RateLimitUnavailableError);
   });
 
   test('an ErrorResponse for the request (InvalidRequest): RateLimitProtocolError', async (t) => {

@@ -79,8 +79,8 @@ describe('decodeReply', () => {
     assert.deepEqual(check, {
       kind: 'check',
       id: 7,
-      check: {
-        status: 'Ok',
+      status: 'Ok',
+      result: {
         allowed: false,
         limit: 5,
         remaining: 1,
@@ -104,8 +104,8 @@ describe('decodeReply', () => {
 
   test('reads statuses and sources of a newer schema as the C++ client does', () => {
     const reply = decodeReply(checkResponseFrame(1, { status: 200, source: 99 }).subarray(4));
-    assert.equal(reply.check.status, 'StoreUnavailable');
-    assert.equal(reply.check.source, 'fallback');
+    assert.equal(reply.status, 'StoreUnavailable');
+    assert.equal(reply.result.source, 'fallback');
   });
 
   test('refuses every truncation of a valid answer', () => {
