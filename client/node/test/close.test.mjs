@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -27,12 +26,14 @@ function closedError(error) {
 
 describe('close()', () => {
   test('fails the checks in flight at once, and every later call', async () => {
-    const fake = await startFakeSidecar(() => {}); // Reads nothing, answers nothing.
+    const read = [];
+    const fake = await startFakeSidecar(async (socket, requests) => {
+      for await (const request of requests) read.push(request); // Never answered.
+    });
     const client = new RateLimitClient({ socketPath: fake.socketPath, timeoutMs: 60_000 });
     try {
       const pending = [client.check('a'), client.check('b'), client.ping()];
-      await waitFor(() => fake.connections() === 1, 'the connection');
-      await sleep(20); // Written by now, and never to be answered.
+      await waitFor(() => read.length === 3, 'the three requests at the sidecar');
       // close() rejects them at once, so their handlers must be in place before.
       const rejected = pending.map((call) => assert.rejects(call, closedError));
       await client.close();
@@ -61,7 +62,8 @@ describe('close()', () => {
         await client.close();
         await rejected;
       }
-      await sleep(50);
+      // Once the sidecar's side of each connection is closed, it has read all it will ever get.
+      await waitFor(() => fake.connections() === 0, 'the connections closed');
       assert.deepEqual(seen, ['sent']);
     } finally {
       await fake.close();

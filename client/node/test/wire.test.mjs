@@ -2,8 +2,11 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
+import * as flatbuffers from 'flatbuffers';
+
 import { FrameEncoder, decodeReply } from '../dist/codec.js';
 import { FrameReader, MAX_FRAME_BYTES } from '../dist/framing.js';
+import { Body, Frame } from '../dist/generated/ratelimit_generated.js';
 import {
   policyItem,
   rateLimitField,
@@ -145,6 +148,10 @@ describe('decodeReply', () => {
       () => decodeReply(encoder.check(1, Buffer.from('k'), 1, 0, 0).subarray(4)),
       /body type 1/,
     );
+    // A body type with no body table.
+    const builder = new flatbuffers.Builder(64);
+    builder.finish(Frame.createFrame(builder, 1n, Body.CheckResponse, 0));
+    assert.throws(() => decodeReply(builder.asUint8Array()), /without a body/);
     // A frame whose body offset points outside the buffer.
     const bad = Buffer.from(checkResponseFrame(1).subarray(4));
     bad.writeUInt32LE(0x7fffffff, 0);
