@@ -88,7 +88,7 @@ export function decodeReply(payload: Uint8Array): Reply {
   if (body === null) throw new RateLimitProtocolError(`sidecar sent a frame without a body`);
   switch (type) {
     case Body.CheckResponse:
-      return { kind: 'check', id, ...readCheck(verifier, body, frame) };
+      return readCheck(verifier, body, frame, id);
     case Body.PingResponse:
       return { kind: 'ping', id, ping: readPing(verifier, body, frame) };
     case Body.ErrorResponse: {
@@ -111,12 +111,15 @@ function readCheck(
   verifier: BufferVerifier,
   table: VerifiedTable,
   frame: Frame,
-): { status: WireStatus; result: CheckResult } {
+  id: number,
+): Reply & { kind: 'check' } {
   for (let slot = 0; slot < CHECK_RESPONSE_SCALAR_SIZES.length; slot++) {
     verifier.scalar(table, slot, CHECK_RESPONSE_SCALAR_SIZES[slot]!);
   }
   const r = frame.body(new CheckResponse()) as CheckResponse;
   return {
+    kind: 'check',
+    id,
     status: wireStatus(r.status()),
     result: {
       allowed: r.allowed(),
