@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "ratelimit/client.h"
-#include "sidecar/log/log.h"
+#include "schema/json_text.h"
 
 namespace ratelimit {
 namespace {

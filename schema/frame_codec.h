@@ -9,9 +9,9 @@
 
 #include "flatbuffers/flatbuffers.h"
 #include "ratelimit_generated.h"
+#include "schema/check.h"
 #include "schema/frame_reader.h"
-#include "sidecar/core/check.h"
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

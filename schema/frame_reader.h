@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -12,8 +12,6 @@
 
 #include "sidecar/admin/admin_server.h"
 #include "sidecar/admin/health.h"
-#include "sidecar/admin/prometheus.h"
-#include "sidecar/admin/sidecar_metrics.h"
 #include "sidecar/config/config.h"
 #include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/lease_engine.h"
@@ -21,11 +19,13 @@
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/strict_engine.h"
 #include "sidecar/log/log.h"
+#include "sidecar/metrics/prometheus.h"
 #include "sidecar/pg/conninfo.h"
 #include "sidecar/pg/pg_store.h"
 #include "sidecar/server/fd_limit.h"
 #include "sidecar/server/server.h"
 #include "sidecar/server/steady_clock.h"
+#include "sidecar/sidecar_metrics.h"
 
 extern char** environ;
 

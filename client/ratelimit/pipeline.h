@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "schema/check.h"
 #include "schema/frame_codec.h"
 #include "schema/frame_reader.h"
-#include "sidecar/core/check.h"
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

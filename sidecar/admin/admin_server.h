@@ -7,9 +7,9 @@
 #include <string>
 #include <string_view>
 
+#include "schema/status.h"
 #include "sidecar/admin/health.h"
-#include "sidecar/admin/prometheus.h"
-#include "sidecar/core/status.h"
+#include "sidecar/metrics/prometheus.h"
 
 struct MHD_Daemon;
 

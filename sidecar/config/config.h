@@ -10,18 +10,18 @@
 #include <utility>
 #include <vector>
 
-#include "sidecar/config/table_name.h"
-#include "sidecar/core/check.h"
+#include "schema/check.h"
+#include "schema/status.h"
 #include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/memory_engine.h"
-#include "sidecar/core/status.h"
 #include "sidecar/log/log.h"
+#include "sidecar/pg/key_digest.h"
+#include "sidecar/pg/table_name.h"
 
 namespace ratelimit {
 
 enum class StoreKind { kMemory, kPostgres };
 enum class StoreMode { kLease, kStrict };
-enum class KeyHashing { kSha256, kNone };
 
 // RATE_LIMIT_ADMIN_ADDR: where the admin HTTP server (metrics, health) listens. The host is an
 // IPv4 literal, a bracketed IPv6 literal or a name resolved once at start-up; port 0 takes a

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 
 namespace ratelimit {
 

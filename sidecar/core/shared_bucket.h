@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 #include "sidecar/core/shared_store.h"
 
 namespace ratelimit {

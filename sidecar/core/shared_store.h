@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
-#include "sidecar/core/check.h"
-#include "sidecar/core/status.h"
+#include "schema/check.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -9,9 +9,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include "schema/status.h"
 #include "sidecar/core/engine.h"
 #include "sidecar/core/shared_store.h"
-#include "sidecar/core/status.h"
 
 namespace ratelimit {
 

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 
 namespace ratelimit {
 

@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "schema/json_text.h"
+
 namespace ratelimit {
 
 enum class LogLevel { kDebug, kInfo, kWarn, kError };
@@ -164,11 +166,6 @@ class Log {
   bool enabled_;
   std::string line_;
 };
-
-// Appends `text` to `out` as the inside of a JSON string literal. Control characters are
-// escaped; bytes that are not valid UTF-8 become U+FFFD, so that every line is valid JSON
-// whatever a peer or a library put in the text.
-void AppendJsonEscaped(std::string& out, std::string_view text);
 
 }  // namespace ratelimit
 

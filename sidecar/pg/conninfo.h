@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -5,9 +5,10 @@
 #include <string>
 #include <string_view>
 
-#include "sidecar/config/config.h"
-
 namespace ratelimit {
+
+// RATE_LIMIT_PG_KEY_HASH: how keys are stored at rest.
+enum class KeyHashing { kSha256, kNone };
 
 // The row key for `key`, as lower-case hex of the bytes stored in the table's bytea key column:
 // the SHA-256 digest of the key (default: no plaintext API key at rest), or the key's own bytes

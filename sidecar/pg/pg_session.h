@@ -11,7 +11,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 #include "sidecar/pg/conninfo.h"
 #include "sidecar/pg/pg_ptr.h"
 

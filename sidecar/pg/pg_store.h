@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "sidecar/admin/metrics.h"
-#include "sidecar/config/table_name.h"
 #include "sidecar/core/circuit_breaker.h"
 #include "sidecar/core/shared_store.h"
+#include "sidecar/metrics/metrics.h"
 #include "sidecar/pg/key_digest.h"
 #include "sidecar/pg/pg_session.h"
+#include "sidecar/pg/table_name.h"
 
 namespace ratelimit {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "sidecar/config/table_name.h"
+#include "sidecar/pg/table_name.h"
 
 namespace ratelimit {
 

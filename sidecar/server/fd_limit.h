@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -6,8 +6,8 @@
 #include <span>
 
 #include "schema/frame_codec.h"
+#include "schema/status.h"
 #include "sidecar/core/limiter.h"
-#include "sidecar/core/status.h"
 
 namespace ratelimit {
 

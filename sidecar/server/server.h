@@ -11,8 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "schema/status.h"
 #include "sidecar/core/limiter.h"
-#include "sidecar/core/status.h"
 #include "sidecar/server/read_scheduler.h"
 #include "sidecar/server/request_handler.h"
 #include "sidecar/server/server_metrics.h"

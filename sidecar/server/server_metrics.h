@@ -6,8 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "sidecar/admin/metrics.h"
-#include "sidecar/core/check.h"
+#include "schema/check.h"
+#include "sidecar/metrics/metrics.h"
 
 namespace ratelimit {
 

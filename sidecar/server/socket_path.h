@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "ratelimit/client.h"
-#include "sidecar/config/table_name.h"
+#include "sidecar/pg/table_name.h"
 #include "sidecar/pg/table_sql.h"
 #include "tests/testing/check_load.h"
 #include "tests/testing/pg_server.h"

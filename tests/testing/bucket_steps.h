@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 #include "tests/testing/fake_clock.h"
 
 namespace ratelimit {

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 
 namespace ratelimit {
 

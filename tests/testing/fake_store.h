@@ -13,9 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "schema/status.h"
 #include "sidecar/core/shared_bucket.h"
 #include "sidecar/core/shared_store.h"
-#include "sidecar/core/status.h"
 
 namespace ratelimit {
 

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 #include "tests/testing/prometheus_text.h"
 #include "tests/testing/sidecar_process.h"
 

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 

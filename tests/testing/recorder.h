@@ -6,7 +6,7 @@
 #include <ostream>
 #include <vector>
 
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 #include "sidecar/core/engine.h"
 
 namespace ratelimit {

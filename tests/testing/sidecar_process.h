@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 #include "tests/testing/temp_dir.h"
 
 namespace ratelimit {

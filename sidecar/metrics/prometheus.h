@@ -1,13 +1,13 @@
 // MetricsRegistry: names metrics and renders them in the Prometheus text exposition format.
-#ifndef RATELIMIT_SIDECAR_ADMIN_PROMETHEUS_H_
-#define RATELIMIT_SIDECAR_ADMIN_PROMETHEUS_H_
+#ifndef RATELIMIT_SIDECAR_METRICS_PROMETHEUS_H_
+#define RATELIMIT_SIDECAR_METRICS_PROMETHEUS_H_
 
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
-#include "sidecar/admin/metrics.h"
+#include "sidecar/metrics/metrics.h"
 
 namespace ratelimit {
 
@@ -67,4 +67,4 @@ std::string FormatMetricValue(double value);
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_ADMIN_PROMETHEUS_H_
+#endif  // RATELIMIT_SIDECAR_METRICS_PROMETHEUS_H_

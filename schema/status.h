@@ -1,6 +1,6 @@
 // Status and Result<T>: cheap error values used everywhere instead of exceptions.
-#ifndef RATELIMIT_SIDECAR_CORE_STATUS_H_
-#define RATELIMIT_SIDECAR_CORE_STATUS_H_
+#ifndef RATELIMIT_SCHEMA_STATUS_H_
+#define RATELIMIT_SCHEMA_STATUS_H_
 
 #include <optional>
 #include <string>
@@ -104,4 +104,4 @@ class [[nodiscard]] Result {
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_CORE_STATUS_H_
+#endif  // RATELIMIT_SCHEMA_STATUS_H_

@@ -1,5 +1,5 @@
 // TableName: RATE_LIMIT_PG_TABLE validated into identifiers that are safe to quote into SQL.
-#include "sidecar/config/table_name.h"
+#include "sidecar/pg/table_name.h"
 
 namespace ratelimit {
 namespace {

@@ -1,5 +1,5 @@
 // Names of check statuses and sources, as they appear in logs, JSON and metrics.
-#include "sidecar/core/check.h"
+#include "schema/check.h"
 
 namespace ratelimit {
 

@@ -1,11 +1,11 @@
 // TableName: RATE_LIMIT_PG_TABLE validated into identifiers that are safe to quote into SQL.
-#ifndef RATELIMIT_SIDECAR_CONFIG_TABLE_NAME_H_
-#define RATELIMIT_SIDECAR_CONFIG_TABLE_NAME_H_
+#ifndef RATELIMIT_SIDECAR_PG_TABLE_NAME_H_
+#define RATELIMIT_SIDECAR_PG_TABLE_NAME_H_
 
 #include <string>
 #include <string_view>
 
-#include "sidecar/core/status.h"
+#include "schema/status.h"
 
 namespace ratelimit {
 
@@ -28,4 +28,4 @@ Result<TableName> ParseTableName(std::string_view text);
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_CONFIG_TABLE_NAME_H_
+#endif  // RATELIMIT_SIDECAR_PG_TABLE_NAME_H_

@@ -1,5 +1,5 @@
 // Tests of Counter, Gauge and Histogram: bucketing, copied-in totals, and reads during writes.
-#include "sidecar/admin/metrics.h"
+#include "sidecar/metrics/metrics.h"
 
 #include <gtest/gtest.h>
 

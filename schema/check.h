@@ -1,6 +1,6 @@
 // The vocabulary of one limit check: policy, query and result, shared by sidecar and client.
-#ifndef RATELIMIT_SIDECAR_CORE_CHECK_H_
-#define RATELIMIT_SIDECAR_CORE_CHECK_H_
+#ifndef RATELIMIT_SCHEMA_CHECK_H_
+#define RATELIMIT_SCHEMA_CHECK_H_
 
 #include <cstdint>
 #include <string_view>
@@ -80,4 +80,4 @@ inline CheckResult Refusal(CheckStatus status, uint32_t limit, Source source) {
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_CORE_CHECK_H_
+#endif  // RATELIMIT_SCHEMA_CHECK_H_

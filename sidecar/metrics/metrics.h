@@ -1,6 +1,6 @@
 // Metrics: counters, gauges and histograms that the loop thread writes and any thread reads.
-#ifndef RATELIMIT_SIDECAR_ADMIN_METRICS_H_
-#define RATELIMIT_SIDECAR_ADMIN_METRICS_H_
+#ifndef RATELIMIT_SIDECAR_METRICS_METRICS_H_
+#define RATELIMIT_SIDECAR_METRICS_METRICS_H_
 
 #include <atomic>
 #include <cstdint>
@@ -77,4 +77,4 @@ class Histogram {
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_ADMIN_METRICS_H_
+#endif  // RATELIMIT_SIDECAR_METRICS_METRICS_H_

@@ -1,5 +1,5 @@
 // Metrics: counters, gauges and histograms that the loop thread writes and any thread reads.
-#include "sidecar/admin/metrics.h"
+#include "sidecar/metrics/metrics.h"
 
 #include <algorithm>
 

@@ -1,5 +1,5 @@
 // Tests of MetricsRegistry's text format and FormatMetricValue.
-#include "sidecar/admin/prometheus.h"
+#include "sidecar/metrics/prometheus.h"
 
 #include <gtest/gtest.h>
 

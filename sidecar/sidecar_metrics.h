@@ -1,15 +1,15 @@
 // SidecarMetrics: every series /metrics exposes, named once, and what copies engine counters in.
-#ifndef RATELIMIT_SIDECAR_ADMIN_SIDECAR_METRICS_H_
-#define RATELIMIT_SIDECAR_ADMIN_SIDECAR_METRICS_H_
+#ifndef RATELIMIT_SIDECAR_SIDECAR_METRICS_H_
+#define RATELIMIT_SIDECAR_SIDECAR_METRICS_H_
 
 #include <string>
 
-#include "sidecar/admin/metrics.h"
-#include "sidecar/admin/prometheus.h"
 #include "sidecar/core/engine.h"
 #include "sidecar/core/fallback_engine.h"
 #include "sidecar/core/lease_engine.h"
 #include "sidecar/core/memory_engine.h"
+#include "sidecar/metrics/metrics.h"
+#include "sidecar/metrics/prometheus.h"
 #include "sidecar/pg/pg_store.h"
 #include "sidecar/server/server_metrics.h"
 
@@ -62,4 +62,4 @@ void AppendProcessMetrics(std::string& out);
 
 }  // namespace ratelimit
 
-#endif  // RATELIMIT_SIDECAR_ADMIN_SIDECAR_METRICS_H_
+#endif  // RATELIMIT_SIDECAR_SIDECAR_METRICS_H_

@@ -1,5 +1,5 @@
 // SidecarMetrics: every series /metrics exposes, named once, and what copies engine counters in.
-#include "sidecar/admin/sidecar_metrics.h"
+#include "sidecar/sidecar_metrics.h"
 
 #include <dirent.h>
 #include <sys/resource.h>

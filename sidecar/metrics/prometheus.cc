@@ -1,5 +1,5 @@
 // MetricsRegistry: names metrics and renders them in the Prometheus text exposition format.
-#include "sidecar/admin/prometheus.h"
+#include "sidecar/metrics/prometheus.h"
 
 #include <cmath>
 #include <cstdio>
