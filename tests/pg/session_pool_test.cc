@@ -17,12 +17,6 @@ namespace {
 
 using SlotState = SessionPool::Slot::State;
 
-size_t Count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 TEST(SessionPoolBackoff, DoublesFrom100MsToAtMostOneSecond) {
   uint64_t backoff = 0;
   std::vector<uint64_t> steps;
@@ -101,9 +95,9 @@ TEST(SessionPool, ABrokenSessionReconnectsAfterItsBackoffAndLogsOncePerOutage) {
   EXPECT_TRUE(fake.pool().serving());
   EXPECT_EQ(fake.connected(), 2);
   const std::string log = capture.Text();
-  EXPECT_EQ(Count(log, "database connection failed"), 1u) << log;
-  EXPECT_EQ(Count(log, "server closed the connection unexpectedly"), 1u) << log;
-  EXPECT_EQ(Count(log, "database connection restored"), 1u) << log;
+  EXPECT_EQ(capture.Count("database connection failed"), 1u) << log;
+  EXPECT_EQ(capture.Count("server closed the connection unexpectedly"), 1u) << log;
+  EXPECT_EQ(capture.Count("database connection restored"), 1u) << log;
 }
 
 TEST(SessionPool, ATransactionNotAnsweredWithinTheTimeoutAbandonsItsSession) {
@@ -164,9 +158,9 @@ TEST(SessionPool, BreakerOpensAfterFailedTransactionsAndOneProbeClosesIt) {
   EXPECT_TRUE(fake.pool().serving());
 
   const std::string log = capture.Text();
-  EXPECT_EQ(Count(log, "circuit breaker open"), 1u) << log;
-  EXPECT_EQ(Count(log, "database transactions failing"), 1u) << log;
-  EXPECT_EQ(Count(log, "database transactions succeed again"), 1u) << log;
+  EXPECT_EQ(capture.Count("circuit breaker open"), 1u) << log;
+  EXPECT_EQ(capture.Count("database transactions failing"), 1u) << log;
+  EXPECT_EQ(capture.Count("database transactions succeed again"), 1u) << log;
 }
 
 TEST(SessionPool, RetryAfterBackoffRunsOnItsSlotAndAReconnectReplacesIt) {
