@@ -40,9 +40,30 @@ SessionPool::SessionPool(uv_loop_t* loop, SessionPoolOptions options,
 
 SessionPool::~SessionPool() = default;
 
-void SessionPool::TransitionTo(State next) { state_ = next; }
+void SessionPool::TransitionTo(State next) { state_ = next; }  // Callers log what changed.
 
-void SessionPool::TransitionTo(Slot& slot, Slot::State next) { slot.state_ = next; }
+void SessionPool::TransitionTo(Slot& slot, Slot::State next) {
+  const Slot::State previous = slot.state_;
+  slot.state_ = next;
+  switch (next) {
+    case Slot::State::kFree:  // Connected in time, or a lend ended.
+      uv_timer_stop(&slot.deadline_);
+      if (previous == Slot::State::kReconnecting) {
+        Log(LogLevel::kInfo, "database connection restored");
+      }
+      return;
+    case Slot::State::kDown:
+      uv_timer_stop(&slot.deadline_);
+      if (previous != Slot::State::kReconnecting) {  // Once per outage, not once per attempt.
+        Log(LogLevel::kWarn, "database connection failed")
+            .Str("table", options_.table)
+            .Str("error", slot.session_->last_error());
+      }
+      return;
+    default:
+      return;
+  }
+}
 
 void SessionPool::Start() {
   TransitionTo(State::kServing);
@@ -75,24 +96,14 @@ void SessionPool::OnSessionState(Slot& slot) {
 }
 
 void SessionPool::OnConnected(Slot& slot) {
-  uv_timer_stop(&slot.deadline_);  // Connected in time.
-  if (slot.state_ == Slot::State::kReconnecting)
-    Log(LogLevel::kInfo, "database connection restored");
   TransitionTo(slot, Slot::State::kFree);
   on_connected_(slot);
   on_capacity_();
 }
 
 void SessionPool::OnBroken(Slot& slot) {
-  uv_timer_stop(&slot.deadline_);
-  const bool outage_known = slot.state_ == Slot::State::kReconnecting;
   TransitionTo(slot, Slot::State::kDown);
-  on_capacity_();       // Readiness may have changed: waiting checks must not wait on it.
-  if (!outage_known) {  // Once per outage, not once per attempt.
-    Log(LogLevel::kWarn, "database connection failed")
-        .Str("table", options_.table)
-        .Str("error", slot.session_->last_error());
-  }
+  on_capacity_();  // Readiness may have changed: waiting checks must not wait on it.
   slot.backoff_ms_ = NextBackoffMs(slot.backoff_ms_);
   const uint64_t random = options_.random ? options_.random() : RandomNumber();
   StartTimer(slot, JitteredMs(slot.backoff_ms_, random), [this](Slot& s) { Connect(s); });
@@ -163,9 +174,8 @@ void SessionPool::Lend(Slot& slot, Work work) {
 }
 
 void SessionPool::Return(Slot& slot) {
-  if (slot.state_ != Slot::State::kLent) return;  // Broken or closed meanwhile: stays so.
-  uv_timer_stop(&slot.deadline_);
-  TransitionTo(slot, Slot::State::kFree);
+  // A session that broke or closed meanwhile stays so; its deadline is already stopped.
+  if (slot.state_ == Slot::State::kLent) TransitionTo(slot, Slot::State::kFree);
 }
 
 void SessionPool::EndTransaction(Slot& slot, const Status& outcome) {

@@ -22,7 +22,12 @@ void TableKeeper::Start() { gc_.Start(); }
 
 void TableKeeper::Close(std::function<void()> done) { gc_.Close(std::move(done)); }
 
-void TableKeeper::TransitionTo(State next) { state_ = next; }
+void TableKeeper::TransitionTo(State next) {
+  state_ = next;
+  if (next != State::kReady) return;  // Callers log failures: they know why.
+  Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
+  on_ready_();
+}
 
 // SQLSTATEs of a transaction that say the table itself is not usable any more: dropped
 // (undefined_table, or its schema: invalid_schema_name), replaced by another shape
@@ -80,8 +85,6 @@ void TableKeeper::OnChecked(SessionPool::Slot& slot, bool created, PGresult* r) 
     return Failed(slot, "the database role lacks SELECT, INSERT or UPDATE on the table");
   }
   TransitionTo(State::kReady);
-  Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
-  on_ready_();
 }
 
 void TableKeeper::Create(SessionPool::Slot& slot) {
