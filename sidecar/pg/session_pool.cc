@@ -130,7 +130,9 @@ void SessionPool::StartTimer(Slot& slot, uint64_t ms, std::function<void(Slot&)>
       &slot.timer_,
       [](uv_timer_t* timer) {
         auto* s = static_cast<Slot*>(timer->data);
-        if (!s->pool_->closing()) s->retry_(*s);
+        // Taken out first: what it runs may start the timer again with something new.
+        std::function<void(Slot&)> retry = std::exchange(s->retry_, nullptr);
+        if (!s->pool_->closing()) retry(*s);
       },
       ms, 0);
 }
