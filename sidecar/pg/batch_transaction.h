@@ -49,7 +49,8 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
                                  uint32_t timeout_ms);
 
 // The checks decided on the locked rows: one answer per operation, and the rows to write back
-// (as the UPDATE's array columns), only those changed or repaired.
+// (as the UPDATE's array columns, in the order of its parameters), only those changed or
+// repaired.
 struct TransactionDecision {
   std::vector<StoreAnswer> answers;
   std::vector<std::string> keys, tokens, updated_us, capacities, windows;
@@ -75,9 +76,10 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 // both pipelines and a ROLLBACK after a failure), runs LockQueries, Decide, FinishQueries, and
 // returns the slot before calling `done` once with the answers or the failure.
 //
-// On failure, before anything else, `on_failed` hears the failing statement's SQLSTATE (the
-// table keeper checks whether the table is lost); a transaction left aborted on a live session
-// is rolled back before `done`. After `done`, `on_ended` runs with the slot, which may be free
+// Its outcome is counted by the pool (the breaker, the backoff). On failure, before the
+// ROLLBACK (which clears it), `on_failed` hears the failing statement's SQLSTATE (the table
+// keeper checks whether the table is lost); a transaction left aborted on a live session is
+// rolled back before `done`. After `done`, `on_ended` runs with the slot, which may be free
 // again.
 //
 // States: kLocking -> kWriting -> kDone; kLocking or kWriting -> kRollingBack -> kDone.
