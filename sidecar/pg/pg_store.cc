@@ -9,14 +9,18 @@
 namespace ratelimit {
 
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
+    : PgStore(loop, std::move(options), [loop, this](DbSession::StateListener on_state) {
+        // Called while the pool is built, once options_ is.
+        return std::make_unique<PgSession>(loop, options_.conninfo, std::move(on_state));
+      }) {}
+
+PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory& make_session)
     : options_(std::move(options)),
       pool_(
           loop,
           SessionPoolOptions{options_.connections, options_.timeout_ms, options_.table.Plain(), {}},
-          [loop, this](DbSession::StateListener on_state) {
-            return std::make_unique<PgSession>(loop, options_.conninfo, std::move(on_state));
-          },
-          [this](SessionPool::Slot& slot) { OnConnected(slot); }, [this] { NotifyCapacity(); }),
+          make_session, [this](SessionPool::Slot& slot) { OnConnected(slot); },
+          [this] { NotifyCapacity(); }),
       keeper_(loop, pool_, TableKeeper::Options{options_.table, options_.create_table},
               metrics_.collected_rows, [this] { NotifyCapacity(); }),
       transaction_context_{

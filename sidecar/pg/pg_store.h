@@ -11,6 +11,7 @@
 
 #include "sidecar/core/shared_store.h"
 #include "sidecar/pg/batch_transaction.h"
+#include "sidecar/pg/db_session.h"
 #include "sidecar/pg/key_digest.h"
 #include "sidecar/pg/pg_store_metrics.h"
 #include "sidecar/pg/session_pool.h"
@@ -52,6 +53,9 @@ struct PgStoreOptions {
 class PgStore final : public SharedStore {
  public:
   PgStore(uv_loop_t* loop, PgStoreOptions options);
+  // With sessions made by `make_session` instead of PgSessions on options.conninfo: the seam
+  // that lets tests run the store on fake sessions.
+  PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory& make_session);
   ~PgStore() override;
 
   void Start();

@@ -7,12 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/canned_lock_results.h"
 #include "tests/testing/fake_pool.h"
 
 namespace ratelimit {
 namespace {
 
-using Rows = std::vector<std::vector<std::optional<std::string>>>;
+using Rows = CannedRows;
 
 constexpr int64_t kNowUs = 1'700'000'000'000'000;  // Database time, in 2023.
 constexpr Policy kPolicy{10, 1000};
@@ -26,17 +27,9 @@ StoreOp Check(const std::string& key, uint32_t cost, Policy policy = kPolicy) {
   return StoreOp{.key = key, .cost = cost, .policy = policy};
 }
 
-// What the lock pipeline returns: `rows` locked (key, tokens, updated_us, capacity, window_ms),
-// and the database time, or none when `now_us` is empty.
-std::vector<PgResultPtr> LockResults(const Rows& rows, std::optional<int64_t> now_us = kNowUs) {
-  std::vector<PgResultPtr> results(LockPipeline::kStatements);
-  results[LockPipeline::kBegin] = CommandResult();
-  results[LockPipeline::kTimeouts] = CannedResult(2, {{"200", "200"}});
-  results[LockPipeline::kInsert] = CommandResult();
-  results[LockPipeline::kLock] = CannedResult(5, rows);
-  results[LockPipeline::kClock] =
-      now_us ? CannedResult(1, {{std::to_string(*now_us)}}) : CannedResult(1, {});
-  return results;
+std::vector<PgResultPtr> LockResults(const CannedRows& rows,
+                                     std::optional<int64_t> now_us = kNowUs) {
+  return CannedLockResults(rows, now_us);
 }
 
 // A row of `tokens` of kPolicy's bucket, last written at kNowUs.
@@ -215,10 +208,7 @@ TEST_F(BatchTransactionRun, LocksDecidesWritesAndGivesTheSessionBackBeforeAnswer
   EXPECT_EQ(session.runs()[1][FinishPipeline::kCommit].sql, "COMMIT");
   EXPECT_FALSE(result_.has_value()) << "answered only once COMMIT is";
 
-  std::vector<PgResultPtr> finish;
-  finish.push_back(CommandResult());
-  finish.push_back(CommandResult());
-  session.Answer(std::move(finish));
+  session.Answer(CommandResults(2));
   ASSERT_TRUE(result_.has_value());
   ASSERT_TRUE(result_->ok()) << result_->status().ToString();
   EXPECT_EQ((**result_)[0].check.remaining, 6u);
@@ -239,9 +229,7 @@ TEST_F(BatchTransactionRun, AFailedStatementIsReportedRolledBackThenAnswered) {
   EXPECT_EQ(session.runs()[1][0].sql, "ROLLBACK");
   EXPECT_FALSE(result_.has_value());
 
-  std::vector<PgResultPtr> rollback;
-  rollback.push_back(CommandResult());
-  session.Answer(std::move(rollback));
+  session.Answer(CommandResults(1));
   ASSERT_TRUE(result_.has_value());
   ASSERT_FALSE(result_->ok());
   EXPECT_NE(result_->status().message().find("42P01"), std::string::npos);

@@ -50,9 +50,7 @@ TEST_F(GarbageCollectorTest, DeletesFullRowsOnTheLastFreeSessionAndGivesItBack) 
   gc_.Collect();  // One collection at a time.
   EXPECT_EQ(fake_.session(0).runs().size() + fake_.session(1).runs().size(), 1u);
 
-  std::vector<PgResultPtr> deleted;
-  deleted.push_back(CommandResult());
-  fake_.session(1).Answer(std::move(deleted));
+  fake_.session(1).Answer(CommandResults(1));
   EXPECT_EQ(gc_.state(), State::kWaiting);
   EXPECT_EQ(fake_.pool().free_slots(), 2u);
   EXPECT_EQ(capacity_calls_, 1) << "checks waiting for a session are told";

@@ -27,12 +27,6 @@ std::vector<PgResultPtr> CheckAnswer(std::optional<std::string> value) {
   return One(CannedResult(1, {{std::move(value)}}));
 }
 
-std::vector<PgResultPtr> Commands(size_t n) {
-  std::vector<PgResultPtr> results;
-  for (size_t i = 0; i < n; ++i) results.push_back(CommandResult());
-  return results;
-}
-
 class TableKeeperTest : public testing::Test {
  protected:
   explicit TableKeeperTest(bool create_table = true)
@@ -88,7 +82,7 @@ TEST_F(TableKeeperTest, AMissingTableIsCreatedUnderAnAdvisoryLockThenCheckedAgai
   EXPECT_NE(create[1].sql.find("pg_advisory_xact_lock"), std::string::npos);
   EXPECT_NE(create[2].sql.find("CREATE TABLE IF NOT EXISTS \"t\""), std::string::npos);
   EXPECT_EQ(create[3].sql, "COMMIT");
-  session().Answer(Commands(4));
+  session().Answer(CommandResults(4));
   ASSERT_EQ(session().runs().size(), 3u);
   EXPECT_NE(LastSql().find("to_regclass($1)"), std::string::npos);
   session().Answer(CheckAnswer("t"));
@@ -102,14 +96,14 @@ TEST_F(TableKeeperTest, AFailedCreationIsRolledBackLoggedOnceAndRetriedWithBacko
   ASSERT_EQ(session().runs().size(), 3u);
   EXPECT_EQ(LastSql(), "ROLLBACK");
   EXPECT_EQ(keeper_.state(), State::kFailed);
-  session().Answer(Commands(1));
+  session().Answer(CommandResults(1));
 
   // The retry, after the session's backoff: checked again, created again, failing again.
   ASSERT_TRUE(fake_.RunUntil([&] { return session().runs().size() == 4; }));
   EXPECT_EQ(keeper_.state(), State::kRechecking);
   session().Answer(CheckAnswer(std::nullopt));
   session().FailStatement("permission denied for schema public", "42501");
-  session().Answer(Commands(1));
+  session().Answer(CommandResults(1));
   EXPECT_EQ(keeper_.state(), State::kFailed);
   EXPECT_EQ(capture_.Count("cannot create or use the rate limit table"), 1u) << capture_.Text();
 }

@@ -44,6 +44,13 @@ inline PgResultPtr CommandResult() {
   return PgResultPtr(PQmakeEmptyPGresult(nullptr, PGRES_COMMAND_OK));
 }
 
+// `n` results of statements that return no rows (UPDATE, COMMIT, ROLLBACK, ...).
+inline std::vector<PgResultPtr> CommandResults(size_t n) {
+  std::vector<PgResultPtr> results;
+  for (size_t i = 0; i < n; ++i) results.push_back(CommandResult());
+  return results;
+}
+
 // A DbSession that the test drives by hand: Connect and Run only record what was asked, and the
 // test answers with Connected, Answer, FailStatement or Break, as the database would. State
 // changes reach the listener like PgSession's do.
