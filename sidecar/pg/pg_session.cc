@@ -30,7 +30,7 @@ PgSession::~PgSession() { Close(); }
 void PgSession::TransitionTo(State next) {
   if (state_ == next) return;
   state_ = next;
-  if (on_state_) on_state_(*this);
+  if (on_state_) on_state_();
 }
 
 void PgSession::Connect() {

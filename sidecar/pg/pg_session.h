@@ -13,19 +13,10 @@
 
 #include "schema/status.h"
 #include "sidecar/pg/conninfo.h"
+#include "sidecar/pg/db_session.h"
 #include "sidecar/pg/pg_ptr.h"
 
 namespace ratelimit {
-
-// One statement of a pipeline: SQL with $n placeholders and its parameters as text. A statement
-// with a `name` is prepared once per connection (parsed and planned once, inside the same
-// pipeline as its first use) and executed by name afterwards; the same name must always carry
-// the same SQL.
-struct PgQuery {
-  std::string sql;
-  std::vector<std::string> params = {};
-  std::string name = {};
-};
 
 // Connects without blocking (a host name resolved with uv_getaddrinfo, then
 // PQconnectStartParams/PQconnectPoll under uv_poll), then runs pipelines:
@@ -33,49 +24,27 @@ struct PgQuery {
 // an explicit transaction (BEGIN ... COMMIT spread over several pipelines) a Sync does not end
 // the transaction, so a transaction of two pipelines costs two round trips.
 //
-// States: kConnecting -> kIdle <-> kBusy; any -> kBroken on a connection error (the owner
-// decides when to Connect again); Close() -> kClosed once libuv has released the poll handle.
-// Thread-safety: the loop thread only. Owned by PgStore; its callbacks never outlive it because
-// Close() fails the pipeline in flight before returning.
-class PgSession {
+// The DbSession contract holds; Close() -> kClosed at once, libuv releasing the poll handle
+// later. Thread-safety: the loop thread only. Owned by the SessionPool; its callbacks never
+// outlive it because Close() fails the pipeline in flight before returning.
+class PgSession final : public DbSession {
  public:
-  enum class State { kNew, kConnecting, kIdle, kBusy, kBroken, kClosed };
-
-  // Each result of a pipeline, in statement order; an error names the failing statement.
-  using PipelineDone = std::function<void(Result<std::vector<PgResultPtr>> results)>;
-  // Called after every state change.
-  using StateListener = std::function<void(PgSession& session)>;
-
   PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state);
-  ~PgSession();
+  ~PgSession() override;
   PgSession(const PgSession&) = delete;
   PgSession& operator=(const PgSession&) = delete;
 
-  // Starts connecting. REQUIRES: state is kNew or kBroken.
-  void Connect();
+  void Connect() override;
+  void Run(std::vector<PgQuery> queries, PipelineDone done) override;
+  void Abandon(const std::string& why) override;
+  void Close() override;
 
-  // Sends `queries` in one pipeline. `done` runs once, later: with one result per statement, or
-  // with an error when a statement failed (the others' results are dropped) or the connection
-  // broke. REQUIRES: state() == kIdle; queries is not empty.
-  void Run(std::vector<PgQuery> queries, PipelineDone done);
-
-  // Drops the connection because the database is not answering (a connection attempt or a
-  // pipeline took too long): a pipeline in flight fails with Unavailable and the session is
-  // kBroken, for the owner to Connect again. Nothing happens when already kBroken or kClosed.
-  void Abandon(const std::string& why);
-
-  // Drops the connection; a pipeline in flight fails with Unavailable. Idempotent.
-  void Close();
-
-  State state() const { return state_; }
-  // The last connection or statement error, with the connection's password masked ("***").
+  State state() const override { return state_; }
   // A statement error is the server's terse text plus its SQLSTATE, without DETAIL, HINT or
   // CONTEXT, which may quote row values such as keys. The same text is in the error statuses
   // that Run passes to `done`.
-  const std::string& last_error() const { return last_error_; }
-  // The SQLSTATE of the statement that failed the last pipeline ("42P01": no such table, ...),
-  // or "" when the last pipeline did not fail on a statement. Valid until the next Run.
-  const std::string& last_sqlstate() const { return statement_sqlstate_; }
+  const std::string& last_error() const override { return last_error_; }
+  const std::string& last_sqlstate() const override { return statement_sqlstate_; }
 
  private:
   void TransitionTo(State next);

@@ -58,6 +58,14 @@ class StderrCapture {
     return lines;
   }
 
+  // How many times `what` was written so far.
+  size_t Count(std::string_view what) const {
+    const std::string text = Text();
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  }
+
  private:
   std::FILE* file_;
   int saved_;

@@ -1,0 +1,259 @@
+// BatchTransaction: one Take as one FOR UPDATE transaction of two pipelines on a lent session.
+#include "sidecar/pg/batch_transaction.h"
+
+#include <uv.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <optional>
+#include <utility>
+
+#include "sidecar/core/shared_bucket.h"
+#include "sidecar/log/log.h"
+
+namespace ratelimit {
+namespace {
+
+// SQL array literals of values that need no quoting (hex strings and numbers).
+std::string ArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i];
+  }
+  return out + "}";
+}
+
+std::string DoubleText(double v) {
+  char buf[40];
+  snprintf(buf, sizeof(buf), "%.17g", v);
+  return buf;
+}
+
+std::optional<int64_t> IntField(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  return std::strtoll(PQgetvalue(r, row, col), nullptr, 10);
+}
+
+std::optional<double> DoubleField(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  return std::strtod(PQgetvalue(r, row, col), nullptr);  // Reads NaN and Infinity too.
+}
+
+// The locked rows by key, as read, whatever their values.
+std::map<std::string, RawRow> ReadRows(PGresult* rows) {
+  using C = LockPipeline::LockColumn;
+  std::map<std::string, RawRow> raw_rows;
+  for (int i = 0; i < PQntuples(rows); ++i) {
+    raw_rows[PQgetvalue(rows, i, C::kKey)] =
+        RawRow{DoubleField(rows, i, C::kTokens), IntField(rows, i, C::kUpdatedUs),
+               IntField(rows, i, C::kCapacity), IntField(rows, i, C::kWindowMs)};
+  }
+  return raw_rows;
+}
+
+// Decides the operations `ops` of `key` on its locked row `raw`, into `decision`.
+void DecideKey(const std::string& key, const RawRow& raw, std::span<const StoreOp* const> ops,
+               int64_t now_us, TransactionDecision& decision, std::vector<StoreAnswer>& decided) {
+  SharedRow row;
+  const std::string problems = RepairRow(raw, ops[0]->policy, now_us, row);
+  if (!problems.empty()) {
+    ++decision.repaired_rows;
+    // Named by its key's SHA-256 digest whatever RATE_LIMIT_PG_KEY_HASH says: with none, the
+    // row key is the API key itself, a secret that must not reach the log.
+    Log(LogLevel::kWarn, "repaired a malformed rate limit row")
+        .Str("row_key_prefix", RowKeyHex(ops[0]->key, KeyHashing::kSha256).substr(0, 16))
+        .Str("problems", problems);
+  }
+  decided.clear();
+  const bool changed = ApplyOnRow(row, ops, now_us, decided);
+  if (changed || !problems.empty()) {
+    decision.keys.push_back(key);
+    decision.tokens.push_back(DoubleText(row.tokens));
+    decision.updated_us.push_back(std::to_string(row.updated_us));
+    decision.capacities.push_back(std::to_string(row.capacity));
+    decision.windows.push_back(std::to_string(row.window_ms));
+  }
+}
+
+}  // namespace
+
+TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashing) {
+  TransactionPlan plan;
+  plan.batch = std::move(batch);
+  std::map<std::string, std::vector<size_t>> positions_of_key;
+  for (size_t i = 0; i < plan.batch.size(); ++i) {
+    positions_of_key[RowKeyHex(plan.batch[i].key, key_hashing)].push_back(i);
+  }
+  for (auto& [key, positions] : positions_of_key) {  // std::map: sorted, the locking order.
+    plan.keys.push_back(key);
+    plan.positions.push_back(std::move(positions));
+  }
+  return plan;
+}
+
+std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string& table_sql,
+                                 uint32_t timeout_ms) {
+  std::vector<std::string> capacities;
+  std::vector<std::string> windows;
+  for (const std::vector<size_t>& positions : plan.positions) {
+    const Policy& first = plan.batch[positions.front()].policy;  // A missing row starts with it.
+    capacities.push_back(std::to_string(first.limit));
+    windows.push_back(std::to_string(first.window_ms));
+  }
+  const std::string keys = ArrayLiteral(plan.keys);
+  std::vector<PgQuery> q(LockPipeline::kStatements);
+  q[LockPipeline::kBegin] = {"BEGIN", {}};
+  // The server gives up a little before our deadline, on a lock or a slow statement: the
+  // transaction then fails cleanly on a live session, and no orphaned backend stays behind
+  // waiting on a lock for a client that is gone.
+  q[LockPipeline::kTimeouts] = {
+      "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
+      {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5))},
+      "rl_timeouts"};
+  q[LockPipeline::kInsert] = {"INSERT INTO " + table_sql +
+                                  " (key, tokens, updated_at, capacity, window_ms)"
+                                  " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
+                                  " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)"
+                                  " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
+                              {keys, ArrayLiteral(capacities), ArrayLiteral(windows)},
+                              "rl_insert"};
+  // Columns in LockColumn order. A timestamp outside what int8 microseconds hold ('infinity',
+  // year 294276) reads as NULL, for RepairRow, instead of failing the whole transaction.
+  q[LockPipeline::kLock] = {
+      "SELECT encode(key, 'hex'), tokens,"
+      " CASE WHEN updated_at BETWEEN '1900-01-01' AND '9999-12-31'"
+      " THEN floor(extract(epoch FROM updated_at) * 1000000)::int8 END,"
+      " capacity, window_ms FROM " +
+          table_sql +
+          " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
+          " ORDER BY key FOR UPDATE",
+      {keys},
+      "rl_lock"};
+  // After the locks are held: the time the checks are decided at.
+  q[LockPipeline::kClock] = {
+      "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}, "rl_clock"};
+  return q;
+}
+
+Result<TransactionDecision> Decide(const TransactionPlan& plan,
+                                   std::span<const PgResultPtr> lock_results) {
+  PGresult* clock = lock_results[LockPipeline::kClock].get();
+  if (PQntuples(clock) != 1 || PQgetisnull(clock, 0, 0)) {
+    return Status::IoError("database returned no clock");
+  }
+  const int64_t now_us = std::strtoll(PQgetvalue(clock, 0, 0), nullptr, 10);
+  const std::map<std::string, RawRow> raw_rows = ReadRows(lock_results[LockPipeline::kLock].get());
+  TransactionDecision decision;
+  decision.answers.resize(plan.batch.size());
+  std::vector<const StoreOp*> ops;
+  std::vector<StoreAnswer> decided;
+  for (size_t k = 0; k < plan.keys.size(); ++k) {
+    const std::vector<size_t>& positions = plan.positions[k];
+    auto found = raw_rows.find(plan.keys[k]);
+    if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
+      for (size_t pos : positions) {
+        decision.answers[pos].check = Refusal(CheckStatus::kStoreUnavailable,
+                                              plan.batch[pos].policy.limit, Source::kDatabase);
+        decision.answers[pos].now_us = now_us;
+      }
+      continue;
+    }
+    ops.clear();
+    for (size_t pos : positions) ops.push_back(&plan.batch[pos]);
+    DecideKey(plan.keys[k], found->second, ops, now_us, decision, decided);
+    for (size_t j = 0; j < positions.size(); ++j) decision.answers[positions[j]] = decided[j];
+  }
+  return decision;
+}
+
+std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
+                                   const std::string& table_sql) {
+  if (decision.keys.empty()) return {{"ROLLBACK", {}}};  // Denials and reads write nothing.
+  std::vector<PgQuery> q(FinishPipeline::kStatements);
+  q[FinishPipeline::kUpdate] = {
+      "UPDATE " + table_sql +
+          " AS t SET tokens = u.tokens,"
+          " updated_at = 'epoch'::timestamptz + u.us * interval '1 microsecond',"
+          " capacity = u.cap, window_ms = u.win"
+          " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
+          " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
+      {ArrayLiteral(decision.keys), ArrayLiteral(decision.tokens),
+       ArrayLiteral(decision.updated_us), ArrayLiteral(decision.capacities),
+       ArrayLiteral(decision.windows)},
+      "rl_update"};
+  q[FinishPipeline::kCommit] = {"COMMIT", {}};
+  return q;
+}
+
+void BatchTransaction::Start(const Context& context, SessionPool::Slot& slot,
+                             std::vector<StoreOp> batch, TakeDone done) {
+  auto tx = std::make_shared<BatchTransaction>(
+      context, slot, PlanTransaction(std::move(batch), context.key_hashing), std::move(done));
+  tx->Lock();
+}
+
+BatchTransaction::BatchTransaction(const Context& context, SessionPool::Slot& slot,
+                                   TransactionPlan plan, TakeDone done)
+    : context_(context), slot_(slot), plan_(std::move(plan)), done_(std::move(done)) {}
+
+void BatchTransaction::TransitionTo(State next) { state_ = next; }
+
+void BatchTransaction::Lock() {
+  std::vector<PgQuery> queries = LockQueries(plan_, context_.table_sql, context_.timeout_ms);
+  context_.pool.Lend(slot_, SessionPool::Work::kTransaction);
+  context_.metrics.transactions.Add();
+  context_.metrics.batch_size.Observe(plan_.batch.size());
+  started_ns_ = uv_hrtime();
+  TransitionTo(State::kLocking);
+  slot_.session().Run(std::move(queries),
+                      [self = shared_from_this()](Result<std::vector<PgResultPtr>> r) {
+                        self->OnLocked(std::move(r));
+                      });
+}
+
+void BatchTransaction::OnLocked(Result<std::vector<PgResultPtr>> results) {
+  if (!results.ok()) return Fail(results.status());
+  Result<TransactionDecision> decision = Decide(plan_, *results);
+  if (!decision.ok()) return Fail(decision.status());
+  context_.metrics.repaired_rows.Add(decision->repaired_rows);
+  TransitionTo(State::kWriting);
+  slot_.session().Run(FinishQueries(*decision, context_.table_sql),
+                      [self = shared_from_this(), answers = std::move(decision->answers)](
+                          Result<std::vector<PgResultPtr>> r) mutable {
+                        if (!r.ok()) return self->Fail(r.status());
+                        self->Succeed(std::move(answers));
+                      });
+}
+
+void BatchTransaction::Succeed(std::vector<StoreAnswer> answers) {
+  context_.metrics.duration.Observe(uv_hrtime() - started_ns_);
+  context_.pool.EndTransaction(slot_, Status::Ok());
+  Finish(std::move(answers));
+}
+
+void BatchTransaction::Fail(const Status& status) {
+  context_.metrics.duration.Observe(uv_hrtime() - started_ns_);
+  context_.metrics.failed_transactions.Add();
+  context_.pool.EndTransaction(slot_, status);
+  context_.on_failed(slot_.session().last_sqlstate(), status);  // Before ROLLBACK clears it.
+  Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", status.message());
+  // A statement error leaves the transaction aborted on a live session: end it first.
+  if (slot_.session().state() != DbSession::State::kIdle) return Finish(status);
+  TransitionTo(State::kRollingBack);
+  slot_.session().Run({{"ROLLBACK", {}}},
+                      [self = shared_from_this(), status](Result<std::vector<PgResultPtr>>) {
+                        self->Finish(status);
+                      });
+}
+
+void BatchTransaction::Finish(Result<std::vector<StoreAnswer>> result) {
+  TransitionTo(State::kDone);
+  context_.pool.Return(slot_);
+  std::exchange(done_, nullptr)(std::move(result));
+  context_.on_ended(slot_);
+}
+
+}  // namespace ratelimit

@@ -1,0 +1,88 @@
+// TableKeeper: the shared table's lifecycle: checked, created when allowed, checked again if lost.
+#ifndef RATELIMIT_SIDECAR_PG_TABLE_KEEPER_H_
+#define RATELIMIT_SIDECAR_PG_TABLE_KEEPER_H_
+
+#include <uv.h>
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sidecar/metrics/metrics.h"
+#include "sidecar/pg/garbage_collector.h"
+#include "sidecar/pg/session_pool.h"
+#include "sidecar/pg/table_name.h"
+
+namespace ratelimit {
+
+// Until the table exists and may be read and written by this role, ready() is false and no
+// transaction starts. The table is checked on the first session that connects: checked (exists,
+// and this role may use it), created when missing and create_table allows (DDL serialized
+// between sidecars by an advisory lock), then checked again. A failure is logged once (until the
+// table is usable again) and retried on that session with its backoff, or on the next session
+// that connects.
+//
+// A transaction failing because the table is gone or no longer usable (dropped, its schema
+// dropped, a column missing, a privilege revoked: OnTransactionFailed) makes ready() false, and
+// the table is checked -- and, when allowed, created -- again, the same way.
+//
+// It owns the garbage collector, which works only while the table is ready.
+//
+// States: kUnknown -> kChecking -> kReady or kFailed (logged); kFailed -> kRechecking ->
+// kReady or kFailed (not logged again); kReady -> kUnknown when a transaction finds it unusable.
+// Thread-safety: the loop thread only. Borrows sessions from `pool`, which must outlive it;
+// Close() must complete before destruction.
+class TableKeeper {
+ public:
+  enum class State { kUnknown, kChecking, kFailed, kRechecking, kReady };
+
+  struct Options {
+    TableName table;
+    bool create_table = true;
+  };
+
+  // `on_ready` runs when the table became ready: waiting checks may start.
+  TableKeeper(uv_loop_t* loop, SessionPool& pool, Options options, Counter& collected_rows,
+              std::function<void()> on_ready);
+  TableKeeper(const TableKeeper&) = delete;
+  TableKeeper& operator=(const TableKeeper&) = delete;
+
+  // Starts the garbage collector's ticks.
+  void Start();
+  // Releases the garbage collector's timer, then calls `done`.
+  void Close(std::function<void()> done);
+
+  // Checks the table on `slot` unless it is ready or being checked. REQUIRES: slot.free().
+  void Ensure(SessionPool::Slot& slot);
+  // A transaction failed with `sqlstate`: when that says the table is unusable, it is not
+  // ready any more and is checked again by the next Ensure.
+  void OnTransactionFailed(std::string_view sqlstate, const Status& status);
+
+  bool ready() const { return state_ == State::kReady; }
+  State state() const { return state_; }
+
+  // Whether `sqlstate` says the table itself is not usable any more.
+  static bool TableUnusable(std::string_view sqlstate);
+
+ private:
+  void TransitionTo(State next);
+  void Check(SessionPool::Slot& slot, bool created);
+  void OnChecked(SessionPool::Slot& slot, bool created, PGresult* result);
+  void Create(SessionPool::Slot& slot);
+  void RunWork(SessionPool::Slot& slot, std::vector<PgQuery> queries,
+               std::function<void(std::vector<PgResultPtr>)> next);
+  void Failed(SessionPool::Slot& slot, const std::string& why);
+  void Retry(SessionPool::Slot& slot);
+
+  SessionPool& pool_;
+  const Options options_;
+  const std::string table_sql_;  // The quoted table name.
+  std::function<void()> on_ready_;
+  State state_ = State::kUnknown;
+  GarbageCollector gc_;
+};
+
+}  // namespace ratelimit
+
+#endif  // RATELIMIT_SIDECAR_PG_TABLE_KEEPER_H_

@@ -1,0 +1,263 @@
+// BatchTransaction without PostgreSQL: planning, statements, decisions from canned results.
+#include "sidecar/pg/batch_transaction.h"
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tests/testing/canned_lock_results.h"
+#include "tests/testing/fake_pool.h"
+
+namespace ratelimit {
+namespace {
+
+using Rows = CannedRows;
+
+constexpr int64_t kNowUs = 1'700'000'000'000'000;  // Database time, in 2023.
+constexpr Policy kPolicy{10, 1000};
+const std::string kTable = "\"t\"";
+
+// "a" and "b" at rest with RATE_LIMIT_PG_KEY_HASH=none: their bytes in hex.
+const std::string kRowA = "61";
+const std::string kRowB = "62";
+
+StoreOp Check(const std::string& key, uint32_t cost, Policy policy = kPolicy) {
+  return StoreOp{.key = key, .cost = cost, .policy = policy};
+}
+
+std::vector<PgResultPtr> LockResults(const CannedRows& rows,
+                                     std::optional<int64_t> now_us = kNowUs) {
+  return CannedLockResults(rows, now_us);
+}
+
+// A row of `tokens` of kPolicy's bucket, last written at kNowUs.
+std::vector<std::optional<std::string>> Row(const std::string& key,
+                                            std::optional<std::string> tokens) {
+  return {key, std::move(tokens), std::to_string(kNowUs), "10", "1000"};
+}
+
+TransactionDecision DecideOk(const TransactionPlan& plan, const Rows& rows) {
+  Result<TransactionDecision> decision = Decide(plan, LockResults(rows));
+  EXPECT_TRUE(decision.ok()) << decision.status().ToString();
+  return decision.ok() ? std::move(*decision) : TransactionDecision{};
+}
+
+TEST(TransactionPlan, GroupsOperationsByRowKeyInKeyOrderAndKeepsBatchOrderWithinAKey) {
+  const TransactionPlan plan =
+      PlanTransaction({Check("b", 1), Check("a", 2), Check("b", 3)}, KeyHashing::kNone);
+  EXPECT_EQ(plan.keys, (std::vector<std::string>{kRowA, kRowB}));
+  EXPECT_EQ(plan.positions, (std::vector<std::vector<size_t>>{{1}, {0, 2}}));
+  EXPECT_EQ(plan.batch.size(), 3u);
+}
+
+TEST(TransactionPlan, HashesKeysWithSha256ByDefault) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 1)}, KeyHashing::kSha256);
+  ASSERT_EQ(plan.keys.size(), 1u);
+  EXPECT_EQ(plan.keys[0], RowKeyHex("a", KeyHashing::kSha256));
+  EXPECT_EQ(plan.keys[0].size(), 64u);
+}
+
+TEST(LockQueries, EachStatementStandsAtThePlaceItsNameSays) {
+  const TransactionPlan plan = PlanTransaction(
+      {Check("b", 1, Policy{7, 500}), Check("a", 2, Policy{5, 100}), Check("b", 1, kPolicy)},
+      KeyHashing::kNone);
+  const std::vector<PgQuery> q = LockQueries(plan, kTable, 250);
+  ASSERT_EQ(q.size(), size_t{LockPipeline::kStatements});
+  EXPECT_EQ(q[LockPipeline::kBegin].sql, "BEGIN");
+  EXPECT_NE(q[LockPipeline::kTimeouts].sql.find("lock_timeout"), std::string::npos);
+  EXPECT_EQ(q[LockPipeline::kTimeouts].params, (std::vector<std::string>{"200"}));  // 4/5.
+  EXPECT_NE(q[LockPipeline::kInsert].sql.find("INSERT INTO \"t\""), std::string::npos);
+  // A missing row starts with the policy of its key's first operation.
+  EXPECT_EQ(q[LockPipeline::kInsert].params,
+            (std::vector<std::string>{"{61,62}", "{5,7}", "{100,500}"}));
+  EXPECT_NE(q[LockPipeline::kLock].sql.find("ORDER BY key FOR UPDATE"), std::string::npos);
+  EXPECT_EQ(q[LockPipeline::kLock].params, (std::vector<std::string>{"{61,62}"}));
+  EXPECT_NE(q[LockPipeline::kClock].sql.find("clock_timestamp()"), std::string::npos);
+  EXPECT_EQ(LockQueries(plan, kTable, 1)[LockPipeline::kTimeouts].params[0], "1");
+}
+
+TEST(Decide, TakesFromTheLockedRowAndWritesItBack) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 3)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(plan, {Row(kRowA, "10")});
+  ASSERT_EQ(d.answers.size(), 1u);
+  EXPECT_TRUE(d.answers[0].check.allowed);
+  EXPECT_EQ(d.answers[0].check.remaining, 7u);
+  EXPECT_EQ(d.answers[0].check.source, Source::kDatabase);
+  EXPECT_EQ(d.answers[0].now_us, kNowUs);
+  EXPECT_EQ(d.keys, (std::vector<std::string>{kRowA}));
+  EXPECT_EQ(d.tokens, (std::vector<std::string>{"7"}));
+  EXPECT_EQ(d.updated_us, (std::vector<std::string>{std::to_string(kNowUs)}));
+  EXPECT_EQ(d.repaired_rows, 0u);
+
+  const std::vector<PgQuery> finish = FinishQueries(d, kTable);
+  ASSERT_EQ(finish.size(), size_t{FinishPipeline::kStatements});
+  EXPECT_NE(finish[FinishPipeline::kUpdate].sql.find("UPDATE \"t\""), std::string::npos);
+  EXPECT_EQ(finish[FinishPipeline::kUpdate].params,
+            (std::vector<std::string>{"{61}", "{7}", "{" + std::to_string(kNowUs) + "}", "{10}",
+                                      "{1000}"}));
+  EXPECT_EQ(finish[FinishPipeline::kCommit].sql, "COMMIT");
+}
+
+TEST(Decide, ChecksOfOneKeyAreDecidedOneAfterAnotherInBatchOrder) {
+  const TransactionPlan plan =
+      PlanTransaction({Check("a", 6), Check("b", 1), Check("a", 6)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(plan, {Row(kRowA, "10"), Row(kRowB, "10")});
+  ASSERT_EQ(d.answers.size(), 3u);
+  EXPECT_TRUE(d.answers[0].check.allowed);
+  EXPECT_TRUE(d.answers[1].check.allowed);
+  EXPECT_FALSE(d.answers[2].check.allowed) << "4 tokens left after the first";
+  EXPECT_EQ(d.keys, (std::vector<std::string>{kRowA, kRowB}));
+  EXPECT_EQ(d.tokens, (std::vector<std::string>{"4", "9"}));
+}
+
+TEST(Decide, DenialsWriteNothingAndTheTransactionRollsBack) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 3), Check("a", 0)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(plan, {Row(kRowA, "1")});
+  EXPECT_FALSE(d.answers[0].check.allowed);
+  EXPECT_GT(d.answers[0].check.retry_after_ms, 0u);
+  EXPECT_TRUE(d.answers[1].check.allowed) << "cost 0 only reads";
+  EXPECT_TRUE(d.keys.empty());
+  const std::vector<PgQuery> finish = FinishQueries(d, kTable);
+  ASSERT_EQ(finish.size(), 1u);
+  EXPECT_EQ(finish[0].sql, "ROLLBACK");
+}
+
+TEST(Decide, AMalformedRowIsRepairedCountedAndWrittenEvenByARead) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 0)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(plan, {Row(kRowA, std::nullopt)});  // tokens NULL.
+  EXPECT_EQ(d.repaired_rows, 1u);
+  EXPECT_TRUE(d.answers[0].check.allowed);
+  EXPECT_EQ(d.answers[0].check.remaining, 10u) << "NULL tokens read as a full bucket";
+  EXPECT_EQ(d.keys, (std::vector<std::string>{kRowA}));
+  EXPECT_EQ(d.tokens, (std::vector<std::string>{"10"}));
+}
+
+TEST(Decide, AKeyWhoseRowIsGoneIsRefusedAndOthersAreDecided) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 1), Check("b", 1)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(plan, {Row(kRowB, "10")});
+  EXPECT_EQ(d.answers[0].check.status, CheckStatus::kStoreUnavailable);
+  EXPECT_EQ(d.answers[0].check.source, Source::kDatabase);
+  EXPECT_FALSE(d.answers[0].check.allowed);
+  EXPECT_EQ(d.answers[0].now_us, kNowUs);
+  EXPECT_TRUE(d.answers[1].check.allowed);
+  EXPECT_EQ(d.keys, (std::vector<std::string>{kRowB}));
+}
+
+TEST(Decide, NoDatabaseTimeFailsTheTransaction) {
+  const TransactionPlan plan = PlanTransaction({Check("a", 1)}, KeyHashing::kNone);
+  Result<TransactionDecision> d = Decide(plan, LockResults({Row(kRowA, "10")}, std::nullopt));
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().message(), "database returned no clock");
+}
+
+// A transaction run on a pool of fake sessions, answered by hand.
+class BatchTransactionRun : public testing::Test {
+ protected:
+  BatchTransactionRun()
+      : context_{fake_.pool(),
+                 metrics_,
+                 kTable,
+                 250,
+                 KeyHashing::kNone,
+                 [this](std::string_view sqlstate, const Status&) {
+                   failed_sqlstates_.emplace_back(sqlstate);
+                 },
+                 [this](SessionPool::Slot& slot) { ended_free_.push_back(slot.free()); }} {
+    fake_.StartConnected();
+  }
+
+  // Work still in flight ends here, while what its callbacks write is alive.
+  void TearDown() override {
+    fake_.pool().Shutdown([] {});
+  }
+
+  // Starts a transaction of `batch` on the first free slot; its result lands in result_.
+  SessionPool::Slot& Start(std::vector<StoreOp> batch) {
+    SessionPool::Slot* slot = fake_.pool().FreeSlot(SessionPool::End::kFirst);
+    BatchTransaction::Start(context_, *slot, std::move(batch),
+                            [this](Result<std::vector<StoreAnswer>> r) {
+                              result_ = std::move(r);
+                              slot_free_at_done_ = slot_->free();
+                            });
+    slot_ = slot;
+    return *slot;
+  }
+
+  FakePool fake_{1};
+  PgStoreMetrics metrics_;
+  BatchTransaction::Context context_;
+  SessionPool::Slot* slot_ = nullptr;
+  std::optional<Result<std::vector<StoreAnswer>>> result_;
+  bool slot_free_at_done_ = false;
+  std::vector<std::string> failed_sqlstates_;
+  std::vector<bool> ended_free_;
+};
+
+TEST_F(BatchTransactionRun, LocksDecidesWritesAndGivesTheSessionBackBeforeAnswering) {
+  SessionPool::Slot& slot = Start({Check("a", 4)});
+  FakeDbSession& session = fake_.session(0);
+  ASSERT_EQ(session.runs().size(), 1u);
+  EXPECT_EQ(session.runs()[0].size(), size_t{LockPipeline::kStatements});
+  EXPECT_EQ(slot.state(), SessionPool::Slot::State::kLent);
+  EXPECT_EQ(metrics_.transactions.value(), 1u);
+
+  session.Answer(LockResults({Row(kRowA, "10")}));
+  ASSERT_EQ(session.runs().size(), 2u);
+  EXPECT_EQ(session.runs()[1][FinishPipeline::kCommit].sql, "COMMIT");
+  EXPECT_FALSE(result_.has_value()) << "answered only once COMMIT is";
+
+  session.Answer(CommandResults(2));
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_TRUE(result_->ok()) << result_->status().ToString();
+  EXPECT_EQ((**result_)[0].check.remaining, 6u);
+  EXPECT_TRUE(slot_free_at_done_);
+  EXPECT_EQ(ended_free_, std::vector<bool>{true});
+  EXPECT_EQ(metrics_.failed_transactions.value(), 0u);
+  EXPECT_EQ(metrics_.duration.Read().cumulative.back(), 1u);
+  EXPECT_TRUE(failed_sqlstates_.empty());
+}
+
+TEST_F(BatchTransactionRun, AFailedStatementIsReportedRolledBackThenAnswered) {
+  Start({Check("a", 1)});
+  FakeDbSession& session = fake_.session(0);
+  session.FailStatement("relation \"t\" does not exist", "42P01");
+  EXPECT_EQ(failed_sqlstates_, std::vector<std::string>{"42P01"}) << "before the ROLLBACK";
+  ASSERT_EQ(session.runs().size(), 2u);
+  ASSERT_EQ(session.runs()[1].size(), 1u);
+  EXPECT_EQ(session.runs()[1][0].sql, "ROLLBACK");
+  EXPECT_FALSE(result_.has_value());
+
+  session.Answer(CommandResults(1));
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_FALSE(result_->ok());
+  EXPECT_NE(result_->status().message().find("42P01"), std::string::npos);
+  EXPECT_TRUE(slot_free_at_done_);
+  EXPECT_EQ(metrics_.failed_transactions.value(), 1u);
+}
+
+TEST_F(BatchTransactionRun, ALostConnectionFailsAtOnceWithoutRollback) {
+  SessionPool::Slot& slot = Start({Check("a", 1)});
+  FakeDbSession& session = fake_.session(0);
+  session.Answer(LockResults({Row(kRowA, "10")}));
+  session.Break("server closed the connection unexpectedly");
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), Status::Code::kUnavailable);
+  EXPECT_EQ(session.runs().size(), 2u) << "no ROLLBACK on a broken session";
+  EXPECT_EQ(slot.state(), SessionPool::Slot::State::kDown);
+  EXPECT_EQ(ended_free_, std::vector<bool>{false});
+  EXPECT_EQ(metrics_.failed_transactions.value(), 1u);
+}
+
+TEST_F(BatchTransactionRun, NoDatabaseTimeFailsAndRollsBack) {
+  Start({Check("a", 1)});
+  FakeDbSession& session = fake_.session(0);
+  session.Answer(LockResults({Row(kRowA, "10")}, std::nullopt));
+  ASSERT_EQ(session.runs().size(), 2u);
+  EXPECT_EQ(session.runs()[1][0].sql, "ROLLBACK");
+  EXPECT_EQ(failed_sqlstates_, std::vector<std::string>{""});
+}
+
+}  // namespace
+}  // namespace ratelimit

@@ -1,0 +1,147 @@
+// PgStore without PostgreSQL: how its pieces compose, on fake sessions and canned results.
+#include "sidecar/pg/pg_store.h"
+
+#include <gtest/gtest.h>
+#include <uv.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tests/testing/canned_lock_results.h"
+#include "tests/testing/fake_db_session.h"
+
+namespace ratelimit {
+namespace {
+
+constexpr int64_t kNowUs = 1'700'000'000'000'000;  // Database time, in 2023.
+
+std::vector<PgResultPtr> TableCheck(const char* answer) {
+  std::vector<PgResultPtr> results;
+  results.push_back(CannedResult(1, {{answer}}));
+  return results;
+}
+
+bool IsTableCheck(const std::vector<PgQuery>& pipeline) {
+  return pipeline.size() == 1 && pipeline[0].sql.find("to_regclass") != std::string::npos;
+}
+
+class PgStoreTest : public testing::Test {
+ protected:
+  PgStoreTest() {
+    uv_loop_init(&loop_);
+    PgStoreOptions options;
+    options.table = TableName{"", "t"};
+    options.key_hashing = KeyHashing::kNone;
+    store_ = std::make_unique<PgStore>(&loop_, options, [this](DbSession::StateListener l) {
+      auto session = std::make_unique<FakeDbSession>(std::move(l));
+      sessions_.push_back(session.get());
+      return session;
+    });
+    store_->set_on_capacity([this] { ++capacity_calls_; });
+    store_->Start();
+  }
+  ~PgStoreTest() override {
+    if (!shutdown_started_) ShutDown();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    EXPECT_TRUE(shut_down_);
+    store_.reset();
+    EXPECT_EQ(uv_loop_close(&loop_), 0);
+  }
+
+  // Connects the first session and answers its table check: the store is ready.
+  void MakeReady() {
+    session(0).Connected();
+    ASSERT_TRUE(IsTableCheck(session(0).runs().back()));
+    session(0).Answer(TableCheck("t"));
+    ASSERT_TRUE(store_->ready());
+  }
+
+  // Takes one check of key "a"; its answer lands in result_.
+  void TakeOne() {
+    store_->Take({StoreOp{.key = "a", .cost = 1, .policy = Policy{10, 1000}}},
+                 [this](Result<std::vector<StoreAnswer>> r) { result_ = std::move(r); });
+  }
+
+  void ShutDown() {
+    shutdown_started_ = true;
+    store_->Shutdown([this] { shut_down_ = true; });
+  }
+
+  FakeDbSession& session(size_t i) { return *sessions_.at(i); }
+
+  uv_loop_t loop_;
+  std::vector<FakeDbSession*> sessions_;  // Owned by the store's pool.
+  std::unique_ptr<PgStore> store_;
+  int capacity_calls_ = 0;
+  bool shutdown_started_ = false;
+  bool shut_down_ = false;
+  std::optional<Result<std::vector<StoreAnswer>>> result_;
+};
+
+TEST_F(PgStoreTest, ReadyOnceASessionIsConnectedAndTheTableChecked) {
+  EXPECT_EQ(sessions_.size(), 2u);
+  EXPECT_FALSE(store_->ready());
+  EXPECT_EQ(store_->free_slots(), 0u);
+  session(0).Connected();
+  EXPECT_FALSE(store_->ready()) << "the table is being checked";
+  EXPECT_EQ(store_->free_slots(), 0u);
+  session(0).Answer(TableCheck("t"));
+  EXPECT_TRUE(store_->ready());
+  EXPECT_EQ(store_->free_slots(), 1u);
+  session(1).Connected();
+  EXPECT_EQ(session(1).runs().size(), 0u) << "the table is checked once, not per session";
+  EXPECT_EQ(store_->free_slots(), 2u);
+  EXPECT_GE(capacity_calls_, 2);
+}
+
+TEST_F(PgStoreTest, ATakeIsOneTransactionAnsweredAfterItsCommit) {
+  MakeReady();
+  TakeOne();
+  EXPECT_EQ(store_->free_slots(), 0u);
+  session(0).Answer(
+      CannedLockResults({{"61", "10", std::to_string(kNowUs), "10", "1000"}}, kNowUs));
+  session(0).Answer(CommandResults(2));
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_TRUE(result_->ok()) << result_->status().ToString();
+  EXPECT_TRUE((**result_)[0].check.allowed);
+  EXPECT_EQ((**result_)[0].check.remaining, 9u);
+  EXPECT_EQ(store_->metrics().transactions.value(), 1u);
+  EXPECT_EQ(store_->free_slots(), 1u);
+}
+
+TEST_F(PgStoreTest, ATransactionThatFindsTheTableGoneChecksItAgainOnItsSession) {
+  MakeReady();
+  TakeOne();
+  session(0).FailStatement("relation \"t\" does not exist", "42P01");
+  EXPECT_FALSE(store_->ready()) << "at once, before the ROLLBACK's answer";
+  EXPECT_EQ(store_->free_slots(), 0u);
+  EXPECT_EQ(session(0).runs().back()[0].sql, "ROLLBACK");
+  session(0).Answer(CommandResults(1));
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_FALSE(result_->ok());
+  EXPECT_EQ(store_->metrics().failed_transactions.value(), 1u);
+  ASSERT_TRUE(IsTableCheck(session(0).runs().back()));
+  session(0).Answer(TableCheck("t"));
+  EXPECT_TRUE(store_->ready());
+}
+
+TEST_F(PgStoreTest, ATakeWithoutAFreeSessionIsRefusedRatherThanQueued) {
+  TakeOne();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), Status::Code::kUnavailable);
+}
+
+TEST_F(PgStoreTest, ShutdownFailsATakeInFlight) {
+  MakeReady();
+  TakeOne();
+  ShutDown();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), Status::Code::kUnavailable);
+  EXPECT_FALSE(store_->ready());
+  EXPECT_EQ(store_->free_slots(), 0u);
+}
+
+}  // namespace
+}  // namespace ratelimit
