@@ -17,7 +17,7 @@ class MemoryEngineImpl final : public MemoryEngine {
   // A read (cost 0) never changes state: it answers from a copy, so it neither stores a new key
   // nor restarts an expired fixed window nor rescales a bucket to the reader's policy. A check
   // that takes tokens always leaves a bucket that is not full, which is therefore kept.
-  void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override {
+  CheckResult Decide(const CheckQuery& query) final {
     const int64_t now = clock_.NowMicros();
     typename Algo::State* stored = table_.Find(query.key);
     CheckResult result;
@@ -26,10 +26,17 @@ class MemoryEngineImpl final : public MemoryEngine {
     } else {
       typename Algo::State state = stored ? *stored : Algo::Fresh(query.policy, now);
       result = Algo::Decide(state, query.policy, query.cost, now);
-      if (stored == nullptr && query.cost > 0) table_.Insert(query.key, state);
+      if (stored == nullptr && query.cost > 0) {
+        table_.Insert(query.key, state);
+        metrics_.buckets.Set(static_cast<int64_t>(table_.size()));
+      }
     }
     result.source = Source::kMemory;
-    done.OnCheckDone(tag, result);
+    return result;
+  }
+
+  void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override {
+    done.OnCheckDone(tag, Decide(query));
   }
 
   std::string_view store_name() const override { return "memory"; }
@@ -37,8 +44,10 @@ class MemoryEngineImpl final : public MemoryEngine {
 
   size_t Sweep(size_t max_slots) override {
     const int64_t now = clock_.NowMicros();
-    return table_.Sweep(
+    const size_t erased = table_.Sweep(
         max_slots, [now](const typename Algo::State& state) { return Algo::IsFull(state, now); });
+    metrics_.buckets.Set(static_cast<int64_t>(table_.size()));
+    return erased;
   }
 
   size_t size() const override { return table_.size(); }
