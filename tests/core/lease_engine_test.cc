@@ -1024,6 +1024,19 @@ TEST_F(LeaseEngineTest, TickForgetsAKeyThatHoldsNothingAfterTtl) {
   EXPECT_EQ(store_.take_count(), 1u) << "nothing to return";
 }
 
+// The gauge /metrics shows is the engine's own, set whenever a key is added or forgotten.
+TEST_F(LeaseEngineTest, TheKeysGaugeIsTheNumberOfKeysWithLeaseStateAtEveryStep) {
+  EXPECT_EQ(engine_.metrics().keys.value(), 0);
+  Check(0, 1, kPolicy, "a");
+  Check(1, 1, kPolicy, "b");
+  EXPECT_EQ(engine_.metrics().keys.value(), 2);
+  DecideAll();
+  clock_.AdvanceMicros(kTtlUs);
+  engine_.Tick();
+  EXPECT_EQ(engine_.key_count(), 0u);
+  EXPECT_EQ(engine_.metrics().keys.value(), 0);
+}
+
 TEST_F(LeaseEngineTest, TickKeepsAKeyWhileItHoldsALeaseAndReturnsItBeforeForgetting) {
   const int64_t sent = clock_.NowMicros() + 10 * kMs;
   ASSERT_EQ(WarmUp(), 13u);
