@@ -13,7 +13,7 @@
 #include "sidecar/admin/admin_server.h"
 #include "sidecar/admin/health.h"
 #include "sidecar/config/config.h"
-#include "sidecar/core/fallback_engine.h"
+#include "sidecar/core/fallback.h"
 #include "sidecar/core/lease_engine.h"
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
@@ -131,8 +131,7 @@ class Sidecar {
     return_deadline_.data = this;
     uv_timer_init(loop_, &status_timer_);
     status_timer_.data = this;
-    engines_.engine = engine_.get();
-    RegisterSidecarMetrics(registry_, server_.metrics(), engine_metrics_, engines_);
+    RegisterSidecarMetrics(registry_, server_.metrics(), status_metrics_, engines_);
   }
 
   Status Start() {
@@ -192,10 +191,10 @@ class Sidecar {
         shutdown_grace_ms_ > spent_ms ? shutdown_grace_ms_ - spent_ms : 0, 0);
     lease_->ReturnAll([this] {
       if (store_stopping_) return;  // The deadline came first; the returns left were failed.
-      const LeaseStats& stats = lease_->stats();
+      const LeaseMetrics& stats = lease_->metrics();
       Log(LogLevel::kInfo, "leases given back")
-          .Int("returns", stats.returns)
-          .Int("tokens_returned", stats.tokens_returned);
+          .Int("returns", stats.returns.value())
+          .Int("tokens_returned", stats.tokens_returned.value());
       StopStore();
     });
   }
@@ -224,27 +223,26 @@ class Sidecar {
       pg_store_ = std::make_unique<PgStore>(
           loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
                                config.pg_key_hash, config.pg_connections, config.pg_timeout_ms});
-      if (config.mode == StoreMode::kStrict) {
-        shared_engine_ = std::make_unique<StrictEngine>(*pg_store_);
-      } else {
-        auto lease = std::make_unique<LeaseEngine>(
-            *pg_store_, clock_, secrets.hash_key,
-            LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed});
-        lease_ = lease.get();
-        shared_engine_ = std::move(lease);
-      }
-      auto fallback = std::make_unique<FallbackEngine>(
-          *shared_engine_, config.fallback,
+      fallback_ = std::make_unique<Fallback>(
+          config.fallback,
           config.fallback == FallbackPolicy::kLocal
               ? NewMemoryEngine(Algorithm::kTokenBucket, clock_, secrets.hash_key)
               : nullptr,
           config.expected_replicas);
-      memory_ = fallback->local();
+      memory_ = fallback_->local();
       engines_.local = memory_;
-      engines_.lease = lease_;
-      engines_.fallback = fallback.get();
+      engines_.fallback = fallback_.get();
       engines_.pg_store = pg_store_.get();
-      return fallback;
+      if (config.mode == StoreMode::kStrict) {
+        return std::make_unique<StrictEngine>(*pg_store_, fallback_.get());
+      }
+      auto lease = std::make_unique<LeaseEngine>(
+          *pg_store_, clock_, secrets.hash_key,
+          LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed},
+          fallback_.get());
+      lease_ = lease.get();
+      engines_.lease = lease_;
+      return lease;
     }
     auto memory = NewMemoryEngine(config.algorithm, clock_, secrets.hash_key);
     memory_ = memory.get();
@@ -252,13 +250,13 @@ class Sidecar {
     return memory;
   }
 
-  // Every Health::kBeatIntervalMs: the loop is alive, what readiness depends on, the engines'
-  // counters for /metrics, and log lines suppressed as repeats.
+  // Every Health::kBeatIntervalMs: the loop is alive, what readiness depends on, the store's
+  // readiness for /metrics, and log lines suppressed as repeats.
   void OnStatusTick() {
     health_.Beat(uv_hrtime() / 1000000);
     health_.SetListening(server_.listening());
     health_.SetStoreReady(engine_->ready());
-    if (admin_ != nullptr) engine_metrics_.Publish(engines_);
+    status_metrics_.store_ready.Set(engine_->ready() ? 1 : 0);
     LogReportSuppressed();
   }
 
@@ -294,15 +292,15 @@ class Sidecar {
   Health health_;
   SteadyClock clock_;
   std::unique_ptr<PgStore> pg_store_;  // Declared before the engines that use it.
-  // The postgres store's engine (strict or lease), which engine_ wraps with the fallback.
-  std::unique_ptr<Engine> shared_engine_;
+  // What the postgres store's engine (strict or lease) answers when the store cannot decide.
+  std::unique_ptr<Fallback> fallback_;
   MemoryEngine* memory_ = nullptr;  // The memory store's engine, or the local fallback's.
   LeaseEngine* lease_ = nullptr;    // The shared engine, in lease mode.
   SidecarEngines engines_;          // Views of every engine, for metrics; set by MakeEngine.
   std::unique_ptr<Engine> engine_;
   Limiter limiter_;
   Server server_;
-  EngineMetrics engine_metrics_;
+  SidecarStatusMetrics status_metrics_;
   MetricsRegistry registry_;
   std::unique_ptr<AdminServer> admin_;  // Declared last: its thread reads everything above.
   uv_signal_t signals_[2];

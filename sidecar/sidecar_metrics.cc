@@ -1,4 +1,4 @@
-// SidecarMetrics: every series /metrics exposes, named once, and what copies engine counters in.
+// SidecarMetrics: every series /metrics exposes, named once, over the metrics their owners keep.
 #include "sidecar/sidecar_metrics.h"
 
 #include <dirent.h>
@@ -23,29 +23,10 @@ constexpr const char* kSourceNames[kSourceCount] = {"memory", "lease", "database
 
 }  // namespace
 
-void EngineMetrics::Publish(const SidecarEngines& engines) {
-  store_ready_.Set(engines.engine != nullptr && engines.engine->ready() ? 1 : 0);
-  if (engines.fallback != nullptr) fallbacks_.Set(engines.fallback->fallbacks());
-  if (engines.lease != nullptr) {
-    const LeaseStats& stats = engines.lease->stats();
-    lease_fetches_.Set(stats.fetches);
-    lease_tokens_fetched_.Set(stats.tokens_leased);
-    lease_returns_.Set(stats.returns);
-    lease_tokens_returned_.Set(stats.tokens_returned);
-    lease_tokens_expired_.Set(stats.tokens_expired);
-    lease_waits_.Set(stats.waited);
-    lease_keys_.Set(static_cast<int64_t>(engines.lease->key_count()));
-  }
-  if (engines.memory != nullptr) memory_buckets_.Set(static_cast<int64_t>(engines.memory->size()));
-  if (engines.local != nullptr) local_buckets_.Set(static_cast<int64_t>(engines.local->size()));
-  build_info_.Set(1);
-}
-
 void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
-                            const EngineMetrics& engine_metrics, const SidecarEngines& engines) {
-  const EngineMetrics& e = engine_metrics;
+                            const SidecarStatusMetrics& sidecar, const SidecarEngines& engines) {
   registry.AddGauge("ratelimit_build_info", "The sidecar's version; the value is always 1.",
-                    e.build_info_, {{"version", RATELIMIT_VERSION}});
+                    sidecar.build_info, {{"version", RATELIMIT_VERSION}});
 
   constexpr const char* kChecksHelp =
       "Checks answered with status ok, by decision and by what decided them (memory, lease, "
@@ -83,47 +64,48 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                     "1 when the store can decide checks now; 0 while the database is "
                     "unreachable, failing or its table unusable (checks then go to the "
                     "fallback).",
-                    e.store_ready_);
+                    sidecar.store_ready);
   constexpr const char* kBucketsHelp =
       "Keys held in memory: buckets of the memory store, keys with lease state, or buckets of "
       "the local fallback.";
   if (engines.memory != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.memory_buckets_,
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.memory->metrics().buckets,
                       {{"store", "memory"}});
   }
   if (engines.lease != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.lease_keys_,
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.lease->metrics().keys,
                       {{"store", "lease"}});
   }
   if (engines.local != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, e.local_buckets_,
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.local->metrics().buckets,
                       {{"store", "fallback"}});
   }
   if (engines.fallback != nullptr) {
     registry.AddCounter("ratelimit_fallbacks_total",
                         "Checks the database could not decide, answered by RATE_LIMIT_FALLBACK.",
-                        e.fallbacks_);
+                        engines.fallback->metrics().fallbacks);
   }
   if (engines.lease != nullptr) {
+    const LeaseMetrics& lease = engines.lease->metrics();
     registry.AddCounter("ratelimit_lease_fetches_total",
                         "Leases asked of the database (each one operation of a transaction).",
-                        e.lease_fetches_);
+                        lease.fetches);
     registry.AddCounter("ratelimit_lease_tokens_fetched_total",
-                        "Tokens leased from the shared buckets.", e.lease_tokens_fetched_);
+                        "Tokens leased from the shared buckets.", lease.tokens_leased);
     registry.AddCounter("ratelimit_lease_returns_total",
                         "Leases given back to the database: expired, replaced by a new policy, "
                         "or at shutdown.",
-                        e.lease_returns_);
+                        lease.returns);
     registry.AddCounter("ratelimit_lease_tokens_returned_total",
                         "Whole tokens the database put back into the shared buckets.",
-                        e.lease_tokens_returned_);
+                        lease.tokens_returned);
     registry.AddCounter("ratelimit_lease_tokens_expired_total",
                         "Tokens still unspent when their lease expired (then given back).",
-                        e.lease_tokens_expired_);
+                        lease.tokens_expired);
     registry.AddCounter("ratelimit_lease_waits_total",
                         "Checks that waited for a lease fetch instead of being answered from "
                         "memory at once.",
-                        e.lease_waits_);
+                        lease.waited);
   }
   if (engines.pg_store != nullptr) {
     const PgStoreMetrics& db = engines.pg_store->metrics();

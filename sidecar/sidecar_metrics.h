@@ -1,11 +1,10 @@
-// SidecarMetrics: every series /metrics exposes, named once, and what copies engine counters in.
+// SidecarMetrics: every series /metrics exposes, named once, over the metrics their owners keep.
 #ifndef RATELIMIT_SIDECAR_SIDECAR_METRICS_H_
 #define RATELIMIT_SIDECAR_SIDECAR_METRICS_H_
 
 #include <string>
 
-#include "sidecar/core/engine.h"
-#include "sidecar/core/fallback_engine.h"
+#include "sidecar/core/fallback.h"
 #include "sidecar/core/lease_engine.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/metrics/metrics.h"
@@ -15,46 +14,30 @@
 
 namespace ratelimit {
 
-// The engines of one sidecar, as main.cc builds them; any may be null except `engine`.
+// The engines of one sidecar, as main.cc builds them; any may be null. Each keeps its own
+// metrics, written where they change on the loop thread; the registry only reads them.
 struct SidecarEngines {
-  const Engine* engine = nullptr;        // What the server asks (the fallback's wrapper).
   const MemoryEngine* memory = nullptr;  // The memory store's engine.
   const MemoryEngine* local = nullptr;   // The local fallback's buckets.
   const LeaseEngine* lease = nullptr;    // Lease mode.
-  const FallbackEngine* fallback = nullptr;
+  const Fallback* fallback = nullptr;
   const PgStore* pg_store = nullptr;
 };
 
-// The core engines keep plain counters, on the loop thread (sidecar/core includes no metrics
-// library); Publish copies them into these metrics, which the admin thread may read. It runs
-// every Health::kBeatIntervalMs, so those series are at most that stale; the server's and the
-// store's own series are live.
-class EngineMetrics {
- public:
-  // Loop thread.
-  void Publish(const SidecarEngines& engines);
+// Series of the sidecar as a whole. The owner sets store_ready from the engine's ready() at each
+// status beat (Health::kBeatIntervalMs), as readiness is reported: a store's readiness also
+// changes with time alone (a circuit breaker's pause ending), so it is sampled, not counted.
+struct SidecarStatusMetrics {
+  SidecarStatusMetrics() { build_info.Set(1); }
 
- private:
-  friend void RegisterSidecarMetrics(MetricsRegistry&, const ServerMetrics&, const EngineMetrics&,
-                                     const SidecarEngines&);
-  Gauge store_ready_;
-  Counter fallbacks_;
-  Counter lease_fetches_;
-  Counter lease_tokens_fetched_;
-  Counter lease_returns_;
-  Counter lease_tokens_returned_;
-  Counter lease_tokens_expired_;
-  Counter lease_waits_;
-  Gauge memory_buckets_;
-  Gauge local_buckets_;
-  Gauge lease_keys_;
-  Gauge build_info_;
+  Gauge store_ready;
+  Gauge build_info;  // Always 1; the version is its label.
 };
 
 // Adds every series under its Prometheus name; the store's and lease series only when the
-// sidecar has them. `server`, `engine_metrics` and the engines must outlive the registry.
+// sidecar has them. `server`, `sidecar` and the engines must outlive the registry.
 void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
-                            const EngineMetrics& engine_metrics, const SidecarEngines& engines);
+                            const SidecarStatusMetrics& sidecar, const SidecarEngines& engines);
 
 // Appends process_* series (resident memory, CPU time, open files and their limit, start time)
 // read from /proc/self at the moment of the scrape, on the calling thread.

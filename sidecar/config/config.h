@@ -12,7 +12,7 @@
 
 #include "schema/check.h"
 #include "schema/status.h"
-#include "sidecar/core/fallback_engine.h"
+#include "sidecar/core/fallback.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/log/log.h"
 #include "sidecar/pg/key_digest.h"

@@ -7,17 +7,28 @@
 #include "sidecar/core/clock.h"
 #include "sidecar/core/engine.h"
 #include "sidecar/core/keyed_hash.h"
+#include "sidecar/metrics/metrics.h"
 
 namespace ratelimit {
 
 enum class Algorithm { kTokenBucket, kFixedWindow };
 
+// What a memory engine counts, for /metrics.
+struct MemoryEngineMetrics {
+  Gauge buckets;  // Keys held; set whenever a key is stored or swept away.
+};
+
 // An Engine over an in-process BucketTable. Every check is answered before Check returns, with
 // source Memory. Memory follows active keys: a read (cost 0) never stores anything, and Sweep
 // forgets buckets that mean the same as no bucket (refilled, or window over).
-// Thread-safety: the loop thread only. The clock must outlive the engine.
+// Thread-safety: the loop thread only (metrics() may be read from any thread). The clock must
+// outlive the engine.
 class MemoryEngine : public Engine {
  public:
+  // Decides `query` at once; Check is this answer delivered to its callback.
+  // REQUIRES: as Engine::Check.
+  virtual CheckResult Decide(const CheckQuery& query) = 0;
+
   // Erases buckets that are full at the current time, visiting at most `max_slots` slots of the
   // table (see BucketTable::Sweep). Call it periodically. Returns how many were erased.
   virtual size_t Sweep(size_t max_slots) = 0;
@@ -28,6 +39,11 @@ class MemoryEngine : public Engine {
   // Hash slots a full sweep pass visits: size Sweep's budget from this, not from size(), so a
   // pass takes the same number of calls however many keys have gone idle.
   virtual size_t slot_count() const = 0;
+
+  const MemoryEngineMetrics& metrics() const { return metrics_; }
+
+ protected:
+  MemoryEngineMetrics metrics_;  // Written by the implementation, on the loop thread.
 };
 
 // `hash_key` keys the table's hash; it must be secret from clients (draw it at start-up).

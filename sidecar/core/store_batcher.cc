@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
+
+#include "sidecar/core/fallback.h"
 
 namespace ratelimit {
 
@@ -22,15 +25,23 @@ Status StoreBatcher::Submit(StoreOp op, OpDone done) {
   return Status::Ok();
 }
 
+void StoreBatcher::FailQueued() {
+  // Moved out first: an answer may submit again (and be refused, the store not being ready).
+  std::deque<StoreOp> ops = std::move(queue_);
+  std::deque<OpDone> stranded = std::move(waiting_);
+  queue_.clear();
+  waiting_.clear();
+  for (size_t i = 0; i < ops.size(); ++i) {
+    stranded[i](ops[i].key, Status::Unavailable("store not ready"));
+  }
+}
+
 void StoreBatcher::Pump() {
   while (true) {
     // The store went away while operations waited, or stopped admitting more after the last
     // Take (a circuit breaker's probe): answer them now rather than queue behind it.
     if (!store_.ready()) {
-      std::deque<OpDone> stranded = std::move(waiting_);
-      queue_.clear();
-      waiting_.clear();
-      for (OpDone& done : stranded) done(Status::Unavailable("store not ready"));
+      FailQueued();
       return;
     }
     if (queue_.empty() || store_.free_slots() == 0) return;
@@ -40,8 +51,9 @@ void StoreBatcher::Pump() {
     std::vector<StoreOp> batch;
     batch.reserve(std::min(queue_.size(), kMaxBatch));  // Never moves: batch_keys views it.
     std::vector<OpDone> dones;
-    std::vector<std::string> keys;
-    std::unordered_set<std::string_view> batch_keys;  // Views of keys in `batch`.
+    std::vector<std::string> keys;  // Each key of the batch once, owned past the Take.
+    std::vector<size_t> key_of;     // Parallel to dones: the operation's index in keys.
+    std::unordered_map<std::string_view, size_t> batch_keys;  // Views of keys in `batch`.
     std::deque<StoreOp> kept_ops;
     std::deque<OpDone> kept_dones;
     for (size_t i = 0; i < queue_.size(); ++i) {
@@ -53,29 +65,32 @@ void StoreBatcher::Pump() {
         continue;
       }
       batch.push_back(std::move(op));
-      if (batch_keys.insert(batch.back().key).second) keys.push_back(batch.back().key);
+      const auto [it, added] = batch_keys.emplace(batch.back().key, keys.size());
+      if (added) keys.push_back(batch.back().key);
+      key_of.push_back(it->second);
       dones.push_back(std::move(waiting_[i]));
     }
     queue_ = std::move(kept_ops);
     waiting_ = std::move(kept_dones);
     if (batch.empty()) return;  // Everything waiting is for keys in flight.
     for (const std::string& key : keys) in_flight_keys_.insert(key);
-    store_.Take(std::move(batch), [this, dones = std::move(dones), keys = std::move(keys)](
-                                      Result<std::vector<StoreAnswer>> answers) {
-      for (const std::string& key : keys) in_flight_keys_.erase(key);
-      const bool decided = answers.ok() && answers->size() == dones.size();
-      const Status failed = decided        ? Status::Ok()
-                            : answers.ok() ? Status::IoError("store answered the wrong count")
-                                           : answers.status();
-      for (size_t i = 0; i < dones.size(); ++i) {
-        if (decided) {
-          dones[i]((*answers)[i]);
-        } else {
-          dones[i](failed);
-        }
-      }
-      Pump();
-    });
+    store_.Take(
+        std::move(batch), [this, dones = std::move(dones), keys = std::move(keys),
+                           key_of = std::move(key_of)](Result<std::vector<StoreAnswer>> answers) {
+          for (const std::string& key : keys) in_flight_keys_.erase(key);
+          const bool decided = answers.ok() && answers->size() == dones.size();
+          const Status failed = decided        ? Status::Ok()
+                                : answers.ok() ? Status::IoError("store answered the wrong count")
+                                               : answers.status();
+          for (size_t i = 0; i < dones.size(); ++i) {
+            if (decided) {
+              dones[i](keys[key_of[i]], (*answers)[i]);
+            } else {
+              dones[i](keys[key_of[i]], failed);
+            }
+          }
+          Pump();
+        });
   }
 }
 
@@ -85,17 +100,21 @@ CheckResult StoreRefusal(const Status& why, uint32_t limit) {
                  limit, Source::kDatabase);
 }
 
-void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag,
-                  CheckCallback& done) {
-  const uint32_t limit = query.policy.limit;
+void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag, CheckCallback& done,
+                  Fallback* fallback) {
+  const uint32_t cost = query.cost;
+  const Policy policy = query.policy;
   Status queued = batcher.Submit(
-      StoreOp{std::string(query.key), query.cost, query.policy},
-      [tag, &done, limit](Result<StoreAnswer> answer) {
-        CheckResult result = answer.ok() ? answer->check : StoreRefusal(answer.status(), limit);
+      StoreOp{std::string(query.key), cost, policy},
+      [tag, &done, cost, policy, fallback](std::string_view key, Result<StoreAnswer> answer) {
+        CheckResult result =
+            answer.ok() ? answer->check : StoreRefusal(answer.status(), policy.limit);
         result.source = Source::kDatabase;
-        done.OnCheckDone(tag, result);
+        done.OnCheckDone(tag, ResolveWith(fallback, CheckQuery{key, cost, policy}, result));
       });
-  if (!queued.ok()) done.OnCheckDone(tag, StoreRefusal(queued, limit));
+  if (!queued.ok()) {
+    done.OnCheckDone(tag, ResolveWith(fallback, query, StoreRefusal(queued, policy.limit)));
+  }
 }
 
 }  // namespace ratelimit

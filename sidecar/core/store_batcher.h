@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <vector>
 
@@ -14,6 +15,8 @@
 #include "sidecar/core/shared_store.h"
 
 namespace ratelimit {
+
+class Fallback;
 
 // Batching: an operation goes to the store at once when a store session is free; otherwise it
 // waits in a queue, and the next transaction to start takes the whole queue (up to kMaxBatch).
@@ -30,8 +33,9 @@ class StoreBatcher {
   static constexpr size_t kMaxBatch = 1024;
   static constexpr size_t kMaxQueued = 65536;
 
-  // Called exactly once per submitted operation, with the store's answer or why there is none.
-  using OpDone = std::function<void(Result<StoreAnswer> answer)>;
+  // Called exactly once per submitted operation, with the store's answer or why there is none,
+  // and the operation's key (valid during the call: the batcher owns it, not the caller).
+  using OpDone = std::function<void(std::string_view key, Result<StoreAnswer> answer)>;
 
   explicit StoreBatcher(SharedStore& store);
   ~StoreBatcher();
@@ -47,6 +51,8 @@ class StoreBatcher {
  private:
   // Starts transactions while the store has free sessions and operations are waiting.
   void Pump();
+  // Answers every queued operation Unavailable.
+  void FailQueued();
 
   SharedStore& store_;
   std::deque<StoreOp> queue_;
@@ -60,9 +66,10 @@ class StoreBatcher {
 CheckResult StoreRefusal(const Status& why, uint32_t limit);
 
 // Sends `query` to the store as one kCheck and answers done.OnCheckDone(tag, ...) with the
-// store's decision (source Database) or a StoreRefusal. REQUIRES: as Engine::Check.
-void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag,
-                  CheckCallback& done);
+// store's decision (source Database) or a StoreRefusal, resolved by `fallback` (when not null)
+// where the store could not decide. REQUIRES: as Engine::Check.
+void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag, CheckCallback& done,
+                  Fallback* fallback);
 
 }  // namespace ratelimit
 

@@ -4,7 +4,7 @@
 namespace ratelimit {
 
 void StrictEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
-  CheckInStore(batcher_, query, tag, done);
+  CheckInStore(batcher_, query, tag, done, fallback_);
 }
 
 }  // namespace ratelimit

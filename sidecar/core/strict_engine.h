@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "sidecar/core/engine.h"
+#include "sidecar/core/fallback.h"
 #include "sidecar/core/shared_store.h"
 #include "sidecar/core/store_batcher.h"
 
@@ -13,13 +14,15 @@ namespace ratelimit {
 // Each check is one kCheck operation sent through a StoreBatcher (see there for how checks are
 // batched), so the global bucket is exact. Refusals without touching the store:
 // StoreUnavailable while the store is not ready (checks never queue behind a database that is
-// down), Overloaded past StoreBatcher::kMaxQueued waiting checks. Answers carry source Database.
+// down), Overloaded past StoreBatcher::kMaxQueued waiting checks. Answers carry source Database,
+// except that every StoreUnavailable answer is the fallback's, when there is one.
 //
-// Thread-safety: the loop thread only. The store must outlive the engine and must finish (or
-// fail) every Take before either is destroyed.
+// Thread-safety: the loop thread only. The store and the fallback (may be null) must outlive
+// the engine; the store must finish (or fail) every Take before either is destroyed.
 class StrictEngine final : public Engine {
  public:
-  explicit StrictEngine(SharedStore& store) : batcher_(store) {}
+  explicit StrictEngine(SharedStore& store, Fallback* fallback = nullptr)
+      : batcher_(store), fallback_(fallback) {}
 
   void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override;
   std::string_view store_name() const override { return batcher_.store().name(); }
@@ -29,6 +32,7 @@ class StrictEngine final : public Engine {
 
  private:
   StoreBatcher batcher_;
+  Fallback* const fallback_;
 };
 
 }  // namespace ratelimit

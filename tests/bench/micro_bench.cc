@@ -181,7 +181,7 @@ void BM_LeaseEngineCheck(benchmark::State& state) {
   for (int i = 0; i < 1'000'000; ++i) check();  // Past the first leases: demand is known.
 
   const uint64_t allocations_before = HeapAllocations();
-  const uint64_t fetches_before = engine.stats().fetches;
+  const uint64_t fetches_before = engine.metrics().fetches.value();
   const uint64_t done_before = sink.done();
   for (auto _ : state) check();
   const uint64_t allocations = HeapAllocations() - allocations_before;
@@ -194,7 +194,7 @@ void BM_LeaseEngineCheck(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   state.counters["allocs_per_check"] = static_cast<double>(allocations) / checks;
   state.counters["fetches_per_1k_checks"] =
-      static_cast<double>(engine.stats().fetches - fetches_before) * 1000 / checks;
+      static_cast<double>(engine.metrics().fetches.value() - fetches_before) * 1000 / checks;
   state.counters["allowed_fraction"] =
       static_cast<double>(sink.allowed()) / static_cast<double>(sink.done());
 }

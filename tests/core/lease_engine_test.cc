@@ -138,8 +138,8 @@ TEST_F(LeaseEngineTest, AFirstCheckWaitsForALeaseOfTheKeysPolicy) {
   EXPECT_EQ(fetch.policy, kFive);
   EXPECT_EQ(fetch.cost, 2u) << "the least worth having is what the waiting check needs";
   EXPECT_EQ(fetch.want, 2u) << "no demand is known yet: only what the check needs";
-  EXPECT_EQ(engine_.stats().waited, 1u);
-  EXPECT_EQ(engine_.stats().fetches, 1u);
+  EXPECT_EQ(engine_.metrics().waited.value(), 1u);
+  EXPECT_EQ(engine_.metrics().fetches.value(), 1u);
 
   Decide(0);
   ASSERT_EQ(recorder_.tags(), std::vector<uint64_t>{1});
@@ -149,7 +149,7 @@ TEST_F(LeaseEngineTest, AFirstCheckWaitsForALeaseOfTheKeysPolicy) {
   EXPECT_EQ(r.source, Source::kLease);
   EXPECT_EQ(r.limit, 5u);
   EXPECT_EQ(r.remaining, 3u) << "nothing held, and the row kept 3";
-  EXPECT_EQ(engine_.stats().tokens_leased, 2u);
+  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 2u);
   EXPECT_EQ(store_.rows().at(kKey).tokens, 3) << "the lease was debited from the row";
 }
 
@@ -157,7 +157,7 @@ TEST_F(LeaseEngineTest, LaterChecksAreAnsweredFromTheLeaseWithoutATakeUntilItIsU
   const uint32_t held = WarmUp();
   ASSERT_EQ(held, 13u) << "demand of 1 per 10 ms, halved (no history): 13 for R plus 1 waiting";
   const size_t takes = store_.take_count();
-  const uint64_t allowed_before = engine_.stats().lease_allowed;
+  const uint64_t allowed_before = engine_.metrics().lease_allowed.value();
 
   // Every 10 ms, as the demand was. Halfway through the lease a prefetch starts; leave it
   // unanswered, to see that the lease alone answers exactly its own tokens.
@@ -168,7 +168,7 @@ TEST_F(LeaseEngineTest, LaterChecksAreAnsweredFromTheLeaseWithoutATakeUntilItIsU
     EXPECT_TRUE(r.allowed);
     EXPECT_EQ(r.source, Source::kLease);
   }
-  EXPECT_EQ(engine_.stats().lease_allowed, allowed_before + held);
+  EXPECT_EQ(engine_.metrics().lease_allowed.value(), allowed_before + held);
   ASSERT_EQ(store_.take_count(), takes + 1) << "only the prefetch may reach the store";
   EXPECT_EQ(OnlyOp(takes).kind, Kind::kLease);
 
@@ -202,7 +202,7 @@ TEST_F(LeaseEngineTest, APrefetchStartsWhenFewerThanHalfOfRsDemandIsHeld) {
   // The estimate moves half way to the new sample of 1 per 10 ms: 18.75 tokens in R.
   EXPECT_EQ(prefetch.want, 19u);
   EXPECT_EQ(prefetch.cost, 19u) << "no waiting check, and R refills 250";
-  EXPECT_EQ(engine_.stats().waited, 2u) << "only the two warm-up checks waited";
+  EXPECT_EQ(engine_.metrics().waited.value(), 2u) << "only the two warm-up checks waited";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ TEST(LeaseEngineSteadyTest, ChecksAtASteadyRateNeverWaitOnceTheDemandIsKnown) {
       if ((t - start) % (20 * kMs) == 0) sidecar.engine().Tick();
       sidecar.Step();
       if (t == start + kWarmUs) {
-        waited_when_warm = sidecar.engine().stats().waited;
+        waited_when_warm = sidecar.engine().metrics().waited.value();
         checks_when_warm = sidecar.checks();
         at_once_when_warm = sidecar.answered_at_once();
       }
@@ -355,11 +355,11 @@ TEST(LeaseEngineSteadyTest, ChecksAtASteadyRateNeverWaitOnceTheDemandIsKnown) {
     }
     sidecar.Drain();
     ASSERT_EQ(sidecar.answered(), sidecar.checks());
-    EXPECT_EQ(sidecar.engine().stats().waited, waited_when_warm) << "a warm check waited";
+    EXPECT_EQ(sidecar.engine().metrics().waited.value(), waited_when_warm) << "a warm check waited";
     EXPECT_EQ(sidecar.answered_at_once() - at_once_when_warm, sidecar.checks() - checks_when_warm);
     EXPECT_EQ(sidecar.admitted("steady").size(), sidecar.checks()) << "demand is below supply";
     // About a fetch per R / 2, however many checks that is.
-    const uint64_t fetches = sidecar.engine().stats().fetches;
+    const uint64_t fetches = sidecar.engine().metrics().fetches.value();
     EXPECT_LE(fetches, std::min<uint64_t>(sidecar.checks(), 2 * kRunUs / kRefreshUs + 4))
         << fetches << " fetches for " << sidecar.checks() << " checks";
   }
@@ -475,7 +475,7 @@ TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndAShortGrantFetchesForThe
   Check(2, 3, kMinute);
   Check(3, 4, kMinute);
   ASSERT_EQ(store_.take_count(), 1u);
-  EXPECT_EQ(engine_.stats().waited, 4u);
+  EXPECT_EQ(engine_.metrics().waited.value(), 4u);
 
   Decide(0);  // Grants 1: check 0 only.
   EXPECT_EQ(recorder_.tags(), std::vector<uint64_t>{0});
@@ -504,7 +504,7 @@ TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndAShortGrantFetchesForThe
   EXPECT_EQ(denied.retry_after_ms, 210u);
   EXPECT_EQ(denied.source, Source::kLease);
   EXPECT_EQ(store_.take_count(), 3u);
-  EXPECT_EQ(engine_.stats().tokens_leased, 6u);
+  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 6u);
 }
 
 TEST_F(LeaseEngineTest, AFailedFetchAnswersEveryWaitingCheckWithStoreUnavailable) {
@@ -639,8 +639,9 @@ TEST_F(LeaseEngineTest, TickReturnsAnExpiredLeasesUnusedTokensDatedAtItsDebit) {
   EXPECT_EQ(give_back.cost, held);
   EXPECT_EQ(give_back.debit_us, debit);
   EXPECT_EQ(give_back.policy, kSlow);
-  EXPECT_EQ(engine_.stats().returns, 1u);
-  EXPECT_EQ(engine_.stats().tokens_expired, held) << "every unspent token of the expired lease";
+  EXPECT_EQ(engine_.metrics().returns.value(), 1u);
+  EXPECT_EQ(engine_.metrics().tokens_expired.value(), held)
+      << "every unspent token of the expired lease";
 
   // Answered 5 ms later by the database, 1.005 s after the debit: the row refilled 1.005 tokens
   // since, which the debit may have made room for, so 12 - 1.005 go back.
@@ -649,7 +650,7 @@ TEST_F(LeaseEngineTest, TickReturnsAnExpiredLeasesUnusedTokensDatedAtItsDebit) {
   const SharedRow& row = store_.rows().at(kKey);
   EXPECT_DOUBLE_EQ(row.tokens, 86.01 + 1.005 + 12 - 1.005);
   EXPECT_EQ(row.updated_us, DbNow());
-  EXPECT_EQ(engine_.stats().tokens_returned, 10u) << "whole tokens put back: 10.995";
+  EXPECT_EQ(engine_.metrics().tokens_returned.value(), 10u) << "whole tokens put back: 10.995";
 
   // Nothing is held any more: the next check needs a new lease.
   Check(3, 1, kSlow);
@@ -668,7 +669,7 @@ TEST_F(LeaseEngineTest, AReturnNeverFillsTheRowAboveCapacity) {
   store_.rows()[kKey].updated_us = DbNow();
   Decide(2);
   EXPECT_EQ(store_.rows().at(kKey).tokens, 100);
-  EXPECT_EQ(engine_.stats().tokens_returned, 5u);
+  EXPECT_EQ(engine_.metrics().tokens_returned.value(), 5u);
 }
 
 // Serving waiting checks when a fetch lands must not spend tokens of an older lease that has
@@ -739,7 +740,7 @@ TEST_F(LeaseEngineTest, AnEmptyRowDeniesTheKeyInMemoryUntilTheStoresRetryTime) {
   clock_.SetMicros(start + 499'999);
   EXPECT_EQ(CheckAtOnce(1, kTwo).retry_after_ms, 1u) << "a part of a millisecond rounds up";
   EXPECT_EQ(store_.take_count(), 1u);
-  EXPECT_EQ(engine_.stats().cache_denied, 4u);
+  EXPECT_EQ(engine_.metrics().cache_denied.value(), 4u);
 
   clock_.SetMicros(start + 500 * kMs);
   Check(1, 1, kTwo);
@@ -800,7 +801,7 @@ TEST_F(LeaseEngineTest, AFloodOfDeniedChecksCostsOneTakeUntilTheRetryTime) {
   }
   EXPECT_EQ(recorder_.answers.back().result.retry_after_ms, 1000u);
   EXPECT_EQ(store_.take_count(), 1u);
-  EXPECT_EQ(engine_.stats().cache_denied, 5000u);
+  EXPECT_EQ(engine_.metrics().cache_denied.value(), 5000u);
 
   clock_.SetMicros(start + 6000 * kMs);
   Check(10'000, 1, kTen);
@@ -855,7 +856,7 @@ TEST_F(LeaseEngineTest, AGrantForTheOldPolicyLandingAfterAChangeIsReturnedNotSpe
     EXPECT_TRUE(a.result.allowed);
     EXPECT_EQ(a.result.limit, 500u);
   }
-  EXPECT_EQ(engine_.stats().tokens_leased, 2u) << "the returned grant was not counted";
+  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 2u) << "the returned grant was not counted";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,8 +901,8 @@ TEST_F(LeaseEngineTest, ReturnAllReturnsEveryLeaseAndFinishesWhenTheStoreAnswere
   EXPECT_EQ(returns[1].debit_us, debit);
   EXPECT_EQ(store_.rows().at(kKey).tokens, row_before + held) << "no time passed";
   EXPECT_EQ(store_.rows().at("b").tokens, 1000);
-  EXPECT_EQ(engine_.stats().tokens_returned, held + 1);
-  EXPECT_EQ(engine_.stats().tokens_expired, 0u) << "given back at shutdown, not expired";
+  EXPECT_EQ(engine_.metrics().tokens_returned.value(), held + 1);
+  EXPECT_EQ(engine_.metrics().tokens_expired.value(), 0u) << "given back at shutdown, not expired";
 }
 
 TEST_F(LeaseEngineTest, ReturnAllFinishesAtOnceWhenNothingIsHeldOrInFlight) {
@@ -1004,7 +1005,7 @@ TEST_F(LeaseEngineTest, ReturnAllFinishesEvenWhenTheReturnsFail) {
   EXPECT_EQ(finished, 0);
   store_.Fail(2, Status::Unavailable("connection lost"));
   EXPECT_EQ(finished, 1);
-  EXPECT_EQ(engine_.stats().tokens_returned, 0u);
+  EXPECT_EQ(engine_.metrics().tokens_returned.value(), 0u);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1021,6 +1022,19 @@ TEST_F(LeaseEngineTest, TickForgetsAKeyThatHoldsNothingAfterTtl) {
   engine_.Tick();
   EXPECT_EQ(engine_.key_count(), 0u);
   EXPECT_EQ(store_.take_count(), 1u) << "nothing to return";
+}
+
+// The gauge /metrics shows is the engine's own, set whenever a key is added or forgotten.
+TEST_F(LeaseEngineTest, TheKeysGaugeIsTheNumberOfKeysWithLeaseStateAtEveryStep) {
+  EXPECT_EQ(engine_.metrics().keys.value(), 0);
+  Check(0, 1, kPolicy, "a");
+  Check(1, 1, kPolicy, "b");
+  EXPECT_EQ(engine_.metrics().keys.value(), 2);
+  DecideAll();
+  clock_.AdvanceMicros(kTtlUs);
+  engine_.Tick();
+  EXPECT_EQ(engine_.key_count(), 0u);
+  EXPECT_EQ(engine_.metrics().keys.value(), 0);
 }
 
 TEST_F(LeaseEngineTest, TickKeepsAKeyWhileItHoldsALeaseAndReturnsItBeforeForgetting) {
@@ -1150,10 +1164,10 @@ TEST_F(LeaseEngineTest, AGrantCutShortIsNotFollowedByAPrefetch) {
 // While the store is not ready, checks served from a lease start no fetch that would fail.
 TEST_F(LeaseEngineTest, NoPrefetchIsAttemptedWhileTheStoreIsNotReady) {
   WarmUp();
-  const uint64_t fetches = engine_.stats().fetches;
+  const uint64_t fetches = engine_.metrics().fetches.value();
   store_.set_ready(false);
   for (int i = 0; i < 12; ++i) ASSERT_TRUE(CheckAtOnce().allowed);
-  EXPECT_EQ(engine_.stats().fetches, fetches);
+  EXPECT_EQ(engine_.metrics().fetches.value(), fetches);
   EXPECT_EQ(store_.take_count(), 2u);
 }
 
@@ -1186,7 +1200,7 @@ TEST_F(LeaseEngineTest, AReadOfAKeyHoldingNothingAsksTheRowAndFetchesNothing) {
   engine_.Tick();
   DecideAll();  // The expired lease goes back.
   const size_t takes = store_.take_count();
-  const uint64_t fetches = engine_.stats().fetches;
+  const uint64_t fetches = engine_.metrics().fetches.value();
   Check(0, 0);
   ASSERT_EQ(store_.take_count(), takes + 1);
   EXPECT_EQ(OnlyOp(takes).kind, Kind::kCheck);
@@ -1195,7 +1209,7 @@ TEST_F(LeaseEngineTest, AReadOfAKeyHoldingNothingAsksTheRowAndFetchesNothing) {
   ASSERT_EQ(recorder_.answers.size(), 1u);
   EXPECT_EQ(recorder_.answers[0].result.source, Source::kDatabase);
   EXPECT_EQ(recorder_.answers[0].result.remaining, 1000u) << "refilled in the second since";
-  EXPECT_EQ(engine_.stats().fetches, fetches);
+  EXPECT_EQ(engine_.metrics().fetches.value(), fetches);
   EXPECT_EQ(store_.take_count(), takes + 1);
 }
 

@@ -121,6 +121,22 @@ TEST_P(MemoryEngineTest, FullBucketIsForgottenBySweep) {
   EXPECT_EQ(Check("a", 0).remaining, kPolicy.limit);
 }
 
+// The gauge /metrics shows is the engine's own, set whenever a key is stored or swept away.
+TEST_P(MemoryEngineTest, TheBucketsGaugeIsTheNumberOfKeysHeldAtEveryStep) {
+  EXPECT_EQ(engine_->metrics().buckets.value(), 0);
+  Check("a", 1);
+  Check("b", 1);
+  Check("a", 1);
+  Check("unseen", 0);  // A read stores nothing.
+  EXPECT_EQ(engine_->metrics().buckets.value(), 2);
+  Check("c", kPolicy.limit);
+  EXPECT_EQ(engine_->metrics().buckets.value(), 3);
+  clock_.AdvanceMillis(kPolicy.window_ms);
+  engine_->Sweep(1'000'000);
+  EXPECT_EQ(engine_->metrics().buckets.value(), 0);
+  EXPECT_EQ(engine_->size(), 0u);
+}
+
 TEST_P(MemoryEngineTest, ReadingNeverChangesAStoredBucket) {
   EXPECT_TRUE(Check("a", 1).allowed);  // 3 tokens left: more than kOther's capacity.
   const Policy kOther{2, kPolicy.window_ms * 10};
