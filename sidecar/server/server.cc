@@ -26,9 +26,13 @@ Status UvError(const std::string& what, int rc) {
 Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
     : loop_(loop),
       options_(std::move(options)),
-      handler_(limiter),
       reads_(kReadBufferBytes),
-      read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]) {
+      read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]),
+      request_shared_{limiter, metrics_, options_.max_frame_bytes, &uv_hrtime},
+      connection_shared_{
+          loop, reads_,
+          std::span<uint8_t>(reinterpret_cast<uint8_t*>(read_buffer_.get()), kReadBufferBytes),
+          request_shared_, *this} {
   listener_.data = this;
   grace_timer_.data = this;
   turn_handle_.data = this;
@@ -63,34 +67,40 @@ void Server::OnConnection(int status) {
     Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(status));
     return;
   }
-  auto owned = std::make_unique<Connection>(*this, loop_, options_.max_frame_bytes);
+  auto owned = std::make_unique<Connection>(connection_shared_);
   Connection* connection = owned.get();
-  const size_t admitted = connections_.size();
+  const size_t admitted = open_connections();
   connections_.emplace(connection, std::move(owned));
-  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
-  if (const int rc = uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), connection->stream());
-      rc != 0) {
-    Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(rc));
+  metrics_.connections_open.Set(static_cast<int64_t>(open_connections()));
+  if (Status accepted = connection->Accept(reinterpret_cast<uv_stream_t*>(&listener_));
+      !accepted.ok()) {
+    Log(LogLevel::kWarn, "accept failed").Str("error", accepted.message());
     connection->Close();
     return;
   }
-  if (shutting_down_) {
-    metrics_.connections_refused.Add();
-    connection->Refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
-  } else if (admitted >= options_.max_connections) {
-    metrics_.connections_refused.Add();
-    Log(LogLevel::kWarn, "connection refused: too many connections")
-        .Int("max_connections", options_.max_connections);
-    connection->Refuse(CheckStatus::kOverloaded,
-                       "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
-                           std::to_string(options_.max_connections) + ")");
-  } else if (!PeerAllowed(*connection)) {
-    metrics_.connections_refused.Add();
-    connection->Refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
-  } else {
+  if (Admit(*connection, admitted)) {
     metrics_.connections_accepted.Add();
     connection->Start();
   }
+}
+
+bool Server::Admit(Connection& connection, size_t admitted) {
+  auto refuse = [&](CheckStatus status, std::string_view message) {
+    metrics_.connections_refused.Add();
+    connection.Refuse(status, message);
+    return false;
+  };
+  if (shutting_down_) return refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
+  if (admitted >= options_.max_connections) {
+    Log(LogLevel::kWarn, "connection refused: too many connections")
+        .Int("max_connections", options_.max_connections);
+    return refuse(CheckStatus::kOverloaded, "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
+                                                std::to_string(options_.max_connections) + ")");
+  }
+  if (!PeerAllowed(connection)) {
+    return refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
+  }
+  return true;
 }
 
 bool Server::PeerAllowed(Connection& connection) {
@@ -109,15 +119,18 @@ bool Server::PeerAllowed(Connection& connection) {
   return false;
 }
 
-uv_buf_t Server::ReadBuffer(size_t bytes) {
-  return uv_buf_init(reinterpret_cast<char*>(read_buffer_.get()),
-                     std::min(bytes, kReadBufferBytes));
+void Server::Finished(Connection& connection) {
+  finished_.push_back(&connection);
+  metrics_.connections_open.Set(static_cast<int64_t>(open_connections()));
 }
 
-void Server::Release(Connection* connection) {
-  connections_.erase(connection);
-  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
-  MaybeStopped();
+void Server::OnTurn() {
+  if (!finished_.empty()) {
+    for (Connection* connection : finished_) connections_.erase(connection);
+    finished_.clear();
+    MaybeStopped();
+  }
+  reads_.StartTurn();
 }
 
 void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over) {
@@ -129,9 +142,6 @@ void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on
   if (listener_open_) {
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
   }
-  if (turn_handle_open_) {  // Draining connections read nothing more.
-    uv_close(reinterpret_cast<uv_handle_t*>(&turn_handle_), &TurnClosedTrampoline);
-  }
   if (bound_) {
     if (unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
       Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
@@ -140,19 +150,26 @@ void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on
   uv_timer_init(loop_, &grace_timer_);
   grace_timer_open_ = true;
   uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
-  // Drain may close and release a connection at once, so walk a copy.
-  std::vector<Connection*> all;
-  for (auto& [ptr, owned] : connections_) all.push_back(ptr);
-  for (Connection* connection : all) connection->Drain();
+  // Connections are freed only in OnTurn, so nothing here changes connections_.
+  for (auto& [ptr, connection] : connections_) connection->Drain();
   MaybeStopped();
 }
 
 void Server::MaybeStopped() {
-  if (!shutting_down_ || listener_open_ || turn_handle_open_ || !connections_.empty()) return;
+  if (!shutting_down_ || listener_open_ || !connections_.empty()) return;
+  if (turn_handle_open_) {
+    turn_handle_open_ = false;
+    CloseForStop(reinterpret_cast<uv_handle_t*>(&turn_handle_));
+  }
   if (grace_timer_open_) {
     grace_timer_open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), &GraceClosedTrampoline);
+    CloseForStop(reinterpret_cast<uv_handle_t*>(&grace_timer_));
   }
+}
+
+void Server::CloseForStop(uv_handle_t* handle) {
+  ++stop_handles_closing_;
+  uv_close(handle, &StopHandleClosedTrampoline);
 }
 
 void Server::ListenTrampoline(uv_stream_t* server, int status) {
@@ -166,14 +183,7 @@ void Server::ListenerClosedTrampoline(uv_handle_t* handle) {
 }
 
 void Server::TurnTrampoline(uv_prepare_t* prepare) {
-  auto* self = static_cast<Server*>(prepare->data);
-  self->reads_.StartTurn();
-}
-
-void Server::TurnClosedTrampoline(uv_handle_t* handle) {
-  auto* self = static_cast<Server*>(handle->data);
-  self->turn_handle_open_ = false;
-  self->MaybeStopped();
+  static_cast<Server*>(prepare->data)->OnTurn();
 }
 
 void Server::GraceTrampoline(uv_timer_t* timer) {
@@ -181,14 +191,12 @@ void Server::GraceTrampoline(uv_timer_t* timer) {
   Log(LogLevel::kWarn, "shutdown grace period over; closing connections")
       .Int("connections", self->connections_.size());
   if (self->on_grace_over_) self->on_grace_over_();
-  std::vector<Connection*> all;
-  for (auto& [ptr, owned] : self->connections_) all.push_back(ptr);
-  for (Connection* connection : all) connection->Close();
+  for (auto& [ptr, connection] : self->connections_) connection->Close();
 }
 
-void Server::GraceClosedTrampoline(uv_handle_t* handle) {
+void Server::StopHandleClosedTrampoline(uv_handle_t* handle) {
   auto* self = static_cast<Server*>(handle->data);
-  if (self->on_stopped_) self->on_stopped_();
+  if (--self->stop_handles_closing_ == 0 && self->on_stopped_) self->on_stopped_();
 }
 
 }  // namespace ratelimit
