@@ -33,6 +33,10 @@ Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
           loop, reads_,
           std::span<uint8_t>(reinterpret_cast<uint8_t*>(read_buffer_.get()), kReadBufferBytes),
           request_shared_, *this} {
+  uv_pipe_init(loop_, &listener_, 0);
+  uv_timer_init(loop_, &grace_timer_);
+  uv_prepare_init(loop_, &turn_handle_);
+  handles_open_ = 3;
   listener_.data = this;
   grace_timer_.data = this;
   turn_handle_.data = this;
@@ -41,12 +45,8 @@ Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
 Server::~Server() = default;
 
 Status Server::Start() {
-  uv_prepare_init(loop_, &turn_handle_);
   uv_prepare_start(&turn_handle_, &TurnTrampoline);
-  turn_handle_open_ = true;
   if (Status s = PrepareSocketPath(options_.socket_path); !s.ok()) return s;
-  uv_pipe_init(loop_, &listener_, 0);
-  listener_open_ = true;
   // Create the file with the final mode from the start, so it is never briefly more open.
   const mode_t old_mask = umask(~options_.socket_mode & 0777);
   int rc = uv_pipe_bind(&listener_, options_.socket_path.c_str());
@@ -58,9 +58,41 @@ Status Server::Start() {
   }
   rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kListenBacklog, &ListenTrampoline);
   if (rc != 0) return UvError("cannot listen on " + options_.socket_path, rc);
-  listening_ = true;
+  TransitionTo(State::kListening);
   return Status::Ok();
 }
+
+void Server::TransitionTo(State next) {
+  state_ = next;
+  switch (next) {
+    case State::kCreated:
+    case State::kListening:
+      break;
+    case State::kDraining:
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&listener_));
+      if (bound_ && unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
+        Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
+      }
+      uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
+      // Connections are freed only in OnTurn, so nothing here changes connections_.
+      for (auto& [ptr, connection] : connections_) connection->Drain();
+      break;
+    case State::kStopping:
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&turn_handle_));
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&grace_timer_));
+      break;
+    case State::kStopped:
+      if (on_stopped_) on_stopped_();
+      break;
+  }
+}
+
+void Server::StopIfDone() {
+  if (state_ == State::kDraining && connections_.empty()) TransitionTo(State::kStopping);
+  if (state_ == State::kStopping && handles_open_ == 0) TransitionTo(State::kStopped);
+}
+
+void Server::CloseHandle(uv_handle_t* handle) { uv_close(handle, &HandleClosedTrampoline); }
 
 void Server::OnConnection(int status) {
   if (status != 0) {
@@ -90,7 +122,9 @@ bool Server::Admit(Connection& connection, size_t admitted) {
     connection.Refuse(status, message);
     return false;
   };
-  if (shutting_down_) return refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
+  if (state_ != State::kListening) {
+    return refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
+  }
   if (admitted >= options_.max_connections) {
     Log(LogLevel::kWarn, "connection refused: too many connections")
         .Int("max_connections", options_.max_connections);
@@ -128,58 +162,22 @@ void Server::OnTurn() {
   if (!finished_.empty()) {
     for (Connection* connection : finished_) connections_.erase(connection);
     finished_.clear();
-    MaybeStopped();
+    StopIfDone();
   }
   reads_.StartTurn();
 }
 
 void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over) {
-  if (shutting_down_) return;
-  shutting_down_ = true;
+  if (state_ != State::kCreated && state_ != State::kListening) return;
   on_stopped_ = std::move(on_stopped);
   on_grace_over_ = std::move(on_grace_over);
-  Log(LogLevel::kInfo, "shutting down").Int("connections", connections_.size());
-  if (listener_open_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
-  }
-  if (bound_) {
-    if (unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
-      Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
-    }
-  }
-  uv_timer_init(loop_, &grace_timer_);
-  grace_timer_open_ = true;
-  uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
-  // Connections are freed only in OnTurn, so nothing here changes connections_.
-  for (auto& [ptr, connection] : connections_) connection->Drain();
-  MaybeStopped();
-}
-
-void Server::MaybeStopped() {
-  if (!shutting_down_ || listener_open_ || !connections_.empty()) return;
-  if (turn_handle_open_) {
-    turn_handle_open_ = false;
-    CloseForStop(reinterpret_cast<uv_handle_t*>(&turn_handle_));
-  }
-  if (grace_timer_open_) {
-    grace_timer_open_ = false;
-    CloseForStop(reinterpret_cast<uv_handle_t*>(&grace_timer_));
-  }
-}
-
-void Server::CloseForStop(uv_handle_t* handle) {
-  ++stop_handles_closing_;
-  uv_close(handle, &StopHandleClosedTrampoline);
+  Log(LogLevel::kInfo, "shutting down").Int("connections", open_connections());
+  TransitionTo(State::kDraining);
+  StopIfDone();
 }
 
 void Server::ListenTrampoline(uv_stream_t* server, int status) {
   static_cast<Server*>(server->data)->OnConnection(status);
-}
-
-void Server::ListenerClosedTrampoline(uv_handle_t* handle) {
-  auto* self = static_cast<Server*>(handle->data);
-  self->listener_open_ = false;
-  self->MaybeStopped();
 }
 
 void Server::TurnTrampoline(uv_prepare_t* prepare) {
@@ -189,14 +187,15 @@ void Server::TurnTrampoline(uv_prepare_t* prepare) {
 void Server::GraceTrampoline(uv_timer_t* timer) {
   auto* self = static_cast<Server*>(timer->data);
   Log(LogLevel::kWarn, "shutdown grace period over; closing connections")
-      .Int("connections", self->connections_.size());
+      .Int("connections", self->open_connections());
   if (self->on_grace_over_) self->on_grace_over_();
   for (auto& [ptr, connection] : self->connections_) connection->Close();
 }
 
-void Server::StopHandleClosedTrampoline(uv_handle_t* handle) {
+void Server::HandleClosedTrampoline(uv_handle_t* handle) {
   auto* self = static_cast<Server*>(handle->data);
-  if (--self->stop_handles_closing_ == 0 && self->on_stopped_) self->on_stopped_();
+  --self->handles_open_;
+  self->StopIfDone();
 }
 
 }  // namespace ratelimit

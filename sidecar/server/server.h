@@ -56,10 +56,22 @@ class Server final : private ConnectionOwner {
   void Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over = nullptr);
 
   // Whether the socket is listening: started, and not shutting down.
-  bool listening() const { return listening_ && !shutting_down_; }
+  bool listening() const { return state_ == State::kListening; }
   const ServerMetrics& metrics() const { return metrics_; }
 
  private:
+  // The server's life, one way:
+  //   kCreated   -> kListening   Start succeeded
+  //   kCreated/kListening -> kDraining   Shutdown: the listener closes, the socket file goes,
+  //                                      connections answer what they read; grace timer runs
+  //   kDraining  -> kStopping    no connection left: the turn handle and grace timer close
+  //   kStopping  -> kStopped     every handle of the server closed; on_stopped is called
+  enum class State { kCreated, kListening, kDraining, kStopping, kStopped };
+
+  void TransitionTo(State next);
+  // Moves on from kDraining or kStopping once what they wait for is done.
+  void StopIfDone();
+  void CloseHandle(uv_handle_t* handle);
   void OnConnection(int status);
   // Whether `connection` may be served; if not, refuses it (an ErrorResponse, then the close).
   bool Admit(Connection& connection, size_t admitted);
@@ -71,27 +83,22 @@ class Server final : private ConnectionOwner {
   void OnTurn();
   // Connections not finished with: the ones that count against max_connections.
   size_t open_connections() const { return connections_.size() - finished_.size(); }
-  void MaybeStopped();
-  void CloseForStop(uv_handle_t* handle);
 
   static void ListenTrampoline(uv_stream_t* server, int status);
-  static void ListenerClosedTrampoline(uv_handle_t* handle);
   static void GraceTrampoline(uv_timer_t* timer);
   static void TurnTrampoline(uv_prepare_t* prepare);
-  static void StopHandleClosedTrampoline(uv_handle_t* handle);
+  static void HandleClosedTrampoline(uv_handle_t* handle);
 
   uv_loop_t* loop_;
   const ServerOptions options_;
+  State state_ = State::kCreated;
+  // The server's own handles, initialized with it and closed by Shutdown: the listener in
+  // kDraining, the others in kStopping.
   uv_pipe_t listener_;
   uv_timer_t grace_timer_;
-  uv_prepare_t turn_handle_;  // Starts each loop turn: see OnTurn. Open until the very end.
-  bool listener_open_ = false;
-  bool turn_handle_open_ = false;
-  bool bound_ = false;  // The socket file at socket_path is ours.
-  bool listening_ = false;
-  bool grace_timer_open_ = false;
-  bool shutting_down_ = false;
-  int stop_handles_closing_ = 0;  // The turn handle and grace timer, closed once all is done.
+  uv_prepare_t turn_handle_;  // Starts each loop turn: see OnTurn.
+  int handles_open_ = 0;      // Of those three: closed when their close callback ran.
+  bool bound_ = false;        // The socket file at socket_path is ours.
   std::function<void()> on_stopped_;
   std::function<void()> on_grace_over_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
