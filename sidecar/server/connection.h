@@ -50,10 +50,10 @@ struct ConnectionShared {
 // them. A small state machine:
 //   kReading  -> kPaused    output or pending checks above their cap
 //   kPaused   -> kReading   both back under half their cap
-//   kReading/kPaused -> kDraining   peer sent EOF, the stream was refused (a bad frame), or
-//                                   the server shuts down: no more reads; answer what was
-//                                   read, flush, then close
-//   any       -> kClosing   write/read error, drained, or forced; uv_close issued
+//   kReading/kPaused -> kDraining   peer sent EOF, the stream was refused (a bad frame), the
+//                                   server refused the connection or shuts down: no more
+//                                   reads; answer what was read, flush, then close
+//   kReading/kPaused/kDraining -> kClosing   write/read error, drained, or forced; uv_close
 //   kClosing  -> kClosed    the close callback ran
 //   kClosed   -> kFinished  no check pending either; the owner is told (it frees the
 //                           connection on a later loop turn)
@@ -69,8 +69,8 @@ class Connection final : private FrameSink {
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
 
   // Takes the next client waiting on `listener` as this connection's socket. Whatever it
-  // returns, the connection must then be closed (Close, Refuse, or Drain after Start).
-  // REQUIRES: called once, first.
+  // returns, the socket's handle exists from then on and goes only through the close (Close,
+  // or Refuse/Drain, which close once flushed). REQUIRES: called once, first.
   Status Accept(uv_stream_t* listener);
   // Begins reading. REQUIRES: Accept succeeded.
   void Start();
