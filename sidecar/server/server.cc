@@ -26,9 +26,17 @@ Status UvError(const std::string& what, int rc) {
 Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
     : loop_(loop),
       options_(std::move(options)),
-      handler_(limiter),
       reads_(kReadBufferBytes),
-      read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]) {
+      read_buffer_(new uint64_t[kReadBufferBytes / sizeof(uint64_t)]),
+      request_shared_{limiter, metrics_, options_.max_frame_bytes, &uv_hrtime},
+      connection_shared_{
+          loop, reads_,
+          std::span<uint8_t>(reinterpret_cast<uint8_t*>(read_buffer_.get()), kReadBufferBytes),
+          request_shared_, *this} {
+  uv_pipe_init(loop_, &listener_, 0);
+  uv_timer_init(loop_, &grace_timer_);
+  uv_prepare_init(loop_, &turn_handle_);
+  handles_open_ = 3;
   listener_.data = this;
   grace_timer_.data = this;
   turn_handle_.data = this;
@@ -37,12 +45,8 @@ Server::Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter)
 Server::~Server() = default;
 
 Status Server::Start() {
-  uv_prepare_init(loop_, &turn_handle_);
   uv_prepare_start(&turn_handle_, &TurnTrampoline);
-  turn_handle_open_ = true;
   if (Status s = PrepareSocketPath(options_.socket_path); !s.ok()) return s;
-  uv_pipe_init(loop_, &listener_, 0);
-  listener_open_ = true;
   // Create the file with the final mode from the start, so it is never briefly more open.
   const mode_t old_mask = umask(~options_.socket_mode & 0777);
   int rc = uv_pipe_bind(&listener_, options_.socket_path.c_str());
@@ -54,43 +58,83 @@ Status Server::Start() {
   }
   rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kListenBacklog, &ListenTrampoline);
   if (rc != 0) return UvError("cannot listen on " + options_.socket_path, rc);
-  listening_ = true;
+  TransitionTo(State::kListening);
   return Status::Ok();
 }
+
+void Server::TransitionTo(State next) {
+  state_ = next;
+  switch (next) {
+    case State::kCreated:
+    case State::kListening:
+      break;
+    case State::kDraining:
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&listener_));
+      if (bound_ && unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
+        Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
+      }
+      uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
+      // Connections are freed only in OnTurn, so nothing here changes connections_.
+      for (auto& [ptr, connection] : connections_) connection->Drain();
+      break;
+    case State::kStopping:
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&turn_handle_));
+      CloseHandle(reinterpret_cast<uv_handle_t*>(&grace_timer_));
+      break;
+    case State::kStopped:
+      if (on_stopped_) on_stopped_();
+      break;
+  }
+}
+
+void Server::StopIfDone() {
+  if (state_ == State::kDraining && connections_.empty()) TransitionTo(State::kStopping);
+  if (state_ == State::kStopping && handles_open_ == 0) TransitionTo(State::kStopped);
+}
+
+void Server::CloseHandle(uv_handle_t* handle) { uv_close(handle, &HandleClosedTrampoline); }
 
 void Server::OnConnection(int status) {
   if (status != 0) {
     Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(status));
     return;
   }
-  auto owned = std::make_unique<Connection>(*this, loop_, options_.max_frame_bytes);
+  auto owned = std::make_unique<Connection>(connection_shared_);
   Connection* connection = owned.get();
-  const size_t admitted = connections_.size();
+  const size_t admitted = open_connections();
   connections_.emplace(connection, std::move(owned));
-  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
-  if (const int rc = uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), connection->stream());
-      rc != 0) {
-    Log(LogLevel::kWarn, "accept failed").Str("error", uv_strerror(rc));
+  metrics_.connections_open.Set(static_cast<int64_t>(open_connections()));
+  if (Status accepted = connection->Accept(reinterpret_cast<uv_stream_t*>(&listener_));
+      !accepted.ok()) {
+    Log(LogLevel::kWarn, "accept failed").Str("error", accepted.message());
     connection->Close();
     return;
   }
-  if (shutting_down_) {
-    metrics_.connections_refused.Add();
-    connection->Refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
-  } else if (admitted >= options_.max_connections) {
-    metrics_.connections_refused.Add();
-    Log(LogLevel::kWarn, "connection refused: too many connections")
-        .Int("max_connections", options_.max_connections);
-    connection->Refuse(CheckStatus::kOverloaded,
-                       "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
-                           std::to_string(options_.max_connections) + ")");
-  } else if (!PeerAllowed(*connection)) {
-    metrics_.connections_refused.Add();
-    connection->Refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
-  } else {
+  if (Admit(*connection, admitted)) {
     metrics_.connections_accepted.Add();
     connection->Start();
   }
+}
+
+bool Server::Admit(Connection& connection, size_t admitted) {
+  auto refuse = [&](CheckStatus status, std::string_view message) {
+    metrics_.connections_refused.Add();
+    connection.Refuse(status, message);
+    return false;
+  };
+  if (state_ != State::kListening) {
+    return refuse(CheckStatus::kShuttingDown, "the sidecar is shutting down");
+  }
+  if (admitted >= options_.max_connections) {
+    Log(LogLevel::kWarn, "connection refused: too many connections")
+        .Int("max_connections", options_.max_connections);
+    return refuse(CheckStatus::kOverloaded, "too many connections (RATE_LIMIT_MAX_CONNECTIONS=" +
+                                                std::to_string(options_.max_connections) + ")");
+  }
+  if (!PeerAllowed(connection)) {
+    return refuse(CheckStatus::kInvalidRequest, "peer uid is not in RATE_LIMIT_ALLOWED_UIDS");
+  }
+  return true;
 }
 
 bool Server::PeerAllowed(Connection& connection) {
@@ -109,86 +153,49 @@ bool Server::PeerAllowed(Connection& connection) {
   return false;
 }
 
-uv_buf_t Server::ReadBuffer(size_t bytes) {
-  return uv_buf_init(reinterpret_cast<char*>(read_buffer_.get()),
-                     std::min(bytes, kReadBufferBytes));
+void Server::Finished(Connection& connection) {
+  finished_.push_back(&connection);
+  metrics_.connections_open.Set(static_cast<int64_t>(open_connections()));
 }
 
-void Server::Release(Connection* connection) {
-  connections_.erase(connection);
-  metrics_.connections_open.Set(static_cast<int64_t>(connections_.size()));
-  MaybeStopped();
+void Server::OnTurn() {
+  if (!finished_.empty()) {
+    for (Connection* connection : finished_) connections_.erase(connection);
+    finished_.clear();
+    StopIfDone();
+  }
+  reads_.StartTurn();
 }
 
 void Server::Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over) {
-  if (shutting_down_) return;
-  shutting_down_ = true;
+  if (state_ != State::kCreated && state_ != State::kListening) return;
   on_stopped_ = std::move(on_stopped);
   on_grace_over_ = std::move(on_grace_over);
-  Log(LogLevel::kInfo, "shutting down").Int("connections", connections_.size());
-  if (listener_open_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ListenerClosedTrampoline);
-  }
-  if (turn_handle_open_) {  // Draining connections read nothing more.
-    uv_close(reinterpret_cast<uv_handle_t*>(&turn_handle_), &TurnClosedTrampoline);
-  }
-  if (bound_) {
-    if (unlink(options_.socket_path.c_str()) != 0 && errno != ENOENT) {
-      Log(LogLevel::kWarn, "cannot remove socket file").Str("path", options_.socket_path);
-    }
-  }
-  uv_timer_init(loop_, &grace_timer_);
-  grace_timer_open_ = true;
-  uv_timer_start(&grace_timer_, &GraceTrampoline, options_.shutdown_grace_ms, 0);
-  // Drain may close and release a connection at once, so walk a copy.
-  std::vector<Connection*> all;
-  for (auto& [ptr, owned] : connections_) all.push_back(ptr);
-  for (Connection* connection : all) connection->Drain();
-  MaybeStopped();
-}
-
-void Server::MaybeStopped() {
-  if (!shutting_down_ || listener_open_ || turn_handle_open_ || !connections_.empty()) return;
-  if (grace_timer_open_) {
-    grace_timer_open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), &GraceClosedTrampoline);
-  }
+  Log(LogLevel::kInfo, "shutting down").Int("connections", open_connections());
+  TransitionTo(State::kDraining);
+  StopIfDone();
 }
 
 void Server::ListenTrampoline(uv_stream_t* server, int status) {
   static_cast<Server*>(server->data)->OnConnection(status);
 }
 
-void Server::ListenerClosedTrampoline(uv_handle_t* handle) {
-  auto* self = static_cast<Server*>(handle->data);
-  self->listener_open_ = false;
-  self->MaybeStopped();
-}
-
 void Server::TurnTrampoline(uv_prepare_t* prepare) {
-  auto* self = static_cast<Server*>(prepare->data);
-  self->reads_.StartTurn();
-}
-
-void Server::TurnClosedTrampoline(uv_handle_t* handle) {
-  auto* self = static_cast<Server*>(handle->data);
-  self->turn_handle_open_ = false;
-  self->MaybeStopped();
+  static_cast<Server*>(prepare->data)->OnTurn();
 }
 
 void Server::GraceTrampoline(uv_timer_t* timer) {
   auto* self = static_cast<Server*>(timer->data);
   Log(LogLevel::kWarn, "shutdown grace period over; closing connections")
-      .Int("connections", self->connections_.size());
+      .Int("connections", self->open_connections());
   if (self->on_grace_over_) self->on_grace_over_();
-  std::vector<Connection*> all;
-  for (auto& [ptr, owned] : self->connections_) all.push_back(ptr);
-  for (Connection* connection : all) connection->Close();
+  for (auto& [ptr, connection] : self->connections_) connection->Close();
 }
 
-void Server::GraceClosedTrampoline(uv_handle_t* handle) {
+void Server::HandleClosedTrampoline(uv_handle_t* handle) {
   auto* self = static_cast<Server*>(handle->data);
-  if (self->on_stopped_) self->on_stopped_();
+  --self->handles_open_;
+  self->StopIfDone();
 }
 
 }  // namespace ratelimit

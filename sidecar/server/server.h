@@ -13,13 +13,12 @@
 
 #include "schema/status.h"
 #include "sidecar/core/limiter.h"
+#include "sidecar/server/connection.h"
 #include "sidecar/server/read_scheduler.h"
-#include "sidecar/server/request_handler.h"
+#include "sidecar/server/request_stream.h"
 #include "sidecar/server/server_metrics.h"
 
 namespace ratelimit {
-
-class Connection;
 
 struct ServerOptions {
   std::string socket_path;
@@ -33,10 +32,13 @@ struct ServerOptions {
 // Listens on a Unix socket and owns every accepted Connection. Connections past
 // max_connections, or from a uid not in allowed_uids, get an ErrorResponse and are closed.
 // Reading is shared between connections turn by turn (see ReadScheduler), so a flood on some
-// connections delays the others by a few milliseconds at most.
+// connections delays the others by a few milliseconds at most. Each connection is given what it
+// shares with the others when it is made (ConnectionShared, RequestShared) and calls nothing of
+// the server's but ConnectionOwner::Finished; a finished connection is freed at the start of
+// the next loop turn.
 // Thread-safety: the loop thread only. The loop and limiter must outlive the server; the server
 // must be shut down (and its on_stopped called) before it is destroyed.
-class Server {
+class Server final : private ConnectionOwner {
  public:
   Server(uv_loop_t* loop, ServerOptions options, Limiter& limiter);
   ~Server();
@@ -54,50 +56,60 @@ class Server {
   void Shutdown(std::function<void()> on_stopped, std::function<void()> on_grace_over = nullptr);
 
   // Whether the socket is listening: started, and not shutting down.
-  bool listening() const { return listening_ && !shutting_down_; }
+  bool listening() const { return state_ == State::kListening; }
   const ServerMetrics& metrics() const { return metrics_; }
 
-  // For Connection.
-  ServerMetrics& metrics() { return metrics_; }
-  RequestHandler& handler() { return handler_; }
-  // The shared read buffer, its first `bytes` (at most its size). REQUIRES: bytes > 0.
-  uv_buf_t ReadBuffer(size_t bytes);
-  // How much each connection may read in this loop turn.
-  ReadScheduler& reads() { return reads_; }
-  void Release(Connection* connection);
-
  private:
+  // The server's life, one way:
+  //   kCreated   -> kListening   Start succeeded
+  //   kCreated/kListening -> kDraining   Shutdown: the listener closes, the socket file goes,
+  //                                      connections answer what they read; grace timer runs
+  //   kDraining  -> kStopping    no connection left: the turn handle and grace timer close
+  //   kStopping  -> kStopped     every handle of the server closed; on_stopped is called
+  enum class State { kCreated, kListening, kDraining, kStopping, kStopped };
+
+  void TransitionTo(State next);
+  // Moves on from kDraining or kStopping once what they wait for is done.
+  void StopIfDone();
+  void CloseHandle(uv_handle_t* handle);
   void OnConnection(int status);
+  // Whether `connection` may be served; if not, refuses it (an ErrorResponse, then the close).
+  bool Admit(Connection& connection, size_t admitted);
   bool PeerAllowed(Connection& connection);
-  void MaybeStopped();
+  // ConnectionOwner: queues `connection` to be freed in the next loop turn.
+  void Finished(Connection& connection) override;
+  // Starts a loop turn: frees the connections finished since the last one, begins the turn's
+  // reading (ReadScheduler::StartTurn).
+  void OnTurn();
+  // Connections not finished with: the ones that count against max_connections.
+  size_t open_connections() const { return connections_.size() - finished_.size(); }
 
   static void ListenTrampoline(uv_stream_t* server, int status);
-  static void ListenerClosedTrampoline(uv_handle_t* handle);
   static void GraceTrampoline(uv_timer_t* timer);
-  static void GraceClosedTrampoline(uv_handle_t* handle);
   static void TurnTrampoline(uv_prepare_t* prepare);
-  static void TurnClosedTrampoline(uv_handle_t* handle);
+  static void HandleClosedTrampoline(uv_handle_t* handle);
 
   uv_loop_t* loop_;
   const ServerOptions options_;
-  RequestHandler handler_;
+  State state_ = State::kCreated;
+  // The server's own handles, initialized with it and closed by Shutdown: the listener in
+  // kDraining, the others in kStopping.
   uv_pipe_t listener_;
   uv_timer_t grace_timer_;
-  uv_prepare_t turn_handle_;  // Starts each loop turn of reads_.
-  bool listener_open_ = false;
-  bool turn_handle_open_ = false;
-  bool bound_ = false;  // The socket file at socket_path is ours.
-  bool listening_ = false;
-  bool grace_timer_open_ = false;
-  bool shutting_down_ = false;
+  uv_prepare_t turn_handle_;  // Starts each loop turn: see OnTurn.
+  int handles_open_ = 0;      // Of those three: closed when their close callback ran.
+  bool bound_ = false;        // The socket file at socket_path is ours.
   std::function<void()> on_stopped_;
   std::function<void()> on_grace_over_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
-  ReadScheduler reads_;
+  std::vector<Connection*> finished_;  // In connections_ still, freed by the next OnTurn.
   ServerMetrics metrics_;
-  // One read buffer for all connections: libuv calls alloc and read back to back on one stream,
-  // and frames are consumed before the read callback returns. 8-byte words keep frames aligned.
+  ReadScheduler reads_;
+  // One read buffer for all connections (see Connection::NextReadBuffer). 8-byte words keep
+  // frames aligned.
   std::unique_ptr<uint64_t[]> read_buffer_;
+  RequestShared request_shared_;
+  const ConnectionShared connection_shared_;
 };
 
 }  // namespace ratelimit

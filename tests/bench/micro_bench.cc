@@ -5,6 +5,7 @@
 // report allocs_per_check, counted by heap_counter.cc: the steady state (every key known, every
 // buffer grown) is meant to allocate nothing.
 #include <benchmark/benchmark.h>
+#include <uv.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +22,8 @@
 #include "sidecar/core/limiter.h"
 #include "sidecar/core/memory_engine.h"
 #include "sidecar/core/token_bucket.h"
-#include "sidecar/server/request_handler.h"
+#include "sidecar/server/request_stream.h"
+#include "sidecar/server/server_metrics.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/fake_store.h"
 
@@ -265,34 +267,29 @@ BENCHMARK(BM_ResponseEncode);
 // ---------------------------------------------------------------------------------------------
 // Bytes in to bytes out, as a connection sees them, without sockets or a loop.
 
-// Answers checks as Connection does, appending every reply frame to one reused buffer.
-class BufferingContext final : public RequestContext {
+// Takes answers as Connection does, appending every reply frame to one reused buffer.
+class BufferingSink final : public FrameSink {
  public:
-  explicit BufferingContext(RequestHandler& handler) : handler_(handler) {}
-
-  void Write(std::span<const uint8_t> frame) override {
+  void Queue(std::span<const uint8_t> frame) override {
     out_.insert(out_.end(), frame.begin(), frame.end());
   }
-  uint64_t CheckStarted(uint64_t id) override {
-    ++pending_;
-    return id;
-  }
-  void OnCheckDone(uint64_t tag, const CheckResult& result) override {
-    --pending_;
-    ++answered_;
-    handler_.AnswerCheck(tag, result, *this);
-  }
+  void Send() override {}
 
   std::vector<uint8_t>& out() { return out_; }
-  size_t pending() const { return pending_; }
-  uint64_t answered() const { return answered_; }
 
  private:
-  RequestHandler& handler_;
   std::vector<uint8_t> out_;
-  size_t pending_ = 0;
-  uint64_t answered_ = 0;
 };
+
+// Checks answered so far, whatever the decision: as /metrics counts them.
+uint64_t Answered(const ServerMetrics& metrics) {
+  uint64_t answered = 0;
+  for (size_t i = 0; i < kSourceCount; ++i) {
+    answered += metrics.allowed[i].value() + metrics.denied[i].value();
+  }
+  for (const Counter& refused : metrics.refused) answered += refused.value();
+  return answered;
+}
 
 // N CheckRequest frames back to back, each for its own key, under the default policy.
 AlignedBytes EncodeRequests(const KeySet& keys) {
@@ -316,33 +313,30 @@ void BM_RequestPathInProcess(benchmark::State& state) {
   std::unique_ptr<MemoryEngine> engine =
       NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678});
   Limiter limiter(kGenerousPolicy, *engine);
-  RequestHandler handler(limiter);
-  BufferingContext context(handler);
-  FrameReader reader(kMaxFrameBytes);
+  ServerMetrics metrics;
+  RequestShared shared{limiter, metrics, kMaxFrameBytes, &uv_hrtime};
+  BufferingSink sink;
+  RequestStream stream(shared, sink);
 
   bool open = true;
   auto run_batch = [&] {
-    context.out().clear();
+    sink.out().clear();
     clock.AdvanceMicros(static_cast<int64_t>(batch));  // 1 us per check.
-    const Status fed = reader.Feed(input, [&](std::span<const uint8_t> frame) {
-      open = handler.HandleFrame(frame, context).ok();
-      return open;
-    });
-    open = open && fed.ok();
+    open = stream.Feed(input) && open;
   };
   // The first batch stores every key and grows every buffer; the steady state starts after it.
   for (int i = 0; i < 3; ++i) run_batch();
-  const uint64_t answered_before = context.answered();
+  const uint64_t answered_before = Answered(metrics);
 
   const uint64_t allocations_before = HeapAllocations();
   for (auto _ : state) {
     run_batch();
-    benchmark::DoNotOptimize(context.out().data());
+    benchmark::DoNotOptimize(sink.out().data());
   }
   const uint64_t allocations = HeapAllocations() - allocations_before;
 
   const auto checks = static_cast<uint64_t>(state.iterations()) * batch;
-  if (!open || context.pending() != 0 || context.answered() - answered_before != checks) {
+  if (!open || stream.pending() != 0 || Answered(metrics) - answered_before != checks) {
     state.SkipWithError("not every request was answered");
     return;
   }
@@ -352,7 +346,7 @@ void BM_RequestPathInProcess(benchmark::State& state) {
   state.counters["allocs_per_check"] =
       static_cast<double>(allocations) / static_cast<double>(checks);
   state.counters["out_bytes_per_check"] =
-      static_cast<double>(context.out().size()) / static_cast<double>(batch);
+      static_cast<double>(sink.out().size()) / static_cast<double>(batch);
 }
 BENCHMARK(BM_RequestPathInProcess)->Arg(1)->Arg(64)->Arg(1024);
 
