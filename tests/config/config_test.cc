@@ -80,12 +80,12 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_FALSE(config->admin_addr.has_value());
 }
 
-// The documentation (kConfigVariables) and the code's defaults must not drift apart: setting each
+// The documentation (ConfigVariables()) and the code's defaults must not drift apart: setting each
 // variable to its documented default changes nothing.
 TEST(ConfigTest, EachDocumentedDefaultEqualsTheDefaultInEffect) {
   const std::string defaults = Describe(Env{});
   Env all;
-  for (const ConfigVariable& variable : kConfigVariables) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
     const Env one = {{std::string(variable.name), std::string(variable.default_value)}};
     EXPECT_EQ(Describe(one), defaults) << variable.name << "=\"" << variable.default_value << "\"";
     all.insert(one.begin(), one.end());
@@ -101,7 +101,7 @@ TEST(ConfigTest, EveryDocumentedVariableIsReadAndNothingElse) {
   });
   ASSERT_TRUE(config.ok());
   std::set<std::string> documented;
-  for (const ConfigVariable& variable : kConfigVariables) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
     EXPECT_TRUE(documented.insert(std::string(variable.name)).second)
         << variable.name << " documented twice";
     EXPECT_FALSE(variable.meaning.empty()) << variable.name;
@@ -112,7 +112,7 @@ TEST(ConfigTest, EveryDocumentedVariableIsReadAndNothingElse) {
 TEST(ConfigTest, EmptyValueMeansDefault) {
   const std::string defaults = Describe(Env{});
   Env all;
-  for (const ConfigVariable& variable : kConfigVariables) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
     EXPECT_EQ(Describe(Env{{std::string(variable.name), ""}}), defaults) << variable.name;
     all[std::string(variable.name)] = "";
   }
@@ -245,7 +245,7 @@ TEST(ConfigTest, EveryVariableAcceptsGoodValues) {
     c.check(*config);
     covered.insert(c.name);
   }
-  for (const ConfigVariable& variable : kConfigVariables) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
     EXPECT_TRUE(covered.count(std::string(variable.name))) << variable.name << " has no good case";
   }
 }
@@ -403,7 +403,7 @@ TEST(EffectiveConfigTest, ListsEveryVariableOnceInTheDocumentedOrder) {
   std::vector<std::string_view> names;
   for (const auto& [name, value] : EffectiveConfig(*config, "")) names.push_back(name);
   std::vector<std::string_view> documented;
-  for (const ConfigVariable& variable : kConfigVariables) documented.push_back(variable.name);
+  for (const ConfigVariable& variable : ConfigVariables()) documented.push_back(variable.name);
   EXPECT_EQ(names, documented);
 }
 
@@ -411,9 +411,9 @@ TEST(EffectiveConfigTest, NothingSetShowsEachDocumentedDefault) {
   Result<Config> config = Load({});
   ASSERT_TRUE(config.ok());
   const ConfigValues values = EffectiveConfig(*config, "");
-  ASSERT_EQ(values.size(), kConfigVariables.size());
+  ASSERT_EQ(values.size(), ConfigVariables().size());
   for (size_t i = 0; i < values.size(); ++i) {
-    EXPECT_EQ(values[i].second, kConfigVariables[i].default_value) << values[i].first;
+    EXPECT_EQ(values[i].second, ConfigVariables()[i].default_value) << values[i].first;
   }
 }
 
@@ -493,7 +493,7 @@ TEST_F(LogEffectiveConfigTest, WritesOneInfoLineWithEveryVariableAsAField) {
   }
   EXPECT_EQ(Field(*fields, "RATE_LIMIT_MAX_REQUESTS"), "7");
   EXPECT_EQ(Field(*fields, "RATE_LIMIT_WINDOW_MS"), "60000") << "defaults are shown too";
-  EXPECT_EQ(fields->size(), 3 + kConfigVariables.size())
+  EXPECT_EQ(fields->size(), 3 + ConfigVariables().size())
       << "the memory store reads no PG* variable, so none is shown";
 }
 
@@ -545,7 +545,7 @@ TEST(ConfigTest, UnknownRateLimitVariablesFlagsTyposOnly) {
 
 TEST(ConfigTest, UnknownRateLimitVariablesIgnoresEveryKnownName) {
   std::vector<std::string> storage;
-  for (const ConfigVariable& variable : kConfigVariables) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
     storage.push_back(std::string(variable.name) + "=x");
   }
   std::vector<const char*> entries = {"PATH=/usr/bin", "RATE_LIMIT=1", "LANG=C"};
