@@ -52,6 +52,25 @@ void PrintHelp() {
       ConfigHelp().c_str());
 }
 
+// The command line: --help and --config-markdown print and exit 0, anything else is refused
+// with exit code 2. nullopt when there is no argument: the sidecar starts.
+std::optional<int> RunArguments(int argc, char** argv) {
+  if (argc <= 1) return std::nullopt;
+  if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    PrintHelp();
+    return 0;
+  }
+  if (std::strcmp(argv[1], "--config-markdown") == 0) {
+    std::fputs(ConfigMarkdownTable().c_str(), stdout);
+    return 0;
+  }
+  std::fprintf(stderr,
+               "ratelimit-sidecar takes no arguments (configure it with environment "
+               "variables; see --help), got: %s\n",
+               argv[1]);
+  return 2;
+}
+
 // Randomness drawn once per process: the key of the bucket tables' hash, which must stay
 // secret from clients (see KeyedHash), and an independent seed for lease mode's jitter, whose
 // draws clients can observe in retry_after_ms.
@@ -312,21 +331,7 @@ class Sidecar {
 };
 
 int Main(int argc, char** argv) {
-  if (argc > 1) {
-    if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
-      PrintHelp();
-      return 0;
-    }
-    if (std::strcmp(argv[1], "--config-markdown") == 0) {
-      std::fputs(ConfigMarkdownTable().c_str(), stdout);
-      return 0;
-    }
-    std::fprintf(stderr,
-                 "ratelimit-sidecar takes no arguments (configure it with environment "
-                 "variables; see --help), got: %s\n",
-                 argv[1]);
-    return 2;
-  }
+  if (const std::optional<int> exit_code = RunArguments(argc, argv)) return *exit_code;
   Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
   if (!config.ok()) {
     Log(LogLevel::kError, "invalid configuration").Str("error", config.status().message());

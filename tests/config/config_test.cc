@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/testing/stderr_capture.h"
@@ -295,6 +296,26 @@ TEST_P(ConfigBadValueTest, IsInvalidArgumentNamingVariableValueAndWhatIsExpected
   EXPECT_EQ(status.message().find('\n'), std::string::npos) << "one line only";
 }
 
+const ConfigVariable& Row(std::string_view name) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
+    if (variable.name == name) return variable;
+  }
+  ADD_FAILURE() << name << " has no row";
+  return ConfigVariables().front();
+}
+
+// The text after "expected" is the row's Allowed text, as --help and the README show it; the
+// socket path alone adds the length it refused.
+TEST_P(ConfigBadValueTest, ExpectsExactlyWhatTheRowSaysIsAllowed) {
+  const BadCase& c = GetParam();
+  Result<Config> config = Load({{c.name, c.value}});
+  ASSERT_FALSE(config.ok());
+  std::string expected =
+      c.name + "=\"" + c.value + "\" is invalid: expected " + Row(c.name).allowed;
+  if (c.name == "RATE_LIMIT_SOCKET") expected += "; this one has " + std::to_string(c.value.size());
+  EXPECT_EQ(config.status().message(), expected);
+}
+
 TEST_P(ConfigBadValueTest, IsReportedAmongGoodValues) {
   const BadCase& c = GetParam();
   Env env = {{"RATE_LIMIT_MAX_REQUESTS", "10"}, {"RATE_LIMIT_LOG_LEVEL", "debug"}};
@@ -386,6 +407,57 @@ TEST(ConfigTest, OutOfRangeMessageGivesTheRange) {
   Result<Config> config = Load({{"RATE_LIMIT_WINDOW_MS", "4294967296"}});
   ASSERT_FALSE(config.ok());
   EXPECT_THAT(config.status().message(), testing::HasSubstr("1 to 4294967295"));
+}
+
+// Operators and scripts match these lines: they stay what they have always been, to the byte.
+TEST(ConfigTest, ErrorMessagesAreByteForByteTheDocumentedOnes) {
+  const std::vector<std::pair<Env, std::string>> cases = {
+      {{{"RATE_LIMIT_WINDOW_MS", "abc"}},
+       "RATE_LIMIT_WINDOW_MS=\"abc\" is invalid: expected an integer from 1 to 4294967295 "
+       "(milliseconds)"},
+      {{{"RATE_LIMIT_SOCKET_MODE", "0460"}},
+       "RATE_LIMIT_SOCKET_MODE=\"0460\" is invalid: expected an octal file mode from 600 to 777 "
+       "(the owner must be able to read and write)"},
+      {{{"RATE_LIMIT_ALLOWED_UIDS", "1,"}},
+       "RATE_LIMIT_ALLOWED_UIDS=\"1,\" is invalid: expected comma-separated uids, each an "
+       "integer from 0 to 4294967294"},
+      {{{"RATE_LIMIT_FALLBACK", "open"}},
+       "RATE_LIMIT_FALLBACK=\"open\" is invalid: expected one of local, allow, deny"},
+      {{{"RATE_LIMIT_PG_TABLE", "Buckets"}},
+       "RATE_LIMIT_PG_TABLE=\"Buckets\" is invalid: expected a table name or schema.table, each "
+       "part 1 to 63 bytes of a-z, 0-9, _ and $, not starting with a digit or $"},
+      {{{"RATE_LIMIT_ADMIN_ADDR", "9464"}},
+       "RATE_LIMIT_ADMIN_ADDR=\"9464\" is invalid: expected host:port, where host is an IPv4 "
+       "address, [IPv6 address] or host name and port is 0 to 65535 (for example "
+       "0.0.0.0:9464)"},
+      {{{"RATE_LIMIT_SOCKET", "/tmp/" + std::string(103, 'p')}},
+       "RATE_LIMIT_SOCKET=\"/tmp/" + std::string(103, 'p') +
+           "\" is invalid: expected a path of at most 107 bytes (the Unix socket limit); this "
+           "one has 108"},
+      {{{"RATE_LIMIT_STORE", "postgres"}, {"RATE_LIMIT_ALGORITHM", "fixed_window"}},
+       "RATE_LIMIT_ALGORITHM=\"fixed_window\" is invalid: expected token_bucket with "
+       "RATE_LIMIT_STORE=postgres (fixed_window is memory-only)"},
+  };
+  for (const auto& [env, message] : cases) {
+    Result<Config> config = Load(env);
+    ASSERT_FALSE(config.ok()) << message;
+    EXPECT_EQ(config.status().message(), message);
+  }
+}
+
+// Of several bad values, the first in the rows' order is the one reported.
+TEST(ConfigTest, TheFirstBadVariableInTableOrderIsReported) {
+  Result<Config> config =
+      Load({{"RATE_LIMIT_LOG_LEVEL", "loud"}, {"RATE_LIMIT_MAX_CONNECTIONS", "0"}});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), testing::StartsWith("RATE_LIMIT_MAX_CONNECTIONS="));
+}
+
+TEST(ConfigTest, OnlyDatabaseUrlIsRedacted) {
+  for (const ConfigVariable& variable : ConfigVariables()) {
+    EXPECT_EQ(variable.redacted, variable.name == "DATABASE_URL") << variable.name;
+    EXPECT_FALSE(variable.allowed.empty()) << variable.name;
+  }
 }
 
 // ---- The effective configuration, as logged at start-up ----
