@@ -32,8 +32,9 @@ struct AdminAddress {
   bool operator==(const AdminAddress&) const = default;
 };
 
-// Every field's default is its variable's documented default: ConfigVariables() shows it by
-// formatting Config{}, so a default is written here and nowhere else.
+// The settings, a plain value built once by LoadConfig on the main thread. Every field's default
+// is its variable's documented default: ConfigVariables() shows it by formatting Config{}, so a
+// default is written here and nowhere else.
 struct Config {
   std::string socket_path = "/var/run/ratelimit/ratelimit.sock";
   uint32_t socket_mode = 0660;
@@ -60,7 +61,8 @@ struct Config {
 };
 
 // One environment variable the sidecar reads: the one row from which LoadConfig, EffectiveConfig,
-// --help and the README's table all come. Built once (ConfigVariables()), then read-only.
+// --help and the README's table all come. The rows are built during static initialisation and
+// never change or go away after it: any thread may read them.
 struct ConfigVariable {
   std::string_view name;
   std::string default_value;  // Config{}'s setting, as text that `parse` reads back.
@@ -76,7 +78,7 @@ struct ConfigVariable {
 };
 
 // Every variable, in the order --help, the README and the start-up line list them
-// (config_variables.cc).
+// (config_variables.cc). REQUIRES: called from main() on, not from a static initialiser.
 const std::vector<ConfigVariable>& ConfigVariables();
 
 // Longest socket path: sockaddr_un.sun_path holds 108 bytes including the terminating NUL.

@@ -1,6 +1,6 @@
 // Config variables: every environment variable the sidecar reads, declared once, one row each.
+#include <cstdint>
 #include <functional>
-#include <iterator>
 #include <utility>
 
 #include "sidecar/config/config.h"
@@ -26,8 +26,10 @@ constexpr Word<LogLevel> kLogLevels[] = {{"debug", LogLevel::kDebug},
                                          {"warn", LogLevel::kWarn},
                                          {"error", LogLevel::kError}};
 
-// The member a row fills: `std::invoke(member, config)` is a reference to it, for a Config and
-// a const Config alike (a pointer to a data member, or a generic lambda for a nested one).
+// One row: `parser` reads the variable's text into `member` and writes it back as text, and its
+// bounds give the allowed text. `member` is whatever makes `std::invoke(member, config)` a
+// reference to the field, for a Config and a const Config alike: a pointer to a data member, or
+// a generic lambda for a nested field. The default text is Config{}'s field, formatted.
 template <typename Parser, typename Member>
 ConfigVariable MakeVariable(std::string_view name, Parser parser, Member member,
                             std::string_view meaning) {
