@@ -13,6 +13,7 @@
 #include "sidecar/admin/admin_server.h"
 #include "sidecar/admin/health.h"
 #include "sidecar/config/config.h"
+#include "sidecar/config/config_docs.h"
 #include "sidecar/core/fallback.h"
 #include "sidecar/core/lease_engine.h"
 #include "sidecar/core/limiter.h"
@@ -46,13 +47,28 @@ constexpr size_t kMinSweepSlots = 1024;
 void PrintHelp() {
   std::printf(
       "ratelimit-sidecar: answers rate-limit checks over a Unix socket.\n"
-      "Configured by environment variables only:\n\n");
-  for (const ConfigVariable& v : kConfigVariables) {
-    const std::string_view shown = v.default_value.empty() ? "(empty)" : v.default_value;
-    std::printf("  %-30.*s default %-34.*s %.*s\n", static_cast<int>(v.name.size()), v.name.data(),
-                static_cast<int>(shown.size()), shown.data(), static_cast<int>(v.meaning.size()),
-                v.meaning.data());
+      "Configured by environment variables only:\n\n%s\n"
+      "--config-markdown prints the same as README.md's configuration table.\n",
+      ConfigHelp().c_str());
+}
+
+// The command line: --help and --config-markdown print and exit 0, anything else is refused
+// with exit code 2. nullopt when there is no argument: the sidecar starts.
+std::optional<int> RunArguments(int argc, char** argv) {
+  if (argc <= 1) return std::nullopt;
+  if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    PrintHelp();
+    return 0;
   }
+  if (std::strcmp(argv[1], "--config-markdown") == 0) {
+    std::fputs(ConfigMarkdownTable().c_str(), stdout);
+    return 0;
+  }
+  std::fprintf(stderr,
+               "ratelimit-sidecar takes no arguments (configure it with environment "
+               "variables; see --help), got: %s\n",
+               argv[1]);
+  return 2;
 }
 
 // Randomness drawn once per process: the key of the bucket tables' hash, which must stay
@@ -313,17 +329,7 @@ class Sidecar {
 };
 
 int Main(int argc, char** argv) {
-  if (argc > 1) {
-    if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
-      PrintHelp();
-      return 0;
-    }
-    std::fprintf(stderr,
-                 "ratelimit-sidecar takes no arguments (configure it with environment "
-                 "variables; see --help), got: %s\n",
-                 argv[1]);
-    return 2;
-  }
+  if (const std::optional<int> exit_code = RunArguments(argc, argv)) return *exit_code;
   Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
   if (!config.ok()) {
     Log(LogLevel::kError, "invalid configuration").Str("error", config.status().message());

@@ -32,7 +32,9 @@ struct AdminAddress {
   bool operator==(const AdminAddress&) const = default;
 };
 
-// Every field's default is the documented default of its variable (see kConfigVariables).
+// The settings, a plain value built once by LoadConfig on the main thread. Every field's default
+// is its variable's documented default: ConfigVariables() shows it by formatting Config{}, so a
+// default is written here and nowhere else.
 struct Config {
   std::string socket_path = "/var/run/ratelimit/ratelimit.sock";
   uint32_t socket_mode = 0660;
@@ -58,13 +60,26 @@ struct Config {
   std::optional<AdminAddress> admin_addr;  // Empty: no admin server.
 };
 
-// One environment variable the sidecar reads: its name, default and meaning, for --help and docs.
+// One environment variable the sidecar reads: the one row from which LoadConfig, EffectiveConfig,
+// --help and the README's table all come. The rows are built during static initialisation and
+// never change or go away after it: any thread may read them.
 struct ConfigVariable {
   std::string_view name;
-  std::string_view default_value;
+  std::string default_value;  // Config{}'s setting, as text that `parse` reads back.
+  std::string allowed;        // What a value must be: the text after "expected" in its error.
+  // What the variable does, as the README shows it: `code` and [links](#anchor) allowed.
   std::string_view meaning;
+  bool redacted = false;  // Its value is never shown: EffectiveConfig takes the shown text.
+  // Sets the variable's member of `config` from `value`; a bad value gives InvalidArgument with
+  // what was expected (`allowed`, sometimes with more detail), not yet naming the variable.
+  std::function<Status(std::string_view value, Config& config)> parse;
+  // The member's setting in `config`, as text that `parse` reads back as the same setting.
+  std::function<std::string(const Config& config)> format;
 };
-extern const std::vector<ConfigVariable> kConfigVariables;
+
+// Every variable, in the order --help, the README and the start-up line list them
+// (config_variables.cc). REQUIRES: called from main() on, not from a static initialiser.
+const std::vector<ConfigVariable>& ConfigVariables();
 
 // Longest socket path: sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 inline constexpr size_t kMaxSocketPathBytes = 107;
@@ -78,10 +93,10 @@ using EnvLookup = std::function<const char*(const char* name)>;
 //   RATE_LIMIT_WINDOW_MS="abc" is invalid: expected an integer from 1 to 4294967295
 Result<Config> LoadConfig(const EnvLookup& env);
 
-// The setting in effect of every variable in kConfigVariables, in that order, as text that
+// The setting in effect of every variable in ConfigVariables(), in that order, as text that
 // LoadConfig reads back as the same setting: defaults included, an unset RATE_LIMIT_ADMIN_ADDR
-// as "". DATABASE_URL is never taken from `config`: its value is `redacted_database_url`
-// (RedactConninfo in sidecar/pg, which config does not link).
+// as "". The redacted variable, DATABASE_URL, is never taken from `config`: its value is
+// `redacted_database_url` (RedactConninfo in sidecar/pg, which config does not link).
 using ConfigValues = std::vector<std::pair<std::string_view, std::string>>;
 ConfigValues EffectiveConfig(const Config& config, std::string_view redacted_database_url);
 
