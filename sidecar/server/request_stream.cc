@@ -19,11 +19,13 @@ bool RequestStream::Feed(std::span<const uint8_t> bytes) {
       reader_.Feed(bytes, [this](std::span<const uint8_t> frame) { return Serve(frame); });
   in_feed_ = false;
   if (!framed.ok()) RefuseFrame(0, framed.message());
-  sink_.Send();
-  // One clock reading for every check this Feed answered: their answers left together.
+  // One clock reading for every check this Feed answered: their answers leave together. Taken
+  // as they are handed to the socket, not after, so that a client that has its answer and then
+  // scrapes /metrics (another thread) finds the check in every series.
   if (answered_in_feed_ > 0) {
     shared_.metrics.latency.Observe(shared_.now_ns() - feed_started_ns_, answered_in_feed_);
   }
+  sink_.Send();
   return !refused_;
 }
 

@@ -59,8 +59,9 @@ struct RequestShared {
 // A check in flight holds a slot, reused by later checks, so the steady state allocates
 // nothing; the slot's index is the tag the limiter hands back. Each answered check is counted
 // (ServerMetrics::CountCheck) and its latency observed: from the start of the Feed that read it
-// to its answer being sent. Checks answered during that Feed share one measurement, taken after
-// the Feed's Send, since their answers leave together.
+// to its answer being handed to the sink. Checks answered during that Feed share one
+// measurement, taken just before the Feed's Send, since their answers leave together; so every
+// series counts a check before its answer can reach the client.
 //
 // Thread-safety: the loop thread only. `shared` and `sink` must outlive the stream, and the
 // stream must outlive its checks in flight (pending() == 0 when it is destroyed).
