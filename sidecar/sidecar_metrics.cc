@@ -24,7 +24,7 @@ constexpr const char* kSourceNames[kSourceCount] = {"memory", "lease", "database
 }  // namespace
 
 void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
-                            const SidecarStatusMetrics& sidecar, const SidecarEngines& engines) {
+                            const SidecarStatusMetrics& sidecar, const Engines& engines) {
   registry.AddGauge("ratelimit_build_info", "The sidecar's version; the value is always 1.",
                     sidecar.build_info, {{"version", RATELIMIT_VERSION}});
 
@@ -76,9 +76,9 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
     registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.lease->metrics().keys,
                       {{"store", "lease"}});
   }
-  if (engines.local != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.local->metrics().buckets,
-                      {{"store", "fallback"}});
+  if (engines.fallback != nullptr && engines.fallback->local() != nullptr) {
+    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp,
+                      engines.fallback->local()->metrics().buckets, {{"store", "fallback"}});
   }
   if (engines.fallback != nullptr) {
     registry.AddCounter("ratelimit_fallbacks_total",

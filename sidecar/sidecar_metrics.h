@@ -4,25 +4,12 @@
 
 #include <string>
 
-#include "sidecar/core/fallback.h"
-#include "sidecar/core/lease_engine.h"
-#include "sidecar/core/memory_engine.h"
+#include "sidecar/engines.h"
 #include "sidecar/metrics/metrics.h"
 #include "sidecar/metrics/prometheus.h"
-#include "sidecar/pg/pg_store.h"
 #include "sidecar/server/server_metrics.h"
 
 namespace ratelimit {
-
-// The engines of one sidecar, as main.cc builds them; any may be null. Each keeps its own
-// metrics, written where they change on the loop thread; the registry only reads them.
-struct SidecarEngines {
-  const MemoryEngine* memory = nullptr;  // The memory store's engine.
-  const MemoryEngine* local = nullptr;   // The local fallback's buckets.
-  const LeaseEngine* lease = nullptr;    // Lease mode.
-  const Fallback* fallback = nullptr;
-  const PgStore* pg_store = nullptr;
-};
 
 // Series of the sidecar as a whole. The owner sets store_ready from the engine's ready() at each
 // status beat (Health::kBeatIntervalMs), as readiness is reported: a store's readiness also
@@ -35,9 +22,11 @@ struct SidecarStatusMetrics {
 };
 
 // Adds every series under its Prometheus name; the store's and lease series only when the
-// sidecar has them. `server`, `sidecar` and the engines must outlive the registry.
+// sidecar has them. Each engine keeps its own metrics, written where they change on the loop
+// thread; the registry only reads them. `server`, `sidecar` and the engines must outlive the
+// registry.
 void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
-                            const SidecarStatusMetrics& sidecar, const SidecarEngines& engines);
+                            const SidecarStatusMetrics& sidecar, const Engines& engines);
 
 // Appends process_* series (resident memory, CPU time, open files and their limit, start time)
 // read from /proc/self at the moment of the scrape, on the calling thread.

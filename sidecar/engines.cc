@@ -1,0 +1,62 @@
+// Engines: the store and the engines one configuration asks for, built by one function.
+#include "sidecar/engines.h"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "sidecar/core/strict_engine.h"
+
+namespace ratelimit {
+
+Result<EngineSecrets> RandomEngineSecrets() {
+  EngineSecrets secrets;
+  if (getrandom(&secrets, sizeof(secrets), 0) != static_cast<ssize_t>(sizeof(secrets))) {
+    return Status::IoError(std::string("getrandom: ") + std::strerror(errno));
+  }
+  return secrets;
+}
+
+namespace {
+
+// The strict or lease engine over `engines`' store and fallback.
+std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
+                                     const EngineSecrets& secrets, Engines& engines) {
+  if (config.mode == StoreMode::kStrict) {
+    return std::make_unique<StrictEngine>(*engines.pg_store, engines.fallback.get());
+  }
+  auto lease = std::make_unique<LeaseEngine>(
+      *engines.pg_store, clock, secrets.hash_key,
+      LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed},
+      engines.fallback.get());
+  engines.lease = lease.get();
+  return lease;
+}
+
+}  // namespace
+
+Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
+                     const EngineSecrets& secrets) {
+  Engines engines;
+  if (config.store != StoreKind::kPostgres) {
+    auto memory = NewMemoryEngine(config.algorithm, clock, secrets.hash_key);
+    engines.memory = memory.get();
+    engines.engine = std::move(memory);
+    return engines;
+  }
+  engines.pg_store = std::make_unique<PgStore>(
+      loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
+                           config.pg_key_hash, config.pg_connections, config.pg_timeout_ms});
+  engines.fallback = std::make_unique<Fallback>(
+      config.fallback,
+      config.fallback == FallbackPolicy::kLocal
+          ? NewMemoryEngine(Algorithm::kTokenBucket, clock, secrets.hash_key)
+          : nullptr,
+      config.expected_replicas);
+  engines.engine = SharedEngine(config, clock, secrets, engines);
+  return engines;
+}
+
+}  // namespace ratelimit
