@@ -218,10 +218,14 @@ void LeaseEngine::FailWaiters(std::string_view key, KeyState& state, const Statu
 }
 
 void LeaseEngine::MaybePrefetch(std::string_view key, KeyState& state, int64_t now) {
-  if (returning_all_ || !batcher_.store().ready()) return;  // Checks that need a lease say so.
-  if (ShouldPrefetch(state.policy, state.ledger, state.demand, state.denial, now, refresh_us_)) {
-    StartFetch(key, state, 1, now);
+  if (returning_all_) return;
+  // The pure test first: it rules out most hits (a fetch in flight, a scarce or denied key),
+  // which then never ask the store (a virtual call that walks its sessions).
+  if (!ShouldPrefetch(state.policy, state.ledger, state.demand, state.denial, now, refresh_us_)) {
+    return;
   }
+  // A store that cannot decide gets no prefetch: a check that needs a lease says so itself.
+  if (batcher_.store().ready()) StartFetch(key, state, 1, now);
 }
 
 void LeaseEngine::ExpireLeases(std::string_view key, KeyState& state, int64_t now) {
