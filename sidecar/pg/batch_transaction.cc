@@ -252,8 +252,9 @@ void BatchTransaction::Fail(const Status& status) {
 void BatchTransaction::Finish(Result<std::vector<StoreAnswer>> result) {
   TransitionTo(State::kDone);
   context_.pool.Return(slot_);
+  const bool failed = !result.ok();
   std::exchange(done_, nullptr)(std::move(result));
-  context_.on_ended(slot_);
+  if (failed) context_.after_failure(slot_);
 }
 
 }  // namespace ratelimit

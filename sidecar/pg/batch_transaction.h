@@ -79,8 +79,9 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 // Its outcome is counted by the pool (the breaker, the backoff). On failure, before the
 // ROLLBACK (which clears it), `on_failed` hears the failing statement's SQLSTATE (the table
 // keeper checks whether the table is lost); a transaction left aborted on a live session is
-// rolled back before `done`. After `done`, `on_ended` runs with the slot, which may be free
-// again.
+// rolled back before `done`. After the `done` of a failed transaction, `after_failure` runs
+// with the slot, which may be free again (so the table is checked again on that session, as
+// soon as the failure's ROLLBACK has ended; a transaction that succeeded triggers nothing).
 //
 // States: kLocking -> kWriting -> kDone; kLocking or kWriting -> kRollingBack -> kDone.
 // Thread-safety: the loop thread only. Kept alive by the callback of its pipeline in flight,
@@ -97,7 +98,7 @@ class BatchTransaction : public std::enable_shared_from_this<BatchTransaction> {
     uint32_t timeout_ms;
     KeyHashing key_hashing;
     std::function<void(std::string_view sqlstate, const Status& status)> on_failed;
-    std::function<void(SessionPool::Slot& slot)> on_ended;
+    std::function<void(SessionPool::Slot& slot)> after_failure;
   };
 
   // REQUIRES: slot.free(), pool.free_slots() > 0; batch is not empty.

@@ -28,7 +28,8 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory
           [this](std::string_view sqlstate, const Status& status) {
             keeper_.OnTransactionFailed(sqlstate, status);
           },
-          // A transaction that found the table unusable: check it again on its session.
+          // After a failed transaction (one that may have found the table unusable): check the
+          // table again on its session, unless it is known to be usable.
           [this](SessionPool::Slot& slot) {
             if (!keeper_.ready() && !pool_.closing() && slot.free()) keeper_.Ensure(slot);
           }} {}

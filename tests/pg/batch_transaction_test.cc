@@ -213,7 +213,7 @@ TEST_F(BatchTransactionRun, LocksDecidesWritesAndGivesTheSessionBackBeforeAnswer
   ASSERT_TRUE(result_->ok()) << result_->status().ToString();
   EXPECT_EQ((**result_)[0].check.remaining, 6u);
   EXPECT_TRUE(slot_free_at_done_);
-  EXPECT_EQ(ended_free_, std::vector<bool>{true});
+  EXPECT_TRUE(ended_free_.empty()) << "a transaction that succeeded triggers no table check";
   EXPECT_EQ(metrics_.failed_transactions.value(), 0u);
   EXPECT_EQ(metrics_.duration.Read().cumulative.back(), 1u);
   EXPECT_TRUE(failed_sqlstates_.empty());
