@@ -8,6 +8,7 @@
 #include <string>
 
 #include "sidecar/core/strict_engine.h"
+#include "sidecar/pg/conninfo.h"
 
 namespace ratelimit {
 
@@ -46,8 +47,9 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
     engines.engine = std::move(memory);
     return engines;
   }
+  const CleanConninfo url = StripOrmParametersOrKeep(config.database_url);
   engines.pg_store = std::make_unique<PgStore>(
-      loop, PgStoreOptions{config.database_url, config.pg_table, config.pg_create_table,
+      loop, PgStoreOptions{url.conninfo, TableForUrl(config.pg_table, url), config.pg_create_table,
                            config.pg_key_hash, config.pg_connections, config.pg_timeout_ms});
   engines.fallback = std::make_unique<Fallback>(
       config.fallback,

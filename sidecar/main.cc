@@ -79,6 +79,36 @@ void RaiseFdLimitForConnections(const Config& config) {
   }
 }
 
+// DATABASE_URL as the store will use it: the ORM parameters taken out, the rest checked by
+// libpq's parser for the postgres store (an error is one line that never quotes the URL). The
+// memory store does not use it: it is only cleaned, when it can be, for the start-up line.
+Result<CleanConninfo> CheckDatabaseUrl(const Config& config) {
+  if (config.store != StoreKind::kPostgres) return StripOrmParametersOrKeep(config.database_url);
+  Result<CleanConninfo> url = StripOrmParameters(config.database_url);
+  if (!url.ok()) return url;
+  if (Status valid = ValidateConninfo(url->conninfo); !valid.ok()) return valid;
+  return url;
+}
+
+// One warning naming the ORM parameters of DATABASE_URL that mean nothing here (schema too,
+// when RATE_LIMIT_PG_TABLE names the schema), and one line when the URL's schema is the table's.
+void LogOrmParameters(const Config& config, const CleanConninfo& url) {
+  if (config.store != StoreKind::kPostgres) return;
+  const TableName table = TableForUrl(config.pg_table, url);
+  const bool schema_ignored = !url.schema.empty() && table.schema != url.schema;
+  std::string ignored = schema_ignored ? "schema" : "";
+  for (const std::string& name : url.ignored) ignored += (ignored.empty() ? "" : ",") + name;
+  if (!ignored.empty()) {
+    Log line(LogLevel::kWarn, "ignoring DATABASE_URL parameters that only an ORM reads");
+    line.Str("parameters", ignored);
+    if (schema_ignored) line.Str("schema", "RATE_LIMIT_PG_TABLE names the table's schema");
+  }
+  if (!url.schema.empty() && !schema_ignored) {
+    Log(LogLevel::kInfo, "the table's schema is DATABASE_URL's schema parameter")
+        .Str("table", table.Plain());
+  }
+}
+
 int Main(int argc, char** argv) {
   if (const std::optional<int> exit_code = RunArguments(argc, argv)) return *exit_code;
   Result<Config> config = LoadConfig([](const char* name) { return std::getenv(name); });
@@ -86,14 +116,15 @@ int Main(int argc, char** argv) {
     Log(LogLevel::kError, "invalid configuration").Str("error", config.status().message());
     return 2;
   }
-  if (config->store == StoreKind::kPostgres) {
-    if (Status url = ValidateConninfo(config->database_url); !url.ok()) {
-      Log(LogLevel::kError, "invalid configuration").Str("error", url.message());
-      return 2;
-    }
+  Result<CleanConninfo> url = CheckDatabaseUrl(*config);
+  if (!url.ok()) {
+    Log(LogLevel::kError, "invalid configuration").Str("error", url.status().message());
+    return 2;
   }
   SetLogLevel(config->log_level);
-  LogEffectiveConfig(*config, RedactConninfo(config->database_url));
+  // DATABASE_URL is shown as libpq gets it, without the ORM parameters.
+  LogEffectiveConfig(*config, RedactConninfo(url->conninfo));
+  LogOrmParameters(*config, *url);
   for (const std::string& name : UnknownRateLimitVariables(environ)) {
     Log(LogLevel::kWarn, "ignoring unknown variable").Str("variable", name);
   }

@@ -113,10 +113,14 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                 "store)"},
         &Config::database_url,
         "PostgreSQL store: a libpq connection string or URI; libpq's `PG*` variables "
-        "(`PGHOST`, `PGPASSWORD`, ...) apply as well. Logged only with every secret shown as "
+        "(`PGHOST`, `PGPASSWORD`, ...) apply as well. ORM parameters (Prisma's `schema`, "
+        "`pgbouncer`, `connection_limit`, ...) are accepted; see [URLs from "
+        "ORMs](#database_url-as-orms-write-it). Logged without them, with every secret shown as "
         "`***`.")),
     MakeVariable("RATE_LIMIT_PG_TABLE", TableNameText{}, &Config::pg_table,
-                 "PostgreSQL store: the table, optionally schema-qualified (`schema.table`)."),
+                 "PostgreSQL store: the table, optionally schema-qualified (`schema.table`); "
+                 "without a schema, `DATABASE_URL`'s `schema` parameter names it, else the "
+                 "`search_path` decides."),
     MakeVariable("RATE_LIMIT_PG_CREATE_TABLE", OneOf<bool>{kBooleans}, &Config::pg_create_table,
                  "PostgreSQL store: create the table if it is missing; `false` for operators "
                  "who apply `schema/postgres.sql` themselves."),

@@ -1,4 +1,4 @@
-// Conninfo: checks DATABASE_URL without ever echoing it, finds the password to mask, redacts it.
+// Conninfo: checks DATABASE_URL without ever echoing it, takes out ORM parameters, redacts it.
 #ifndef RATELIMIT_SIDECAR_PG_CONNINFO_H_
 #define RATELIMIT_SIDECAR_PG_CONNINFO_H_
 
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "schema/status.h"
+#include "sidecar/pg/table_name.h"
 
 namespace ratelimit {
 
@@ -40,6 +41,45 @@ struct ConnParams {
 };
 // REQUIRES: ValidateConninfo(conninfo) is OK.
 ConnParams ParseConnParams(const std::string& conninfo);
+
+// The parameters that Node stacks (Prisma, and the libraries that copy its URLs) keep in the
+// DATABASE_URL their application reads, and that libpq refuses as unknown:
+//   schema                the table's schema, unless RATE_LIMIT_PG_TABLE names one (TableForUrl)
+//   pgbouncer             true or 1 (false or 0): the URL leads to PgBouncer; a hint for how
+//                         the sidecar sends its statements
+//   connection_limit, pool_timeout, sslaccept, socket_timeout, statement_cache_size
+//                         ignored: they tune the ORM's own pool and TLS; the sidecar has its
+//                         own variables for what it needs of them (RATE_LIMIT_PG_CONNECTIONS,
+//                         RATE_LIMIT_PG_TIMEOUT_MS, libpq's sslmode)
+inline constexpr std::string_view kOrmParameters[] = {
+    "schema",    "pgbouncer",      "connection_limit",    "pool_timeout",
+    "sslaccept", "socket_timeout", "statement_cache_size"};
+
+// DATABASE_URL with the ORM parameters taken out, and what they said.
+struct CleanConninfo {
+  std::string conninfo;              // For libpq: every other parameter exactly as written.
+  std::string schema;                // schema's value, percent-decoded; empty when absent.
+  bool pgbouncer = false;            // pgbouncer=true or pgbouncer=1.
+  std::vector<std::string> ignored;  // The ignored ones present, each once, in URL order.
+};
+
+// Takes kOrmParameters out of `url`: out of a URI's query (names and values percent-decoded as
+// libpq decodes them; the credentials, hosts and database name untouched), or out of keyword =
+// value pairs. The last of a repeated parameter wins. InvalidArgument, one line that names
+// DATABASE_URL and never quotes the URL, when
+//   - schema is not a name RATE_LIMIT_PG_TABLE would accept (see TableName), or pgbouncer is
+//     none of true, false, 1, 0, or either value is not properly percent-encoded;
+//   - a parameter is neither libpq's nor one of these: named when its name is a plain word
+//     (letters, digits, _), else only said to be there.
+// Text that is not a connection string at all comes back unchanged: ValidateConninfo refuses it.
+Result<CleanConninfo> StripOrmParameters(std::string_view url);
+
+// StripOrmParameters(url), or `url` whole when that refuses it: for callers that need no
+// verdict (the memory store's start-up line; BuildEngines, after main() refused a bad URL).
+CleanConninfo StripOrmParametersOrKeep(std::string_view url);
+
+// `configured` (RATE_LIMIT_PG_TABLE) in the URL's schema, when it names no schema of its own.
+TableName TableForUrl(const TableName& configured, const CleanConninfo& url);
 
 }  // namespace ratelimit
 

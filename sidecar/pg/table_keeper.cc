@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "sidecar/log/log.h"
+#include "sidecar/pg/table_shape.h"
 #include "sidecar/pg/table_sql.h"
 
 namespace ratelimit {
@@ -25,16 +26,19 @@ void TableKeeper::Close(std::function<void()> done) { gc_.Close(std::move(done))
 void TableKeeper::TransitionTo(State next) {
   state_ = next;
   if (next != State::kReady) return;  // Callers log failures: they know why.
+  logged_problem_.clear();
   Log(LogLevel::kInfo, "database ready").Str("table", options_.table.Plain());
   on_ready_();
 }
 
 // SQLSTATEs of a transaction that say the table itself is not usable any more: dropped
 // (undefined_table, or its schema: invalid_schema_name), replaced by another shape
-// (undefined_column), or no longer ours to use (insufficient_privilege). Worth checking, and
-// creating, the table again rather than failing every transaction until an operator looks.
+// (undefined_column, datatype_mismatch, or no unique index for ON CONFLICT:
+// invalid_column_reference), or no longer ours to use (insufficient_privilege). Worth checking,
+// and creating, the table again rather than failing every transaction until an operator looks.
 bool TableKeeper::TableUnusable(std::string_view sqlstate) {
-  return sqlstate == "42P01" || sqlstate == "3F000" || sqlstate == "42703" || sqlstate == "42501";
+  return sqlstate == "42P01" || sqlstate == "3F000" || sqlstate == "42703" || sqlstate == "42804" ||
+         sqlstate == "42P10" || sqlstate == "42501";
 }
 
 void TableKeeper::OnTransactionFailed(std::string_view sqlstate, const Status& status) {
@@ -59,30 +63,68 @@ void TableKeeper::Ensure(SessionPool::Slot& slot) {
   Check(slot, /*created=*/false);
 }
 
+namespace {
+
+// The table check's columns: one row per column of the table, or, when there is no table, one
+// row of NULLs.
+enum CheckColumn { kUsable, kColumnName, kColumnType, kNeedsValue, kUniqueAlone, kCheckColumns };
+
+// kUsable: NULL when there is no such table, else whether this role may do what checks do
+// (CREATE TABLE IF NOT EXISTS alone would not tell: it needs CREATE on the schema even when the
+// table exists). Then each column, found by the table's OID, for TableShapeProblems.
+constexpr std::string_view kCheckSql =
+    "SELECT CASE WHEN t.oid IS NULL THEN NULL ELSE has_table_privilege(t.oid, 'SELECT') AND"
+    " has_table_privilege(t.oid, 'INSERT') AND has_table_privilege(t.oid, 'UPDATE') END,"
+    " a.attname, format_type(a.atttypid, a.atttypmod),"
+    " a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '',"
+    " EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisunique"
+    " AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
+    " AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)"
+    " FROM (SELECT to_regclass($1)::oid AS oid) AS t"
+    " LEFT JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped"
+    " ORDER BY a.attnum";
+
+std::vector<ColumnFact> ReadColumns(PGresult* r) {
+  std::vector<ColumnFact> columns;
+  for (int row = 0; row < PQntuples(r); ++row) {
+    if (PQgetisnull(r, row, kColumnName)) continue;  // A table without columns.
+    columns.push_back(ColumnFact{PQgetvalue(r, row, kColumnName), PQgetvalue(r, row, kColumnType),
+                                 std::string_view(PQgetvalue(r, row, kNeedsValue)) == "t",
+                                 std::string_view(PQgetvalue(r, row, kUniqueAlone)) == "t"});
+  }
+  return columns;
+}
+
+}  // namespace
+
 void TableKeeper::Check(SessionPool::Slot& slot, bool created) {
-  // NULL: no such table. Otherwise whether this role may do what checks do. (CREATE TABLE IF
-  // NOT EXISTS alone would not do: it needs CREATE on the schema even when the table exists.)
-  const std::string privileges =
-      "has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'INSERT') AND "
-      "has_table_privilege($1, 'UPDATE')";
-  RunWork(slot,
-          {{"SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE " + privileges + " END",
-            {table_sql_}}},
+  RunWork(slot, {{std::string(kCheckSql), {table_sql_}}},
           [this, &slot, created](std::vector<PgResultPtr> results) {
             OnChecked(slot, created, results[0].get());
           });
 }
 
 void TableKeeper::OnChecked(SessionPool::Slot& slot, bool created, PGresult* r) {
-  if (PQntuples(r) != 1) return Failed(slot, "the table check returned no row");
-  if (PQgetisnull(r, 0, 0)) {
+  if (PQntuples(r) < 1 || PQnfields(r) != kCheckColumns) {
+    return Failed(slot, "the table check returned no row", Finding::kNoAnswer);
+  }
+  if (PQgetisnull(r, 0, kUsable)) {
     if (!options_.create_table || created) {
-      return Failed(slot, "the table does not exist and RATE_LIMIT_PG_CREATE_TABLE=false");
+      return Failed(slot, "the table does not exist and RATE_LIMIT_PG_CREATE_TABLE=false",
+                    Finding::kTableProblem);
     }
     return Create(slot);
   }
-  if (std::string_view(PQgetvalue(r, 0, 0)) != "t") {
-    return Failed(slot, "the database role lacks SELECT, INSERT or UPDATE on the table");
+  if (std::string_view(PQgetvalue(r, 0, kUsable)) != "t") {
+    return Failed(slot, "the database role lacks SELECT, INSERT or UPDATE on the table",
+                  Finding::kTableProblem);
+  }
+  // A table of another shape is refused, never altered: it may be someone else's.
+  if (const std::string problems = TableShapeProblems(ReadColumns(r)); !problems.empty()) {
+    return Failed(slot,
+                  "the table does not have the columns of schema/postgres.sql (" + problems +
+                      "); the sidecar never alters or drops an existing table",
+                  Finding::kTableProblem);
   }
   TransitionTo(State::kReady);
 }
@@ -114,20 +156,25 @@ void TableKeeper::RunWork(SessionPool::Slot& slot, std::vector<PgQuery> queries,
         slot.session().Run({{"ROLLBACK", {}}},
                            [this, &slot](Result<std::vector<PgResultPtr>>) { pool_.Return(slot); });
       }
-      Failed(slot, r.status().message());
+      Failed(slot, r.status().message(), Finding::kNoAnswer);
       return;
     }
     next(std::move(*r));
   });
 }
 
-void TableKeeper::Failed(SessionPool::Slot& slot, const std::string& why) {
+void TableKeeper::Failed(SessionPool::Slot& slot, const std::string& why, Finding finding) {
   Log(LogLevel::kDebug, "rate limit table check failed; retrying").Str("error", why);
-  if (state_ == State::kChecking) {  // Once until the table is usable again, not once per retry.
+  // Once until the table is usable again, not once per retry: the first failure of a check,
+  // then only a table problem other than the one last logged (it changed, e.g. the operator
+  // fixed one column of two). Failures to get an answer at all are the pool's to report.
+  const bool first = state_ == State::kChecking;
+  if (first || (finding == Finding::kTableProblem && why != logged_problem_)) {
     Log(LogLevel::kError, options_.create_table ? "cannot create or use the rate limit table"
                                                 : "the rate limit table is not usable")
         .Str("table", options_.table.Plain())
         .Str("error", why);
+    logged_problem_ = why;
   }
   TransitionTo(State::kFailed);
   // A broken session retries when it is connected again (the pool's on_connected): only a live

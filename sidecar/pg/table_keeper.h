@@ -16,21 +16,26 @@
 
 namespace ratelimit {
 
-// Until the table exists and may be read and written by this role, ready() is false and no
-// transaction starts. The table is checked on the first session that connects: checked (exists,
-// and this role may use it), created when missing and create_table allows (DDL serialized
-// between sidecars by an advisory lock), then checked again. A failure is logged once (until the
-// table is usable again) and retried on that session with its backoff, or on the next session
-// that connects.
+// Until the table exists, has the columns and types of schema/postgres.sql (TableShapeProblems)
+// and may be read and written by this role, ready() is false and no transaction starts: checks
+// go to the fallback. The table is checked on the first session that connects, in one
+// statement (existence, privileges, and its columns found by its OID in the catalog); created
+// when missing and create_table allows (DDL serialized between sidecars by an advisory lock),
+// then checked again. A table that exists is never altered nor dropped, whatever its shape and
+// create_table: it may be someone else's. A failure is logged once at error level, naming the
+// table and what is wrong, and retried on that session with its backoff, or on the next
+// session that connects; retries log it again only when the problem found changes, so a table
+// of another shape gives one line, not one per retry, until the operator fixes it.
 //
 // A transaction failing because the table is gone or no longer usable (dropped, its schema
-// dropped, a column missing, a privilege revoked: OnTransactionFailed) makes ready() false, and
-// the table is checked -- and, when allowed, created -- again, the same way.
+// dropped, a column missing or retyped, a privilege revoked: OnTransactionFailed) makes
+// ready() false, and the table is checked -- and, when allowed, created -- again, the same way.
 //
 // It owns the garbage collector, which works only while the table is ready.
 //
 // States: kUnknown -> kChecking -> kReady or kFailed (logged); kFailed -> kRechecking ->
-// kReady or kFailed (not logged again); kReady -> kUnknown when a transaction finds it unusable.
+// kReady or kFailed (logged only when the problem changed); kReady -> kUnknown when a
+// transaction finds it unusable.
 // Thread-safety: the loop thread only. Borrows sessions from `pool`, which must outlive it;
 // Close() must complete before destruction.
 class TableKeeper {
@@ -72,7 +77,10 @@ class TableKeeper {
   void Create(SessionPool::Slot& slot);
   void RunWork(SessionPool::Slot& slot, std::vector<PgQuery> queries,
                std::function<void(std::vector<PgResultPtr>)> next);
-  void Failed(SessionPool::Slot& slot, const std::string& why);
+  // What a failed check found: no answer (a statement or the session failed), or an answer
+  // that says the table cannot be used.
+  enum class Finding { kNoAnswer, kTableProblem };
+  void Failed(SessionPool::Slot& slot, const std::string& why, Finding finding);
   void Retry(SessionPool::Slot& slot);
 
   SessionPool& pool_;
@@ -80,6 +88,7 @@ class TableKeeper {
   const std::string table_sql_;  // The quoted table name.
   std::function<void()> on_ready_;
   State state_ = State::kUnknown;
+  std::string logged_problem_;  // The failure last logged at error level; empty once ready.
   GarbageCollector gc_;
 };
 

@@ -6,7 +6,9 @@ namespace {
 
 constexpr size_t kMaxIdentifierBytes = 63;
 
-bool ValidIdentifier(std::string_view part) {
+}  // namespace
+
+bool IsTableNamePart(std::string_view part) {
   if (part.empty() || part.size() > kMaxIdentifierBytes) return false;
   if ((part[0] >= '0' && part[0] <= '9') || part[0] == '$') return false;
   for (const char c : part) {
@@ -15,8 +17,6 @@ bool ValidIdentifier(std::string_view part) {
   }
   return true;
 }
-
-}  // namespace
 
 std::string TableName::Quoted() const {
   // ParseTableName admits no '"', so wrapping each part in quotes is all the escaping needed.
@@ -36,8 +36,8 @@ Result<TableName> ParseTableName(std::string_view text) {
     name.schema = std::string(text.substr(0, dot));
     name.table = std::string(text.substr(dot + 1));
   }
-  if ((dot != std::string_view::npos && !ValidIdentifier(name.schema)) ||
-      !ValidIdentifier(name.table)) {
+  if ((dot != std::string_view::npos && !IsTableNamePart(name.schema)) ||
+      !IsTableNamePart(name.table)) {
     return Status::InvalidArgument(
         "a table name or schema.table, each part 1 to 63 bytes of a-z, 0-9, _ and $, not "
         "starting with a digit or $");

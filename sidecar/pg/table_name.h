@@ -23,6 +23,9 @@ struct TableName {
   std::string Plain() const;
 };
 
+// Whether `part` may be a schema or a table of a TableName (the rules above).
+bool IsTableNamePart(std::string_view part);
+
 // Parses RATE_LIMIT_PG_TABLE's value; InvalidArgument names what is wrong.
 Result<TableName> ParseTableName(std::string_view text);
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tests/testing/canned_lock_results.h"
+#include "tests/testing/canned_table_check.h"
 #include "tests/testing/fake_db_session.h"
 
 namespace ratelimit {
@@ -17,11 +18,7 @@ namespace {
 
 constexpr int64_t kNowUs = 1'700'000'000'000'000;  // Database time, in 2023.
 
-std::vector<PgResultPtr> TableCheck(const char* answer) {
-  std::vector<PgResultPtr> results;
-  results.push_back(CannedResult(1, {{answer}}));
-  return results;
-}
+std::vector<PgResultPtr> TableCheck(const char* answer) { return TableCheckAnswer(answer); }
 
 bool IsTableCheck(const std::vector<PgQuery>& pipeline) {
   return pipeline.size() == 1 && pipeline[0].sql.find("to_regclass") != std::string::npos;
