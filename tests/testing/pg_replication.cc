@@ -135,27 +135,38 @@ Status ReplicatedPg::Tool(const std::string& tool, const std::vector<std::string
 }
 
 Status ReplicatedPg::InitPrimary(int node) {
-  if (Status s = Tool("initdb", {"-D", nodes_[node].data, "--auth=trust", "--username=postgres",
-                                 "--encoding=UTF8", "--locale=C", "--no-instructions",
-                                 // Files not forced to disk: what a crash test needs is the
-                                 // server's own durability, which stays (fsync is on).
-                                 "--no-sync"});
-      !s.ok()) {
-    return s;
-  }
-  // What every node shares (pg_basebackup copies it); what differs per node is in node.conf.
-  // initdb's pg_hba.conf already trusts replication connections from local and 127.0.0.1.
-  return AppendFile(nodes_[node].data + "/postgresql.conf",
-                    "\nlisten_addresses = '127.0.0.1'\n"
-                    "max_connections = 100\n"
-                    "wal_level = replica\n"
-                    "max_wal_senders = 10\n"
-                    "hot_standby = on\n"
-                    "synchronous_commit = on\n"
-                    "log_line_prefix = '%m [%p] %q%a '\n"
-                    // Which sessions came to a node: a test asserts where they went.
-                    "log_connections = on\n"
-                    "include_if_exists = 'node.conf'\n");
+  // One initdb per test process, which takes seconds; each pair starts from a copy of it.
+  static TempDir templates;
+  static const std::string data = templates.File("data");
+  static const Status made = [&] {
+    if (Status s = GiveToServerUser(templates.path()); !s.ok()) return s;
+    if (Status s = Tool("initdb", {"-D", data, "--auth=trust", "--username=postgres",
+                                   "--encoding=UTF8", "--locale=C", "--no-instructions",
+                                   // Files not forced to disk: what a crash test needs is the
+                                   // server's own durability, which stays (fsync is on).
+                                   "--no-sync"});
+        !s.ok()) {
+      return s;
+    }
+    // What every node shares (pg_basebackup copies it); what differs per node is in
+    // node.conf. initdb's pg_hba.conf already trusts replication from local and 127.0.0.1.
+    return AppendFile(data + "/postgresql.conf",
+                      "\nlisten_addresses = '127.0.0.1'\n"
+                      "max_connections = 100\n"
+                      "wal_level = replica\n"
+                      "max_wal_senders = 10\n"
+                      "hot_standby = on\n"
+                      "synchronous_commit = on\n"
+                      "log_line_prefix = '%m [%p] %q%a '\n"
+                      // Which sessions came to a node: a test asserts where they went.
+                      "log_connections = on\n"
+                      "include_if_exists = 'node.conf'\n");
+  }();
+  if (!made.ok()) return made;
+  const ProcessResult r =
+      RunAsServerUser({"cp", "-a", data, nodes_[node].data}, dir_.path(), kPgCtlTimeoutS * 1000);
+  if (r.exit_code == 0) return Status::Ok();
+  return Status::IoError("cannot copy the template data directory: " + r.err);
 }
 
 Status ReplicatedPg::WriteNodeConf(int node, const std::string& synchronous_standby) const {
