@@ -64,7 +64,7 @@ class ReplicatedPg {
   [[nodiscard]] Status Promote();
   // Starts the stopped old primary on its own, reachable only by a Unix socket in a directory
   // of its own (`IsolatedConninfo`), so that a test can read what it had committed; stopped by
-  // RejoinAsStandby.
+  // RejoinAsStandby or the destructor.
   [[nodiscard]] Status StartIsolated(int node);
   std::string IsolatedConninfo(int node) const;
   // The old primary (stopped, or started isolated) becomes a standby of the new primary: a
