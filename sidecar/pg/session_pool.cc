@@ -176,6 +176,7 @@ void SessionPool::Lend(Slot& slot, Work work) {
 }
 
 void SessionPool::Return(Slot& slot) {
+  DropIfReadOnly(slot);
   // A session that broke or closed meanwhile stays so; its deadline is already stopped.
   if (slot.state_ == Slot::State::kLent) TransitionTo(slot, Slot::State::kFree);
 }
@@ -184,6 +185,7 @@ void SessionPool::EndTransaction(Slot& slot, const Status& outcome) {
   if (outcome.ok()) {
     breaker_.OnSuccess();
     slot.backoff_ms_ = 0;
+    read_only_logged_ = false;
     if (state_ == State::kFailing) {
       Log(LogLevel::kInfo, "database transactions succeed again").Str("table", options_.table);
       TransitionTo(State::kServing);
@@ -201,6 +203,21 @@ void SessionPool::EndTransaction(Slot& slot, const Status& outcome) {
         .Str("error", outcome.message());
     TransitionTo(State::kFailing);
   }
+  DropIfReadOnly(slot);
+}
+
+bool SessionPool::ServerReadOnly(std::string_view sqlstate) { return sqlstate == "25006"; }
+
+void SessionPool::DropIfReadOnly(Slot& slot) {
+  if (slot.state_ != Slot::State::kLent || !ServerReadOnly(slot.session_->last_sqlstate())) return;
+  if (!read_only_logged_) {
+    read_only_logged_ = true;
+    Log(LogLevel::kWarn, "the database server is read-only; reconnecting to find the primary")
+        .Str("table", options_.table)
+        .Str("hint", "list every server in DATABASE_URL with target_session_attrs=read-write");
+  }
+  // Broken, the slot reconnects with its backoff; a pipeline of the lend is no longer in flight.
+  slot.session_->Abandon("the server is read-only (SQLSTATE 25006)");
 }
 
 size_t SessionPool::free_slots() const {

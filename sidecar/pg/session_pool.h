@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "schema/status.h"
@@ -44,6 +45,14 @@ struct SessionPoolOptions {
 // Circuit breaker (sidecar/core/circuit_breaker.h): transactions are counted by it, so after a
 // few failures in a row free_slots() and serving() say no for an open period, then one
 // transaction probes the database, and only its success lets checks through again.
+//
+// A server that refuses writes (SQLSTATE 25006 read_only_sql_transaction: a standby, the old
+// primary back as one, a server made read-only under its sessions with
+// default_transaction_read_only) can do no work of ours, and its sessions would stay on it
+// forever. So a lend whose pipeline failed that way drops its session (seen at EndTransaction for
+// a transaction, at Return for background work), which reconnects with the backoff: with a
+// multi-host DATABASE_URL and target_session_attrs=read-write, libpq then skips read-only servers
+// and finds the primary. Logged once until a transaction succeeds again.
 //
 // Logs once per change of state: a session's connection failing and being restored (per slot),
 // transactions failing and succeeding again.
@@ -110,9 +119,11 @@ class SessionPool {
   // Lends `slot` for `work` and starts its deadline. REQUIRES: slot.free(), and for a
   // transaction free_slots() > 0 (the breaker admits it).
   void Lend(Slot& slot, Work work);
-  // Ends a lend: stops the deadline and frees the slot (unless its session broke meanwhile).
+  // Ends a lend: stops the deadline and frees the slot (unless its session broke meanwhile, or
+  // its last pipeline failed on a read-only server: then the session is dropped).
   void Return(Slot& slot);
-  // Counts a transaction's outcome (the breaker, the backoff, the log). Before its Return.
+  // Counts a transaction's outcome (the breaker, the backoff, the log), and drops the session
+  // when it failed on a read-only server. Before its Return.
   void EndTransaction(Slot& slot, const Status& outcome);
   // Runs `retry` on `slot` after its backoff, which doubles, unless the pool closes first.
   void RetryAfterBackoff(Slot& slot, std::function<void(Slot&)> retry);
@@ -130,6 +141,8 @@ class SessionPool {
   // `backoff_ms` +-25%, from `random`, so that sidecars that lost the database together do not
   // come back together.
   static uint64_t JitteredMs(uint64_t backoff_ms, uint64_t random);
+  // Whether `sqlstate` says the server takes no writes (25006, read_only_sql_transaction).
+  static bool ServerReadOnly(std::string_view sqlstate);
 
  private:
   void TransitionTo(State next);
@@ -141,6 +154,8 @@ class SessionPool {
   void StartTimer(Slot& slot, uint64_t ms, std::function<void(Slot&)> next);
   void StartDeadline(Slot& slot, uint64_t ms);
   void OnTimerClosed();
+  // Abandons a lent slot's session when its last pipeline failed on a read-only server.
+  void DropIfReadOnly(Slot& slot);
 
   uv_loop_t* loop_;
   const SessionPoolOptions options_;
@@ -150,6 +165,7 @@ class SessionPool {
   State state_ = State::kNew;
   CircuitBreaker breaker_;
   size_t open_timers_ = 0;
+  bool read_only_logged_ = false;  // Since the last transaction that succeeded.
   std::function<void()> on_closed_;
 };
 

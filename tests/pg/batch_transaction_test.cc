@@ -250,6 +250,19 @@ TEST_F(BatchTransactionRun, ALostConnectionFailsAtOnceWithoutRollback) {
   EXPECT_EQ(metrics_.failed_transactions.value(), 1u);
 }
 
+TEST_F(BatchTransactionRun, AReadOnlyServerDropsTheSessionInsteadOfRollingBack) {
+  SessionPool::Slot& slot = Start({Check("a", 1)});
+  FakeDbSession& session = fake_.session(0);
+  session.FailStatement("cannot execute INSERT in a read-only transaction", "25006");
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_FALSE(result_->ok());
+  EXPECT_NE(result_->status().message().find("25006"), std::string::npos);
+  EXPECT_EQ(session.abandons(), 1);
+  EXPECT_EQ(session.runs().size(), 1u) << "no ROLLBACK: the session is dropped";
+  EXPECT_EQ(slot.state(), SessionPool::Slot::State::kDown) << "it reconnects, to the primary";
+  EXPECT_EQ(failed_sqlstates_, std::vector<std::string>{"25006"});
+}
+
 TEST_F(BatchTransactionRun, NoDatabaseTimeFailsAndRollsBack) {
   Start({Check("a", 1)});
   FakeDbSession& session = fake_.session(0);

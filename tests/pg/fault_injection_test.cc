@@ -266,19 +266,9 @@ class FaultInjection : public testing::TestWithParam<std::string> {
   }
 
   void WaitForRecovery(int64_t since_ns) {
-    const int64_t deadline = since_ns + kRecoveryWaitMs * 1'000'000;
-    while (NowNs() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      const std::vector<LoadAnswer> answers = load_->Snapshot();
-      int64_t latest = 0;
-      bool all = true;
-      for (int target = 0; target < kSidecars && all; ++target) {
-        std::optional<int64_t> at = RecoveredAtNs(answers, target, since_ns, decided(), IsFresh);
-        all = at.has_value();
-        if (at) latest = std::max(latest, *at);
-      }
-      if (all && NowNs() >= latest + kStableMs * 1'000'000) return;
-    }
+    ratelimit::WaitForRecovery(
+        *load_, kSidecars, since_ns, [this](int) { return decided(); }, IsFresh, kRecoveryWaitMs,
+        kStableMs);
   }
 
   static bool IsFresh(const LoadAnswer& a) { return a.kind == kFresh; }

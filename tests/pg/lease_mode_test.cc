@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "ratelimit/client.h"
+#include "tests/testing/check_load.h"
 #include "tests/testing/pg_test_support.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/test_database.h"
@@ -66,17 +67,6 @@ struct Problems {
     count += o.count;
   }
 };
-
-// The most of `sorted` (nanoseconds) that lie in one closed interval of length `length_ns`.
-size_t MaxInAnyInterval(const std::vector<int64_t>& sorted, int64_t length_ns) {
-  size_t best = 0;
-  size_t lo = 0;
-  for (size_t hi = 0; hi < sorted.size(); ++hi) {
-    while (sorted[hi] - sorted[lo] > length_ns) ++lo;
-    best = std::max(best, hi - lo + 1);
-  }
-  return best;
-}
 
 // How many checks of cost 1 arriving at `sorted` (nanoseconds) one exact token bucket of
 // `capacity` refilled at `per_ns` would admit, starting full at the first arrival.

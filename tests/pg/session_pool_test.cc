@@ -181,6 +181,69 @@ TEST(SessionPool, RetryAfterBackoffRunsOnItsSlotAndAReconnectReplacesIt) {
   EXPECT_EQ(retries, 1);
 }
 
+TEST(SessionPool, SqlStateReadOnlySaysTheServerTakesNoWrites) {
+  EXPECT_TRUE(SessionPool::ServerReadOnly("25006"));
+  for (const char* other : {"", "42P01", "25P02", "40001", "57P01"}) {
+    EXPECT_FALSE(SessionPool::ServerReadOnly(other)) << other;
+  }
+}
+
+// Fails the pipeline of `slot`, lent for `work`, with `sqlstate`, then ends the lend as its
+// borrower would: a transaction is counted before its Return.
+void FailLend(FakePool& fake, SessionPool::Slot& slot, SessionPool::Work work,
+              const std::string& sqlstate) {
+  fake.pool().Lend(slot, work);
+  Status failed;
+  slot.session().Run({{"INSERT", {}}},
+                     [&](Result<std::vector<PgResultPtr>> r) { failed = r.status(); });
+  static_cast<FakeDbSession&>(slot.session()).FailStatement("statement failed", sqlstate);
+  if (work == SessionPool::Work::kTransaction) fake.pool().EndTransaction(slot, failed);
+  fake.pool().Return(slot);
+}
+
+TEST(SessionPool, AReadOnlyServerLosesItsSessionsWhichReconnectAndItIsLoggedOnce) {
+  StderrCapture capture;
+  FakePool fake(2);
+  fake.StartConnected();
+  SessionPool::Slot* first = fake.pool().FreeSlot(SessionPool::End::kFirst);
+  SessionPool::Slot* last = fake.pool().FreeSlot(SessionPool::End::kLast);
+
+  // A transaction and background work refused as writes on a read-only server: both sessions
+  // are dropped, not kept for the next piece of work.
+  FailLend(fake, *first, SessionPool::Work::kTransaction, "25006");
+  EXPECT_EQ(fake.session(0).abandons(), 1);
+  EXPECT_EQ(first->state(), SlotState::kDown);
+  FailLend(fake, *last, SessionPool::Work::kBackground, "25006");
+  EXPECT_EQ(fake.session(1).abandons(), 1);
+  EXPECT_EQ(last->state(), SlotState::kDown);
+  EXPECT_FALSE(fake.pool().serving());
+
+  // Each reconnects after its backoff, and landing on a read-only server again drops it again,
+  // without another line.
+  ASSERT_TRUE(fake.RunUntil([&] { return fake.session(0).connects() == 2; }));
+  fake.session(0).Connected();
+  ASSERT_TRUE(first->free());
+  FailLend(fake, *first, SessionPool::Work::kTransaction, "25006");
+  EXPECT_EQ(fake.session(0).abandons(), 2);
+  EXPECT_EQ(capture.Count("the database server is read-only"), 1u) << capture.Text();
+  EXPECT_EQ(capture.Count("target_session_attrs=read-write"), 1u) << capture.Text();
+
+  // Any other statement failure keeps the session.
+  ASSERT_TRUE(fake.RunUntil([&] { return fake.session(0).connects() == 3; }));
+  fake.session(0).Connected();
+  FailLend(fake, *first, SessionPool::Work::kTransaction, "42P01");
+  FailLend(fake, *first, SessionPool::Work::kBackground, "42P01");
+  EXPECT_EQ(fake.session(0).abandons(), 2);
+  EXPECT_TRUE(first->free());
+
+  // After a success, a read-only server is news again.
+  fake.pool().Lend(*first, SessionPool::Work::kTransaction);
+  fake.pool().EndTransaction(*first, Status::Ok());
+  fake.pool().Return(*first);
+  FailLend(fake, *first, SessionPool::Work::kTransaction, "25006");
+  EXPECT_EQ(capture.Count("the database server is read-only"), 2u) << capture.Text();
+}
+
 TEST(SessionPool, ShutdownFailsWorkInFlightAndClosesEverything) {
   auto fake = std::make_unique<FakePool>(2);
   fake->StartConnected();

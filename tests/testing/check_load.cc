@@ -152,6 +152,36 @@ std::optional<int64_t> RecoveredAtNs(const std::vector<LoadAnswer>& answers, int
   return recovered;
 }
 
+bool WaitForRecovery(const CheckLoad& load, int targets, int64_t since_ns,
+                     const std::function<Source(int target)>& decided,
+                     const std::function<bool(const LoadAnswer&)>& which, int64_t wait_ms,
+                     int64_t stable_ms) {
+  const int64_t deadline = since_ns + wait_ms * 1'000'000;
+  while (SteadyNowNs() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::vector<LoadAnswer> answers = load.Snapshot();
+    int64_t latest = 0;
+    bool all = true;
+    for (int target = 0; target < targets && all; ++target) {
+      std::optional<int64_t> at = RecoveredAtNs(answers, target, since_ns, decided(target), which);
+      all = at.has_value();
+      if (at) latest = std::max(latest, *at);
+    }
+    if (all && SteadyNowNs() >= latest + stable_ms * 1'000'000) return true;
+  }
+  return false;
+}
+
+size_t MaxInAnyInterval(const std::vector<int64_t>& sorted, int64_t length_ns) {
+  size_t best = 0;
+  size_t lo = 0;
+  for (size_t hi = 0; hi < sorted.size(); ++hi) {
+    while (sorted[hi] - sorted[lo] > length_ns) ++lo;
+    best = std::max(best, hi - lo + 1);
+  }
+  return best;
+}
+
 std::string Describe(const LoadAnswer& a, int64_t origin_ns) {
   char buf[256];
   if (!a.answered) {

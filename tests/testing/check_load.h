@@ -134,6 +134,18 @@ std::optional<int64_t> RecoveredAtNs(const std::vector<LoadAnswer>& answers, int
                                      int64_t since_ns, Source decided,
                                      const std::function<bool(const LoadAnswer&)>& which);
 
+// Polls `load` until every target (0 .. targets - 1) has recovered after `since_ns` (see
+// RecoveredAtNs: answers matching `which` from `decided(target)`) and stayed so for `stable_ms`,
+// or until `wait_ms` after since_ns. Returns whether all recovered.
+bool WaitForRecovery(const CheckLoad& load, int targets, int64_t since_ns,
+                     const std::function<Source(int target)>& decided,
+                     const std::function<bool(const LoadAnswer&)>& which, int64_t wait_ms,
+                     int64_t stable_ms);
+
+// The most of `sorted` (nanoseconds, ascending) that lie in one closed interval of length
+// `length_ns`: admissions per interval, for the bound capacity + rate * (T + ...).
+size_t MaxInAnyInterval(const std::vector<int64_t>& sorted, int64_t length_ns);
+
 // A one-line description of an answer for failure messages.
 std::string Describe(const LoadAnswer& a, int64_t origin_ns);
 

@@ -85,6 +85,15 @@ std::string Parent(const std::string& path) {
 
 }  // namespace
 
+ProcessResult RunAsServerUser(const std::vector<std::string>& argv, const std::string& cwd,
+                              int timeout_ms) {
+  std::vector<std::string> full = {"/bin/sh", "-c", "cd \"$1\" || exit 125; shift; exec \"$@\"",
+                                   "sh", cwd};
+  if (geteuid() == 0) full.insert(full.end(), {"/usr/sbin/runuser", "-u", "postgres", "--"});
+  full.insert(full.end(), argv.begin(), argv.end());
+  return RunProcess(full, {}, timeout_ms);
+}
+
 PgServer::PgServer(std::string data_dir, std::string bin_dir)
     : data_dir_(std::move(data_dir)), bin_dir_(std::move(bin_dir)), log_path_(TestPgLogPath()) {
   if (log_path_.empty() && !data_dir_.empty()) log_path_ = Parent(data_dir_) + "/server.log";
@@ -107,15 +116,11 @@ bool PgServer::Running() const {
 
 Status PgServer::PgCtl(const std::vector<std::string>& args, const std::string& what) const {
   if (!ok()) return Status::Unavailable("no test server: RATELIMIT_TEST_PG_DATA/_BIN are unset");
-  // PostgreSQL refuses to run as root, and its tools need a working directory their user may
-  // read: the directory that holds the data directory (with-postgres.sh's, owned by that user).
-  std::vector<std::string> argv = {"/bin/sh", "-c", "cd \"$1\" || exit 125; shift; exec \"$@\"",
-                                   "sh", Parent(data_dir_)};
-  if (geteuid() == 0) argv.insert(argv.end(), {"/usr/sbin/runuser", "-u", "postgres", "--"});
-  argv.push_back(bin_dir_ + "/pg_ctl");
+  std::vector<std::string> argv = {bin_dir_ + "/pg_ctl"};
   argv.insert(argv.end(), args.begin(), args.end());
-  // pg_ctl gives up after kPgCtlTimeoutS itself; this is for a pg_ctl that does not.
-  const ProcessResult r = RunProcess(argv, {}, (kPgCtlTimeoutS + 10) * 1000);
+  // The directory that holds the data directory (with-postgres.sh's, owned by that user). pg_ctl
+  // gives up after kPgCtlTimeoutS itself; this is for a pg_ctl that does not.
+  const ProcessResult r = RunAsServerUser(argv, Parent(data_dir_), (kPgCtlTimeoutS + 10) * 1000);
   if (r.exit_code == 0) return Status::Ok();
   return Status::IoError("pg_ctl " + what + " failed (exit " + std::to_string(r.exit_code) +
                          "): " + r.out + r.err);

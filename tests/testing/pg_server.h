@@ -8,8 +8,15 @@
 #include <vector>
 
 #include "schema/status.h"
+#include "tests/testing/sidecar_process.h"
 
 namespace ratelimit {
+
+// Runs `argv` from the directory `cwd` as the OS user of PostgreSQL servers: `postgres` under
+// root (PostgreSQL refuses root, and its tools need a working directory that user may read),
+// else this process's user. Waits up to `timeout_ms`, as RunProcess.
+ProcessResult RunAsServerUser(const std::vector<std::string>& argv, const std::string& cwd,
+                              int timeout_ms);
 
 // The server that scripts/with-postgres.sh started for this test process (its data directory and
 // binaries come from RATELIMIT_TEST_PG_DATA and RATELIMIT_TEST_PG_BIN). Stopping or freezing a
