@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The database load of one lease-mode sidecar at 1, 100 and 10,000 busy keys: transactions per
+# second, the figure that sizes a pooler (README, "Connection budget").
+#   scripts/bench-budget.sh [SECONDS] [ROUNDS]   (default 10 s per run, 3 rounds)
+# Each run: a fresh table, one sidecar in lease mode with its admin server on a free port, one
+# ratelimit-bench of SECONDS over K keys drawn uniformly, RATE_LIMIT_BENCH_CONNECTIONS x
+# RATE_LIMIT_BENCH_DEPTH checks in flight (default 1 x 16: as fast as the sidecar answers), with
+# two policies: 100 per minute per key (RATE_LIMIT_BENCH_LIMIT / _WINDOW_MS; every key is checked
+# faster than it refills, as a busy API key is) and one so large that no key is ever short
+# (each key's leases then follow its demand). ratelimit_db_transactions_total and the transaction
+# time histogram are read before and after; "busy" is the sessions busy on average (Little's
+# law: transactions per second x mean transaction time). Medians of ROUNDS runs at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+rounds=${2:-3}
+if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
+  exec scripts/with-postgres.sh "$0" "$@"
+fi
+source scripts/bench-common.sh
+work=$(mktemp -d /tmp/rlbench-XXXXXX)
+trap bench_cleanup EXIT
+connections=${RATE_LIMIT_BENCH_CONNECTIONS:-1}
+depth=${RATE_LIMIT_BENCH_DEPTH:-16}
+limit=${RATE_LIMIT_BENCH_LIMIT:-100}
+window_ms=${RATE_LIMIT_BENCH_WINDOW_MS:-60000}
+
+# A TCP port on 127.0.0.1 that nothing listens on now.
+pick_port() {
+  local port
+  while true; do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+}
+
+# metric PORT NAME: the value of the unlabelled series NAME on the admin server at PORT.
+metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
+
+# snapshot PORT: "transactions duration_sum duration_count" now.
+snapshot() {
+  echo "$(metric "$1" ratelimit_db_transactions_total)" \
+    "$(metric "$1" ratelimit_db_transaction_duration_seconds_sum)" \
+    "$(metric "$1" ratelimit_db_transaction_duration_seconds_count)"
+}
+
+# run NAME KEYS LIMIT WINDOW_MS: one measured run; sets `result` to "checks/s tx/s mean_ms busy".
+run() {
+  local name=$1 keys=$2 run_limit=$3 run_window=$4 port before after line
+  port=$(pick_port)
+  start_sidecar "$name" RATE_LIMIT_STORE=postgres RATE_LIMIT_MODE=lease \
+    DATABASE_URL="$RATELIMIT_TEST_DATABASE_URL" RATE_LIMIT_PG_TABLE="$name" \
+    RATE_LIMIT_ADMIN_ADDR="127.0.0.1:$port"
+  wait_ready "$name"
+  before=$(snapshot "$port")
+  line=$(bench "$name" --connections "$connections" --depth "$depth" --duration-s "$seconds" \
+    --keys "$keys" --key-dist uniform --limit "$run_limit" --window-ms "$run_window")
+  # The sidecar publishes its counters every 250 ms.
+  sleep 0.5
+  after=$(snapshot "$port")
+  kill -TERM "${bench_pids[-1]}"
+  wait "${bench_pids[-1]}" || true
+  result=$(awk -v b="$before" -v a="$after" -v s="$seconds" -v cps="$(field checks_per_s <<<"$line")" \
+    'BEGIN { split(b, x, " "); split(a, y, " "); tx = y[1] - x[1]; n = y[3] - x[3]
+             mean = n > 0 ? (y[2] - x[2]) / n : 0
+             printf "%.0f %.1f %.3f %.3f\n", cps, tx / s, mean * 1000, tx / s * mean }')
+}
+
+policies=("$limit/$window_ms" "1000000000/60000")
+declare -A cps tps mean busy
+for round in $(seq 1 "$rounds"); do
+  for policy in "${policies[@]}"; do
+    for keys in 1 100 10000; do
+      name="budget_${keys}_${policy%%/*}_$round"
+      run "$name" "$keys" "${policy%%/*}" "${policy##*/}"
+      read -r c t m b <<<"$result"
+      echo "round $round, $keys keys, $policy ms: $c checks/s, $t transactions/s," \
+        "$m ms per transaction, $b sessions busy"
+      cps[$policy,$keys]+="$c " tps[$policy,$keys]+="$t " mean[$policy,$keys]+="$m "
+      busy[$policy,$keys]+="$b "
+    done
+  done
+done
+
+echo
+echo "one lease-mode sidecar, $connections connection(s) x $depth in flight, ${seconds} s runs" \
+  "(median of $rounds):"
+printf '%-18s %8s %12s %14s %12s %10s\n' policy keys checks/s transactions/s "ms per tx" busy
+for policy in "${policies[@]}"; do
+  for keys in 1 100 10000; do
+    # shellcheck disable=SC2086  # Word splitting of the lists is wanted.
+    printf '%-18s %8s %12s %14s %12s %10s\n' "$policy ms" "$keys" \
+      "$(median ${cps[$policy,$keys]})" "$(median ${tps[$policy,$keys]})" \
+      "$(median ${mean[$policy,$keys]})" "$(median ${busy[$policy,$keys]})"
+  done
+done
