@@ -356,6 +356,11 @@ TEST_P(PgBouncerTest, StatementPoolingIsNeverReadyAndChecksGoToTheFallback) {
     pg_test::ExpectFallbackDenial(*r);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  // Said once, as an error that names the cause, not once per attempt.
+  const std::string log = sidecar.Stderr();
+  EXPECT_EQ(
+      LinesContaining(log, {"\"level\":\"error\"", "pooler in statement pooling mode"}).size(), 1u)
+      << log;
   StopSidecars();
 }
 
