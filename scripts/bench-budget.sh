@@ -28,18 +28,6 @@ warmup=${RATE_LIMIT_BENCH_WARMUP_S:-3}
 limit=${RATE_LIMIT_BENCH_LIMIT:-100}
 window_ms=${RATE_LIMIT_BENCH_WINDOW_MS:-60000}
 
-# A TCP port on 127.0.0.1 that nothing listens on now.
-pick_port() {
-  local port
-  while true; do
-    port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-}
-
 # metric PORT NAME: the value of the unlabelled series NAME on the admin server at PORT.
 metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
 
@@ -55,11 +43,14 @@ snapshot() {
 # "checks/s tx/s mean_ms busy operations_per_tx".
 run() {
   local name=$1 keys=$2 run_limit=$3 run_window=$4 port before after line t0 t1
-  port=$(pick_port)
+  # The admin server takes a free port and logs it (at info level): this sidecar's line is the
+  # last one, since the sidecars run one after another.
   start_sidecar "$name" RATE_LIMIT_STORE=postgres RATE_LIMIT_MODE=lease \
     DATABASE_URL="$RATELIMIT_TEST_DATABASE_URL" RATE_LIMIT_PG_TABLE="$name" \
-    RATE_LIMIT_ADMIN_ADDR="127.0.0.1:$port"
+    RATE_LIMIT_ADMIN_ADDR=127.0.0.1:0 RATE_LIMIT_LOG_LEVEL=info
   wait_ready "$name"
+  port=$(grep '"msg":"admin server listening"' "$work/sidecars.log" | tail -1 |
+    sed -E 's/.*"port":([0-9]+).*/\1/')
   local load=(--connections "$connections" --depth "$depth" --keys "$keys" --key-dist uniform
     --limit "$run_limit" --window-ms "$run_window")
   bench "$name" --duration-s "$warmup" "${load[@]}" >/dev/null
