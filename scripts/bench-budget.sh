@@ -14,14 +14,10 @@
 # time), which is what a pod costs a transaction-pooling pooler. Medians of ROUNDS at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-common.sh
+bench_start "$0" "$@"
 seconds=${1:-10}
 rounds=${2:-3}
-if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
-  exec scripts/with-postgres.sh "$0" "$@"
-fi
-source scripts/bench-common.sh
-work=$(mktemp -d /tmp/rlbench-XXXXXX)
-trap bench_cleanup EXIT
 connections=${RATE_LIMIT_BENCH_CONNECTIONS:-1}
 depth=${RATE_LIMIT_BENCH_DEPTH:-256}
 warmup=${RATE_LIMIT_BENCH_WARMUP_S:-3}
