@@ -1,8 +1,20 @@
 # Shared by the PostgreSQL benchmark scripts (sourced, not run): private PostgreSQL, sidecars on
 # Unix sockets in a scratch directory, ratelimit-bench runs and their JSON lines.
-# Callers set `work` (a scratch directory) and call bench_cleanup on exit.
+# Callers start with bench_start, or set `work` (a scratch directory) and call bench_cleanup on
+# exit.
 
 bench_pids=()
+
+# bench_start SCRIPT ARGS...: how a benchmark script starts: run again under
+# scripts/with-postgres.sh unless a test database is set already, then the scratch directory
+# `work`, removed on exit with every sidecar started.
+bench_start() {
+  if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
+    exec scripts/with-postgres.sh "$@"
+  fi
+  work=$(mktemp -d /tmp/rlbench-XXXXXX)
+  trap bench_cleanup EXIT
+}
 
 bench_cleanup() {
   for pid in "${bench_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -11,14 +11,10 @@
 #    RATE_LIMIT_BENCH_DEPTH checks in flight, default 16); ROUNDS times. Medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-common.sh
+bench_start "$0" "$@"
 seconds=${1:-5}
 rounds=${2:-3}
-if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
-  exec scripts/with-postgres.sh "$0" "$@"
-fi
-source scripts/bench-common.sh
-work=$(mktemp -d /tmp/rlbench-XXXXXX)
-trap bench_cleanup EXIT
 connections=${RATE_LIMIT_BENCH_CONNECTIONS:-1}
 depth=${RATE_LIMIT_BENCH_DEPTH:-16}
 policy=(--keys 1 --limit 1000000000 --window-ms 1000)

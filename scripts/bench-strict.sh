@@ -7,15 +7,11 @@
 # over fewer connections, each with several in flight.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-10}
-if [ -z "${RATELIMIT_TEST_DATABASE_URL:-}" ]; then
-  exec scripts/with-postgres.sh "$0" "$@"
-fi
 source scripts/bench-common.sh
+bench_start "$0" "$@"
+seconds=${1:-10}
 sidecars=3
 clients=${RATE_LIMIT_BENCH_CLIENTS:-16}
-work=$(mktemp -d /tmp/rlbench-XXXXXX)
-trap bench_cleanup EXIT
 
 # The older gateway: BEGIN; INSERT .. ON CONFLICT DO NOTHING; SELECT .. FOR UPDATE; UPDATE;
 # COMMIT for every check, all clients on one hot key.

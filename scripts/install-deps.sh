@@ -8,6 +8,7 @@ packages=(
   libmicrohttpd-dev                      # admin HTTP server (metrics, health)
   libssl-dev                             # libcrypto: SHA-256 of keys at rest
   postgresql-15 postgresql-client-15     # throwaway test server (scripts/with-postgres.sh)
+  pgbouncer                              # a transaction-pooling pooler for tests/pg/pgbouncer_test
   flatbuffers-compiler libflatbuffers-dev  # wire format (flatc and headers of the same version)
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
   clang libclang-rt-14-dev clang-format  # libFuzzer target, format check

@@ -38,6 +38,18 @@ std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
 
 }  // namespace
 
+StatementMode ResolveStatements(PgStatements setting, bool url_says_pgbouncer) {
+  switch (setting) {
+    case PgStatements::kPrepared:
+      return StatementMode::kPrepared;
+    case PgStatements::kUnnamed:
+      return StatementMode::kUnnamed;
+    case PgStatements::kAuto:
+    default:
+      return url_says_pgbouncer ? StatementMode::kUnnamed : StatementMode::kPrepared;
+  }
+}
+
 Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
                      const EngineSecrets& secrets) {
   Engines engines;
@@ -49,8 +61,16 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
   }
   const CleanConninfo url = StripOrmParametersOrKeep(config.database_url);
   engines.pg_store = std::make_unique<PgStore>(
-      loop, PgStoreOptions{url.conninfo, TableForUrl(config.pg_table, url), config.pg_create_table,
-                           config.pg_key_hash, config.pg_connections, config.pg_timeout_ms});
+      loop, PgStoreOptions{
+                .conninfo = url.conninfo,
+                .table = TableForUrl(config.pg_table, url),
+                .create_table = config.pg_create_table,
+                .key_hashing = config.pg_key_hash,
+                .connections = config.pg_connections,
+                .timeout_ms = config.pg_timeout_ms,
+                .statements = ResolveStatements(config.pg_statements, url.pgbouncer),
+                .adapt_statements = config.pg_statements == PgStatements::kAuto,
+            });
   engines.fallback = std::make_unique<Fallback>(
       config.fallback,
       config.fallback == FallbackPolicy::kLocal

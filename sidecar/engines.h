@@ -53,6 +53,11 @@ struct Engines {
   }
 };
 
+// RATE_LIMIT_PG_STATEMENTS as the store runs it: `auto` is prepared statements (parsed once per
+// connection: the cheaper on a direct connection, see BENCHMARKS.md) unless the URL says a
+// PgBouncer is in between (`pgbouncer=true`), then unnamed ones.
+StatementMode ResolveStatements(PgStatements setting, bool url_says_pgbouncer);
+
 // Builds the engines `config` asks for. Nothing starts: the store connects on PgStore::Start.
 // `clock` must outlive the result.
 Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,

@@ -22,6 +22,8 @@ namespace ratelimit {
 
 enum class StoreKind { kMemory, kPostgres };
 enum class StoreMode { kLease, kStrict };
+// RATE_LIMIT_PG_STATEMENTS: how the PostgreSQL store sends its SQL; BuildEngines resolves kAuto.
+enum class PgStatements { kAuto, kPrepared, kUnnamed };
 
 // RATE_LIMIT_ADMIN_ADDR: where the admin HTTP server (metrics, health) listens. The host is an
 // IPv4 literal, a bracketed IPv6 literal or a name resolved once at start-up; port 0 takes a
@@ -56,6 +58,7 @@ struct Config {
   KeyHashing pg_key_hash = KeyHashing::kSha256;
   uint32_t pg_connections = 2;
   uint32_t pg_timeout_ms = 250;
+  PgStatements pg_statements = PgStatements::kAuto;
   LogLevel log_level = LogLevel::kInfo;
   std::optional<AdminAddress> admin_addr;  // Empty: no admin server.
 };

@@ -18,6 +18,9 @@ constexpr Word<StoreMode> kModes[] = {{"lease", StoreMode::kLease}, {"strict", S
 constexpr Word<bool> kBooleans[] = {{"true", true}, {"false", false}};
 constexpr Word<KeyHashing> kKeyHashings[] = {{"sha256", KeyHashing::kSha256},
                                              {"none", KeyHashing::kNone}};
+constexpr Word<PgStatements> kStatements[] = {{"auto", PgStatements::kAuto},
+                                              {"prepared", PgStatements::kPrepared},
+                                              {"unnamed", PgStatements::kUnnamed}};
 constexpr Word<FallbackPolicy> kFallbacks[] = {{"local", FallbackPolicy::kLocal},
                                                {"allow", FallbackPolicy::kAllow},
                                                {"deny", FallbackPolicy::kDeny}};
@@ -134,6 +137,13 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "PostgreSQL store: a transaction not answered this soon fails over to the "
                  "fallback, and its session reconnects. A connection attempt gets at least "
                  "1000 ms."),
+    MakeVariable("RATE_LIMIT_PG_STATEMENTS", OneOf<PgStatements>{kStatements},
+                 &Config::pg_statements,
+                 "PostgreSQL store: `prepared` statements (parsed once per connection), "
+                 "`unnamed` ones (parsed in each transaction: what a transaction-pooling pooler "
+                 "such as PgBouncer 1.18 needs), or `auto`: unnamed if `DATABASE_URL` says "
+                 "`pgbouncer=true`, else prepared until a pooler is seen to lose them, then "
+                 "unnamed; see [poolers](#poolers-pgbouncer)."),
     // While the database cannot decide.
     MakeVariable("RATE_LIMIT_FALLBACK", OneOf<FallbackPolicy>{kFallbacks}, &Config::fallback,
                  "PostgreSQL store: how checks are answered while the database cannot decide "

@@ -12,10 +12,19 @@
 
 namespace ratelimit {
 
-// One statement of a pipeline: SQL with $n placeholders and its parameters as text. A statement
-// with a `name` is prepared once per connection (parsed and planned once, inside the same
-// pipeline as its first use) and executed by name afterwards; the same name must always carry
-// the same SQL.
+// How a session sends the statements that have a name (RATE_LIMIT_PG_STATEMENTS, resolved):
+//   kPrepared  prepared once per connection (parsed and planned once, inside the same pipeline
+//              as its first use) and executed by name afterwards;
+//   kUnnamed   parsed, bound and executed as the unnamed statement every time, inside the
+//              pipeline that uses it: nothing outlives the transaction, which is what a
+//              transaction-pooling pooler (PgBouncer before 1.21) needs, since it hands each
+//              transaction to whichever server connection is free.
+// A statement without a name is always sent as in kUnnamed.
+enum class StatementMode { kPrepared, kUnnamed };
+
+// One statement of a pipeline: SQL with $n placeholders and its parameters as text. The `name`
+// of a statement is its prepared statement's name under StatementMode::kPrepared; the same name
+// must always carry the same SQL.
 struct PgQuery {
   std::string sql;
   std::vector<std::string> params = {};

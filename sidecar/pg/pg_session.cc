@@ -1,7 +1,6 @@
 // PgSession: one non-blocking libpq connection driven by the libuv loop, in pipeline mode.
 #include "sidecar/pg/pg_session.h"
 
-#include <algorithm>
 #include <utility>
 
 #include "sidecar/log/log.h"
@@ -18,11 +17,32 @@ std::string ConnError(PGconn* conn) {
 
 }  // namespace
 
-PgSession::PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state)
+std::vector<PipelineEntry> PlanPipeline(std::span<const PgQuery> queries, StatementMode mode,
+                                        const std::unordered_set<std::string>& prepared) {
+  using Kind = PipelineEntry::Kind;
+  std::vector<PipelineEntry> entries;
+  std::unordered_set<std::string> preparing;  // Prepared by this pipeline.
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const std::string& name = queries[q].name;
+    if (name.empty() || mode == StatementMode::kUnnamed) {
+      entries.push_back({Kind::kExecuteUnnamed, q});
+      continue;
+    }
+    if (!prepared.count(name) && preparing.insert(name).second) {
+      entries.push_back({Kind::kPrepare, q});
+    }
+    entries.push_back({Kind::kExecutePrepared, q});
+  }
+  return entries;
+}
+
+PgSession::PgSession(uv_loop_t* loop, std::string conninfo, const StatementMode& statements,
+                     StateListener on_state)
     : loop_(loop),
       conninfo_(std::move(conninfo)),
       password_(ConninfoPassword(conninfo_)),
       params_(ParseConnParams(conninfo_)),
+      statements_(statements),
       on_state_(std::move(on_state)) {}
 
 PgSession::~PgSession() { Close(); }
@@ -210,49 +230,45 @@ void PgSession::OnSocketEvent(int status, int events) {
 
 void PgSession::Run(std::vector<PgQuery> queries, PipelineDone done) {
   done_ = std::move(done);
+  queries_ = std::move(queries);
+  entries_ = PlanPipeline(queries_, statements_, prepared_);
   results_.clear();
-  entry_statement_.clear();
-  entry_prepare_.clear();
+  results_.resize(entries_.size());
   index_ = 0;
   awaiting_end_of_statement_ = false;
   statement_error_.clear();
   statement_sqlstate_.clear();
   TransitionTo(State::kBusy);
-  for (size_t q = 0; q < queries.size(); ++q) {
-    const PgQuery& query = queries[q];
-    std::vector<const char*> values;
-    values.reserve(query.params.size());
-    for (const std::string& p : query.params) values.push_back(p.c_str());
-    const int n = static_cast<int>(values.size());
-    int sent = 1;
-    if (query.name.empty()) {
-      sent = PQsendQueryParams(conn_.get(), query.sql.c_str(), n, nullptr, values.data(), nullptr,
-                               nullptr, 0);
-    } else {
-      if (!prepared_.count(query.name) && std::find(entry_prepare_.begin(), entry_prepare_.end(),
-                                                    query.name) == entry_prepare_.end()) {
-        sent = PQsendPrepare(conn_.get(), query.name.c_str(), query.sql.c_str(), n, nullptr);
-        entry_statement_.push_back(-1);
-        entry_prepare_.push_back(query.name);
-      }
-      sent = sent == 1 ? PQsendQueryPrepared(conn_.get(), query.name.c_str(), n, values.data(),
-                                             nullptr, nullptr, 0)
-                       : sent;
-    }
-    if (sent != 1) {
+  for (const PipelineEntry& entry : entries_) {
+    if (!Send(entry)) {
       Fail(ConnError(conn_.get()));
       return;
     }
-    entry_statement_.push_back(static_cast<int>(q));
-    entry_prepare_.emplace_back();
   }
-  expected_ = entry_statement_.size();
-  results_.resize(expected_);
   if (PQpipelineSync(conn_.get()) != 1) {
     Fail(ConnError(conn_.get()));
     return;
   }
   Flush();
+}
+
+bool PgSession::Send(const PipelineEntry& entry) {
+  const PgQuery& query = queries_[entry.statement];
+  std::vector<const char*> values;
+  values.reserve(query.params.size());
+  for (const std::string& p : query.params) values.push_back(p.c_str());
+  const int n = static_cast<int>(values.size());
+  switch (entry.kind) {
+    case PipelineEntry::Kind::kPrepare:
+      return PQsendPrepare(conn_.get(), query.name.c_str(), query.sql.c_str(), n, nullptr) == 1;
+    case PipelineEntry::Kind::kExecutePrepared:
+      return PQsendQueryPrepared(conn_.get(), query.name.c_str(), n, values.data(), nullptr,
+                                 nullptr, 0) == 1;
+    case PipelineEntry::Kind::kExecuteUnnamed:
+    default:
+      return PQsendQueryParams(conn_.get(), query.sql.c_str(), n, nullptr, values.data(), nullptr,
+                               nullptr, 0) == 1;
+  }
 }
 
 void PgSession::Flush() {
@@ -282,18 +298,18 @@ void PgSession::ReadResults() {
       // Remember what got prepared, even in a pipeline that failed later on.
       std::vector<PgResultPtr> statements;
       for (size_t i = 0; i < results_.size(); ++i) {
-        if (entry_statement_[i] >= 0) {
+        if (entries_[i].kind != PipelineEntry::Kind::kPrepare) {
           statements.push_back(std::move(results_[i]));
         } else if (results_[i] != nullptr &&
                    PQresultStatus(results_[i].get()) == PGRES_COMMAND_OK) {
-          prepared_.insert(entry_prepare_[i]);
+          prepared_.insert(queries_[entries_[i].statement].name);
         }
       }
       if (!statement_error_.empty()) {
         Finish(Status::IoError(Redacted(statement_error_)));
-      } else if (index_ != expected_) {
+      } else if (index_ != entries_.size()) {
         Finish(Status::IoError("database answered " + std::to_string(index_) + " of " +
-                               std::to_string(expected_) + " statements"));
+                               std::to_string(entries_.size()) + " statements"));
       } else {
         Finish(std::move(statements));
       }
@@ -334,7 +350,11 @@ std::string PgSession::Redacted(std::string message) const {
 }
 
 void PgSession::Fail(const std::string& message) {
-  last_error_ = Redacted(message);
+  // An error answered to the pipeline in flight just before the connection went away is most
+  // often why it went away (a pooler refusing the transaction, pg_terminate_backend), while
+  // libpq only says that the server closed the connection: keep it in front.
+  const bool explained = state_ == State::kBusy && !statement_error_.empty();
+  last_error_ = Redacted(explained ? statement_error_ + "; then " + message : message);
   StopWatching();
   conn_.reset();
   PipelineDone done = std::move(done_);

@@ -5,8 +5,10 @@
 #include <libpq-fe.h>
 #include <uv.h>
 
+#include <cstddef>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -18,18 +20,39 @@
 
 namespace ratelimit {
 
+// One entry of a pipeline as PgSession sends it: the Parse of a prepared statement, or the
+// execution of statement `statement` of the pipeline, by name or as the unnamed statement.
+struct PipelineEntry {
+  enum class Kind { kPrepare, kExecutePrepared, kExecuteUnnamed };
+  Kind kind;
+  size_t statement;  // Index in the pipeline's statements (the one prepared, for kPrepare).
+  bool operator==(const PipelineEntry&) const = default;
+};
+
+// How `queries` are sent on a connection where the names in `prepared` are prepared already:
+// under kPrepared a named statement gets a kPrepare before its first use on the connection
+// (once per pipeline), then kExecutePrepared; a statement without a name, and every statement
+// under kUnnamed, is kExecuteUnnamed (PQsendQueryParams: parsed in this pipeline, nothing left
+// on the connection).
+std::vector<PipelineEntry> PlanPipeline(std::span<const PgQuery> queries, StatementMode mode,
+                                        const std::unordered_set<std::string>& prepared);
+
 // Connects without blocking (a host name resolved with uv_getaddrinfo, then
 // PQconnectStartParams/PQconnectPoll under uv_poll), then runs pipelines:
 // a list of statements sent at once, followed by one Sync, answered in one round trip. Within
 // an explicit transaction (BEGIN ... COMMIT spread over several pipelines) a Sync does not end
-// the transaction, so a transaction of two pipelines costs two round trips.
+// the transaction, so a transaction of two pipelines costs two round trips. Statements are sent
+// as PlanPipeline says for the StatementMode `statements` holds at each Run: the store owns it
+// and may switch it to kUnnamed at run time (RATE_LIMIT_PG_STATEMENTS=auto).
 //
 // The DbSession contract holds; Close() -> kClosed at once, libuv releasing the poll handle
 // later. Thread-safety: the loop thread only. Owned by the SessionPool; its callbacks never
 // outlive it because Close() fails the pipeline in flight before returning.
 class PgSession final : public DbSession {
  public:
-  PgSession(uv_loop_t* loop, std::string conninfo, StateListener on_state);
+  // `statements` must outlive the session.
+  PgSession(uv_loop_t* loop, std::string conninfo, const StatementMode& statements,
+            StateListener on_state);
   ~PgSession() override;
   PgSession(const PgSession&) = delete;
   PgSession& operator=(const PgSession&) = delete;
@@ -42,7 +65,10 @@ class PgSession final : public DbSession {
   State state() const override { return state_; }
   // A statement error is the server's terse text plus its SQLSTATE, without DETAIL, HINT or
   // CONTEXT, which may quote row values such as keys. The same text is in the error statuses
-  // that Run passes to `done`.
+  // that Run passes to `done`. A connection lost during a pipeline whose statement had failed
+  // keeps that statement's error in front of libpq's ("FATAL: transaction blocks not allowed
+  // in statement pooling mode (SQLSTATE 08P01); then server closed the connection ...") and
+  // its SQLSTATE in last_sqlstate().
   const std::string& last_error() const override { return last_error_; }
   const std::string& last_sqlstate() const override { return statement_sqlstate_; }
 
@@ -53,6 +79,7 @@ class PgSession final : public DbSession {
   void StartConnecting(const std::string& hostaddr);
   void PollConnect();
   void OnSocketEvent(int status, int events);
+  bool Send(const PipelineEntry& entry);
   void Flush();
   void ReadResults();
   void Finish(Result<std::vector<PgResultPtr>> results);
@@ -66,6 +93,7 @@ class PgSession final : public DbSession {
   const std::string conninfo_;
   const std::string password_;  // From conninfo_, to mask it in every message kept.
   const ConnParams params_;     // conninfo_ parsed once, for every connection attempt.
+  const StatementMode& statements_;
   StateListener on_state_;
   State state_ = State::kNew;
   PgConnPtr conn_;
@@ -81,13 +109,11 @@ class PgSession final : public DbSession {
   // Statements prepared on the current connection.
   std::unordered_set<std::string> prepared_;
 
-  // The pipeline in flight. Its entries are the statements plus a Prepare before each first use
-  // of a name; entry_statement_[i] is the statement index of entry i, or -1 for a Prepare.
+  // The pipeline in flight: its statements, and what was sent for them (PlanPipeline).
   PipelineDone done_;
+  std::vector<PgQuery> queries_;
+  std::vector<PipelineEntry> entries_;
   std::vector<PgResultPtr> results_;  // One per entry.
-  std::vector<int> entry_statement_;
-  std::vector<std::string> entry_prepare_;  // The name an entry prepares, else empty.
-  size_t expected_ = 0;
   size_t index_ = 0;
   bool awaiting_end_of_statement_ = false;
   std::string statement_error_;

@@ -11,11 +11,13 @@ namespace ratelimit {
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
     : PgStore(loop, std::move(options), [loop, this](DbSession::StateListener on_state) {
         // Called while the pool is built, once options_ is.
-        return std::make_unique<PgSession>(loop, options_.conninfo, std::move(on_state));
+        return std::make_unique<PgSession>(loop, options_.conninfo, statements_.mode(),
+                                           std::move(on_state));
       }) {}
 
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory& make_session)
     : options_(std::move(options)),
+      statements_(options_.statements, options_.adapt_statements),
       pool_(
           loop,
           SessionPoolOptions{options_.connections, options_.timeout_ms, options_.table.Plain(), {}},
@@ -26,7 +28,7 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory
       transaction_context_{
           pool_, metrics_, options_.table.Quoted(), options_.timeout_ms, options_.key_hashing,
           [this](std::string_view sqlstate, const Status& status) {
-            keeper_.OnTransactionFailed(sqlstate, status);
+            OnTransactionFailed(sqlstate, status);
           },
           // After a failed transaction (one that may have found the table unusable): check the
           // table again on its session, unless it is known to be usable.
@@ -45,13 +47,20 @@ void PgStore::OnConnected(SessionPool::Slot& slot) {
   if (!keeper_.ready()) keeper_.Ensure(slot);
 }
 
-size_t PgStore::free_slots() const { return keeper_.ready() ? pool_.free_slots() : 0; }
+void PgStore::OnTransactionFailed(std::string_view sqlstate, const Status& status) {
+  keeper_.OnTransactionFailed(sqlstate, status);
+  // Not ready any more after a statement pooler: the failed Take's answer, which follows, makes
+  // the checks still queued look at readiness again.
+  statements_.OnTransactionFailed(sqlstate, status.message());
+}
 
-bool PgStore::ready() const { return keeper_.ready() && pool_.serving(); }
+size_t PgStore::free_slots() const { return ready_for_takes() ? pool_.free_slots() : 0; }
+
+bool PgStore::ready() const { return ready_for_takes() && pool_.serving(); }
 
 void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
   SessionPool::Slot* slot = pool_.FreeSlot(SessionPool::End::kFirst);
-  if (slot == nullptr || !keeper_.ready()) {  // A broken contract: answer rather than crash.
+  if (slot == nullptr || !ready_for_takes()) {  // A broken contract: answer rather than crash.
     done(Status::Unavailable("no free database session"));
     return;
   }

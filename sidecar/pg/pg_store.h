@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sidecar/core/shared_store.h"
@@ -15,6 +16,7 @@
 #include "sidecar/pg/key_digest.h"
 #include "sidecar/pg/pg_store_metrics.h"
 #include "sidecar/pg/session_pool.h"
+#include "sidecar/pg/statement_strategy.h"
 #include "sidecar/pg/table_keeper.h"
 #include "sidecar/pg/table_name.h"
 
@@ -27,6 +29,10 @@ struct PgStoreOptions {
   KeyHashing key_hashing = KeyHashing::kSha256;  // RATE_LIMIT_PG_KEY_HASH.
   size_t connections = 2;                        // RATE_LIMIT_PG_CONNECTIONS.
   uint32_t timeout_ms = 250;                     // RATE_LIMIT_PG_TIMEOUT_MS.
+  // RATE_LIMIT_PG_STATEMENTS as resolved at start-up (see StatementStrategy); with
+  // adapt_statements (it said `auto`) kPrepared turns kUnnamed when a pooler loses them.
+  StatementMode statements = StatementMode::kPrepared;
+  bool adapt_statements = false;
 };
 
 // A SharedStore on `connections` PgSessions, composed of three pieces, each stating its part of
@@ -44,9 +50,14 @@ struct PgStoreOptions {
 //     store's arithmetic (sidecar/core/shared_bucket.h) -- then UPDATE the rows that changed and
 //     COMMIT, or ROLLBACK when nothing was taken. Keys at rest are SHA-256 digests unless
 //     key_hashing is kNone.
-// ready() is true while a session is connected, the table is usable and the breaker admits
-// transactions; free_slots() counts the sessions a Take may use now. A Take in flight when its
-// session fails or times out fails at once, and the engine above answers by its fallback.
+//   - StatementStrategy (statement_strategy.h): statements prepared or unnamed, and what a
+//     failed transaction says of a pooler in between (a statement pooler makes the store refuse
+//     to run; a transaction pooler losing prepared statements is logged, and under `auto`
+//     answered by switching to unnamed statements).
+// ready() is true while a session is connected, the table is usable, no statement pooler was
+// detected and the breaker admits transactions; free_slots() counts the sessions a Take may use
+// now. A Take in flight when its session fails or times out fails at once, and the engine above
+// answers by its fallback.
 //
 // Thread-safety: the loop thread only. Owns its pieces; Shutdown() must complete before
 // destruction.
@@ -68,13 +79,20 @@ class PgStore final : public SharedStore {
   std::string_view name() const override { return "postgres"; }
 
   const PgStoreMetrics& metrics() const { return metrics_; }
+  // How statements are sent now: options.statements, until `auto` switched it to kUnnamed.
+  StatementMode statement_mode() const { return statements_.mode(); }
 
  private:
   void OnConnected(SessionPool::Slot& slot);
   void OnPieceClosed();
 
+  void OnTransactionFailed(std::string_view sqlstate, const Status& status);
+  bool ready_for_takes() const { return keeper_.ready() && !statements_.refusing(); }
+
   const PgStoreOptions options_;
   PgStoreMetrics metrics_;
+  StatementStrategy statements_;  // Before the pool: its sessions refer to statements_.mode().
+
   SessionPool pool_;
   TableKeeper keeper_;
   const BatchTransaction::Context transaction_context_;

@@ -41,8 +41,9 @@ std::string Describe(const Config& c) {
       << " database_url=" << c.database_url << " pg_table=" << c.pg_table.Plain()
       << " pg_create_table=" << c.pg_create_table
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
-      << " pg_connections=" << c.pg_connections << " lease_ttl_ms=" << c.lease_ttl_ms
-      << " fallback=" << static_cast<int>(c.fallback)
+      << " pg_connections=" << c.pg_connections
+      << " pg_statements=" << static_cast<int>(c.pg_statements)
+      << " lease_ttl_ms=" << c.lease_ttl_ms << " fallback=" << static_cast<int>(c.fallback)
       << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms
       << " admin_addr="
       << (c.admin_addr ? c.admin_addr->host + ":" + std::to_string(c.admin_addr->port) : "none");
@@ -78,6 +79,7 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_TRUE(config->pg_create_table);
   EXPECT_EQ(config->pg_key_hash, KeyHashing::kSha256);
   EXPECT_EQ(config->pg_connections, 2u);
+  EXPECT_EQ(config->pg_statements, PgStatements::kAuto);
   EXPECT_FALSE(config->admin_addr.has_value());
 }
 
@@ -210,6 +212,10 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) { EXPECT_EQ(c.pg_key_hash, KeyHashing::kNone); }},
       {"RATE_LIMIT_PG_CONNECTIONS", "64",
        [](const Config& c) { EXPECT_EQ(c.pg_connections, 64u); }},
+      {"RATE_LIMIT_PG_STATEMENTS", "prepared",
+       [](const Config& c) { EXPECT_EQ(c.pg_statements, PgStatements::kPrepared); }},
+      {"RATE_LIMIT_PG_STATEMENTS", "unnamed",
+       [](const Config& c) { EXPECT_EQ(c.pg_statements, PgStatements::kUnnamed); }},
       {"RATE_LIMIT_LOG_LEVEL", "debug",
        [](const Config& c) { EXPECT_EQ(c.log_level, LogLevel::kDebug); }},
       {"RATE_LIMIT_LOG_LEVEL", "info",
@@ -364,6 +370,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_PG_TABLE", std::string(64, 'a')},
         BadCase{"RATE_LIMIT_PG_CREATE_TABLE", "yes"}, BadCase{"RATE_LIMIT_PG_KEY_HASH", "md5"},
         BadCase{"RATE_LIMIT_PG_CONNECTIONS", "0"}, BadCase{"RATE_LIMIT_PG_CONNECTIONS", "65"},
+        BadCase{"RATE_LIMIT_PG_STATEMENTS", "named"}, BadCase{"RATE_LIMIT_PG_STATEMENTS", "Auto"},
         BadCase{"RATE_LIMIT_LOG_LEVEL", "verbose"}, BadCase{"RATE_LIMIT_LOG_LEVEL", "trace"},
         // Admin addresses without a port, with a bad port or a host that is no host name.
         BadCase{"RATE_LIMIT_ADMIN_ADDR", "9464"}, BadCase{"RATE_LIMIT_ADMIN_ADDR", ":9464"},

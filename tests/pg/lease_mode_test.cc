@@ -238,7 +238,15 @@ void CheckAndRecord(Client& client, const KeySpec& spec, size_t sidecar, ThreadR
   }
 }
 
-TEST(LeaseMode, ThreeSidecarsStayWithinCapacityPlusRateTimesIntervalPlusTtlAdmitNearlyAllSupply) {
+// The bound with each way of sending statements (RATE_LIMIT_PG_STATEMENTS): prepared once per
+// connection, or unnamed, parsed in every transaction as a transaction pooler needs.
+class LeaseModeStatements : public ::testing::TestWithParam<std::string> {};
+
+INSTANTIATE_TEST_SUITE_P(Statements, LeaseModeStatements, ::testing::Values("prepared", "unnamed"),
+                         [](const auto& test) { return test.param; });
+
+TEST_P(LeaseModeStatements,
+       ThreeSidecarsStayWithinCapacityPlusRateTimesIntervalPlusTtlAdmitNearlyAllSupply) {
   REQUIRE_TEST_DATABASE();
   constexpr size_t kSidecars = 3;
   constexpr size_t kHotThreadsPerSidecar = 4;
@@ -254,7 +262,7 @@ TEST(LeaseMode, ThreeSidecarsStayWithinCapacityPlusRateTimesIntervalPlusTtlAdmit
   // 200 of them in the run (8 tokens each), so that chance moves an equal share by about 3
   // points, well inside the 10 allowed; with 200 ms it is twice as coarse.
   constexpr uint32_t kTtlMs = 100;
-  const std::string table = "t_lease_bound";
+  const std::string table = "t_lease_bound_" + GetParam();
   // Index 0 is the hot key. The mix keys are checked at random moments: three far below their
   // rate (10 checks/s per sidecar against 300/s), two at three times their supply (40
   // checks/s per sidecar, 120/s in all, against a refill of 40/s).
@@ -264,11 +272,12 @@ TEST(LeaseMode, ThreeSidecarsStayWithinCapacityPlusRateTimesIntervalPlusTtlAdmit
       {"lease-tight-0", 40, 1000, 5},   {"lease-tight-1", 40, 1000, 5},
   };
   DropTable(table);
-  auto sidecars = StartReadySidecars(
-      kSidecars, LeaseEnv(table, "lease_bound",
-                          {{"RATE_LIMIT_MAX_REQUESTS", "300"},
-                           {"RATE_LIMIT_WINDOW_MS", "1000"},
-                           {"RATE_LIMIT_LEASE_TTL_MS", std::to_string(kTtlMs)}}));
+  auto sidecars =
+      StartReadySidecars(kSidecars, LeaseEnv(table, "lease_bound_" + GetParam(),
+                                             {{"RATE_LIMIT_MAX_REQUESTS", "300"},
+                                              {"RATE_LIMIT_WINDOW_MS", "1000"},
+                                              {"RATE_LIMIT_LEASE_TTL_MS", std::to_string(kTtlMs)},
+                                              {"RATE_LIMIT_PG_STATEMENTS", GetParam()}}));
   ASSERT_EQ(sidecars.size(), kSidecars);
 
   const size_t threads_per_sidecar = kHotThreadsPerSidecar + 1;

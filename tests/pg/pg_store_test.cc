@@ -26,11 +26,13 @@ bool IsTableCheck(const std::vector<PgQuery>& pipeline) {
 
 class PgStoreTest : public testing::Test {
  protected:
-  PgStoreTest() {
+  // `adapt_statements`: RATE_LIMIT_PG_STATEMENTS=auto, resolved to prepared statements.
+  explicit PgStoreTest(bool adapt_statements = false) {
     uv_loop_init(&loop_);
     PgStoreOptions options;
     options.table = TableName{"", "t"};
     options.key_hashing = KeyHashing::kNone;
+    options.adapt_statements = adapt_statements;
     store_ = std::make_unique<PgStore>(&loop_, options, [this](DbSession::StateListener l) {
       auto session = std::make_unique<FakeDbSession>(std::move(l));
       sessions_.push_back(session.get());
@@ -122,6 +124,44 @@ TEST_F(PgStoreTest, ATransactionThatFindsTheTableGoneChecksItAgainOnItsSession) 
   ASSERT_TRUE(IsTableCheck(session(0).runs().back()));
   session(0).Answer(TableCheck("t"));
   EXPECT_TRUE(store_->ready());
+}
+
+class PgStoreAutoStatementsTest : public PgStoreTest {
+ protected:
+  PgStoreAutoStatementsTest() : PgStoreTest(/*adapt_statements=*/true) {}
+};
+
+TEST_F(PgStoreAutoStatementsTest, APreparedStatementLostByAPoolerSwitchesToUnnamedStatements) {
+  MakeReady();
+  EXPECT_EQ(store_->statement_mode(), StatementMode::kPrepared);
+  TakeOne();
+  session(0).FailStatement("prepared statement \"rl_timeouts\" already exists", "42P05");
+  EXPECT_EQ(store_->statement_mode(), StatementMode::kUnnamed);
+  session(0).Answer(CommandResults(1));  // The ROLLBACK.
+  EXPECT_TRUE(store_->ready()) << "the next transactions go, unnamed";
+}
+
+TEST_F(PgStoreTest, ExplicitPreparedStatementsStayPreparedWhenAPoolerLosesThem) {
+  MakeReady();
+  TakeOne();
+  session(0).FailStatement("prepared statement \"rl_lock\" does not exist", "26000");
+  session(0).Answer(CommandResults(1));
+  EXPECT_EQ(store_->statement_mode(), StatementMode::kPrepared);
+}
+
+TEST_F(PgStoreAutoStatementsTest, AStatementPoolerMakesTheStoreNotReadyForGood) {
+  MakeReady();
+  session(1).Connected();
+  TakeOne();
+  session(0).Break("FATAL:  transaction blocks not allowed in statement pooling mode");
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_FALSE(result_->ok());
+  EXPECT_FALSE(store_->ready());
+  EXPECT_EQ(store_->free_slots(), 0u) << "session 1 is free, but no transaction may start";
+  while (session(0).connects() < 2) uv_run(&loop_, UV_RUN_ONCE);  // The reconnect's backoff.
+  session(0).Connected();
+  EXPECT_FALSE(store_->ready()) << "reconnecting changes nothing: the pooler is still there";
+  EXPECT_EQ(store_->free_slots(), 0u);
 }
 
 TEST_F(PgStoreTest, ATakeWithoutAFreeSessionIsRefusedRatherThanQueued) {

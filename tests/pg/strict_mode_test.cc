@@ -90,21 +90,29 @@ void ExpectNoFailures(const Tally& total) {
   EXPECT_EQ(total.wrong_source, 0) << total.first_problem;
 }
 
-TEST(StrictMode, HotKeyOnThreeSidecarsAdmitsAtMostCapacityPlusRefillAndNearlyThatMuch) {
+// The hot-key bound with each way of sending statements (RATE_LIMIT_PG_STATEMENTS): prepared
+// once per connection, or unnamed, parsed in every transaction as a transaction pooler needs.
+class StrictModeStatements : public ::testing::TestWithParam<std::string> {};
+
+INSTANTIATE_TEST_SUITE_P(Statements, StrictModeStatements, ::testing::Values("prepared", "unnamed"),
+                         [](const auto& test) { return test.param; });
+
+TEST_P(StrictModeStatements, HotKeyOnThreeSidecarsAdmitsAtMostCapacityPlusRefillAndNearlyThatMuch) {
   REQUIRE_TEST_DATABASE();
   constexpr int kLimit = 200;
   constexpr int kWindowMs = 2000;
   constexpr size_t kSidecars = 3;
   constexpr size_t kThreadsPerSidecar = 16;
   constexpr int64_t kRunNs = 4'000'000'000;
-  const std::string table = "t_strict_hot_key";
-  const std::string app = "strict_hot_key";
+  const std::string table = "t_strict_hot_key_" + GetParam();
+  const std::string app = "strict_hot_key_" + GetParam();
   DropTable(table);
   ServerLogTail server_log;
-  auto sidecars = StartReadySidecars(
-      kSidecars, StrictEnv(table, app,
-                           {{"RATE_LIMIT_MAX_REQUESTS", std::to_string(kLimit)},
-                            {"RATE_LIMIT_WINDOW_MS", std::to_string(kWindowMs)}}));
+  auto sidecars =
+      StartReadySidecars(kSidecars, StrictEnv(table, app,
+                                              {{"RATE_LIMIT_MAX_REQUESTS", std::to_string(kLimit)},
+                                               {"RATE_LIMIT_WINDOW_MS", std::to_string(kWindowMs)},
+                                               {"RATE_LIMIT_PG_STATEMENTS", GetParam()}}));
   ASSERT_EQ(sidecars.size(), kSidecars);
 
   const size_t n = kSidecars * kThreadsPerSidecar;
