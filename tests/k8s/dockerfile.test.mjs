@@ -19,11 +19,12 @@ const [buildStage, runtime] = [stages[0], stages.at(-1)];
 const example = find(build(`${k8sDir}/example`), "Deployment", "example-api");
 const sidecar = sidecarOf(example);
 
-// Packages of scripts/install-deps.sh used only to test (the throwaway server, gtest, the
-// benchmarks, the fuzz build, the format check). Every other one is needed to build.
+// Packages of scripts/install-deps.sh used only to test (the throwaway server and the pooler in
+// front of it, gtest, the benchmarks, the fuzz build, the format check). Every other one is
+// needed to build.
 const testOnlyPackages = new Set([
-  "postgresql-15", "postgresql-client-15", "libgtest-dev", "libgmock-dev", "libbenchmark-dev",
-  "clang", "libclang-rt-14-dev", "clang-format",
+  "postgresql-15", "postgresql-client-15", "pgbouncer", "libgtest-dev", "libgmock-dev",
+  "libbenchmark-dev", "clang", "libclang-rt-14-dev", "clang-format",
 ]);
 
 // Library packages of Debian 12's required set, present in debian:12-slim without installing.
