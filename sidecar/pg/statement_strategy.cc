@@ -10,11 +10,9 @@ PoolerSign PoolerSignOf(std::string_view sqlstate, std::string_view error) {
   if (error.find("not allowed in statement pooling mode") != std::string_view::npos) {
     return PoolerSign::kStatementPooling;
   }
-  // Only the store's own statements: every name it prepares starts with "rl_".
-  if ((sqlstate == "42P05" || sqlstate == "26000") &&
-      error.find("prepared statement \"rl_") != std::string_view::npos) {
-    return PoolerSign::kPreparedStatementsLost;
-  }
+  // Only the store prepares statements on its sessions, so these codes are about its own, in
+  // whatever language the server writes its messages.
+  if (sqlstate == "42P05" || sqlstate == "26000") return PoolerSign::kPreparedStatementsLost;
   return PoolerSign::kNone;
 }
 

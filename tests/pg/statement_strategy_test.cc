@@ -22,9 +22,11 @@ TEST(PoolerSignOf, NamesTheTwoPoolerFailuresAndNothingElse) {
        PoolerSign::kPreparedStatementsLost},
       {"26000", "ERROR:  prepared statement \"rl_lock\" does not exist (SQLSTATE 26000)",
        PoolerSign::kPreparedStatementsLost},
-      // Someone else's statement, or another error with the same SQLSTATE: not ours to judge.
-      {"42P05", "ERROR:  prepared statement \"s1\" already exists", PoolerSign::kNone},
-      {"26000", "ERROR:  invalid statement name", PoolerSign::kNone},
+      // By its code alone: a server that writes its messages in another language.
+      {"42P05", "FEHLER:  vorbereitete Anweisung \u00bbrl_timeouts\u00ab existiert bereits",
+       PoolerSign::kPreparedStatementsLost},
+      // Another SQLSTATE with similar words: not a lost statement.
+      {"42601", "ERROR:  prepared statement \"rl_lock\" syntax error", PoolerSign::kNone},
       {"08P01", "FATAL:  transaction blocks not allowed in statement pooling mode (SQLSTATE 08P01)",
        PoolerSign::kStatementPooling},
       // The same text when it arrives as the reason of a closed connection.
