@@ -16,6 +16,19 @@
 namespace ratelimit {
 namespace {
 
+// A named statement: `prefix` and a digest of its SQL (FNV-1a, 64 bits). Sidecars of other
+// tables or versions sharing a pooler's server connections then never run one another's
+// statement under one name: a different statement has a different name, which a connection
+// that lacks it answers with "does not exist", the sign StatementStrategy reads.
+PgQuery Prepared(std::string sql, std::vector<std::string> params, std::string_view prefix) {
+  uint64_t hash = 14695981039346656037ull;
+  for (const char c : sql) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  char digest[17];
+  std::snprintf(digest, sizeof(digest), "%016llx", static_cast<unsigned long long>(hash));
+  std::string name = std::string(prefix) + "_" + digest;
+  return {std::move(sql), std::move(params), std::move(name)};
+}
+
 // SQL array literals of values that need no quoting (hex strings and numbers).
 std::string ArrayLiteral(const std::vector<std::string>& items) {
   std::string out = "{";
@@ -109,20 +122,19 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
   // The server gives up a little before our deadline, on a lock or a slow statement: the
   // transaction then fails cleanly on a live session, and no orphaned backend stays behind
   // waiting on a lock for a client that is gone.
-  q[LockPipeline::kTimeouts] = {
+  q[LockPipeline::kTimeouts] = Prepared(
       "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
-      {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5))},
-      "rl_timeouts"};
-  q[LockPipeline::kInsert] = {"INSERT INTO " + table_sql +
-                                  " (key, tokens, updated_at, capacity, window_ms)"
-                                  " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
-                                  " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)"
-                                  " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
-                              {keys, ArrayLiteral(capacities), ArrayLiteral(windows)},
-                              "rl_insert"};
+      {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5))}, "rl_timeouts");
+  q[LockPipeline::kInsert] =
+      Prepared("INSERT INTO " + table_sql +
+                   " (key, tokens, updated_at, capacity, window_ms)"
+                   " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
+                   " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)"
+                   " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
+               {keys, ArrayLiteral(capacities), ArrayLiteral(windows)}, "rl_insert");
   // Columns in LockColumn order. A timestamp outside what int8 microseconds hold ('infinity',
   // year 294276) reads as NULL, for RepairRow, instead of failing the whole transaction.
-  q[LockPipeline::kLock] = {
+  q[LockPipeline::kLock] = Prepared(
       "SELECT encode(key, 'hex'), tokens,"
       " CASE WHEN updated_at BETWEEN '1900-01-01' AND '9999-12-31'"
       " THEN floor(extract(epoch FROM updated_at) * 1000000)::int8 END,"
@@ -130,11 +142,10 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
           table_sql +
           " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
           " ORDER BY key FOR UPDATE",
-      {keys},
-      "rl_lock"};
+      {keys}, "rl_lock");
   // After the locks are held: the time the checks are decided at.
-  q[LockPipeline::kClock] = {
-      "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}, "rl_clock"};
+  q[LockPipeline::kClock] = Prepared(
+      "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8", {}, "rl_clock");
   return q;
 }
 
@@ -173,17 +184,17 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
                                    const std::string& table_sql) {
   if (decision.keys.empty()) return {{"ROLLBACK", {}}};  // Denials and reads write nothing.
   std::vector<PgQuery> q(FinishPipeline::kStatements);
-  q[FinishPipeline::kUpdate] = {
-      "UPDATE " + table_sql +
-          " AS t SET tokens = u.tokens,"
-          " updated_at = 'epoch'::timestamptz + u.us * interval '1 microsecond',"
-          " capacity = u.cap, window_ms = u.win"
-          " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
-          " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
-      {ArrayLiteral(decision.keys), ArrayLiteral(decision.tokens),
-       ArrayLiteral(decision.updated_us), ArrayLiteral(decision.capacities),
-       ArrayLiteral(decision.windows)},
-      "rl_update"};
+  q[FinishPipeline::kUpdate] =
+      Prepared("UPDATE " + table_sql +
+                   " AS t SET tokens = u.tokens,"
+                   " updated_at = 'epoch'::timestamptz + u.us * interval '1 microsecond',"
+                   " capacity = u.cap, window_ms = u.win"
+                   " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
+                   " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
+               {ArrayLiteral(decision.keys), ArrayLiteral(decision.tokens),
+                ArrayLiteral(decision.updated_us), ArrayLiteral(decision.capacities),
+                ArrayLiteral(decision.windows)},
+               "rl_update");
   q[FinishPipeline::kCommit] = {"COMMIT", {}};
   return q;
 }
