@@ -223,9 +223,9 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 void BatchTransaction::Start(const Context& context, SessionPool::Slot& slot,
                              std::vector<StoreOp> batch, TakeDone done) {
   TransactionPlan plan = PlanTransaction(std::move(batch), context.key_hashing);
-  const bool was_short = context.new_keys.short_of_keys();
+  const bool reached = context.new_keys.reached();
   plan.new_keys = context.new_keys.Reserve(plan.keys.size(), uv_hrtime() / 1000);
-  if (!was_short && context.new_keys.short_of_keys()) {
+  if (!reached && context.new_keys.reached()) {  // Once per flood, not per transaction.
     Log(LogLevel::kWarn,
         "new keys beyond the insert bound are answered by the fallback policy; raise "
         "RATE_LIMIT_PG_NEW_KEYS_PER_SEC if this is not a flood")

@@ -19,9 +19,10 @@ void NewKeyBudget::Refill(uint64_t now_us) {
 size_t NewKeyBudget::Reserve(size_t wanted, uint64_t now_us) {
   if (!bounded()) return wanted;
   Refill(now_us);
+  if (available_ >= per_sec_) reached_ = false;  // A second without a shortfall.
   const size_t granted = std::min(wanted, static_cast<size_t>(std::floor(available_)));
   available_ -= static_cast<double>(granted);
-  short_of_keys_ = granted < wanted;
+  if (granted < wanted) reached_ = true;
   return granted;
 }
 

@@ -29,8 +29,10 @@ class NewKeyBudget {
   void GiveBack(size_t unused);
 
   bool bounded() const { return per_sec_ > 0; }
-  // Whether the last Reserve granted less than it was asked: the bound is being reached.
-  bool short_of_keys() const { return short_of_keys_; }
+  // Whether the bound is reached: since a Reserve granted less than it was asked, no Reserve
+  // has found the bucket full again. One flood is one such episode, however its reservations
+  // alternate between short and not.
+  bool reached() const { return reached_; }
   uint32_t per_sec() const { return per_sec_; }
 
  private:
@@ -40,7 +42,7 @@ class NewKeyBudget {
   double available_;
   uint64_t refilled_us_ = 0;
   bool started_ = false;  // Whether refilled_us_ is a time yet.
-  bool short_of_keys_ = false;
+  bool reached_ = false;
 };
 
 }  // namespace ratelimit

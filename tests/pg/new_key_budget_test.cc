@@ -11,9 +11,9 @@ constexpr uint64_t kStartUs = 1'000'000'000;  // Any monotonic time.
 TEST(NewKeyBudget, StartsWithOneSecondsWorthAndGrantsNoMore) {
   NewKeyBudget budget(200);
   EXPECT_EQ(budget.Reserve(150, kStartUs), 150u);
-  EXPECT_FALSE(budget.short_of_keys());
+  EXPECT_FALSE(budget.reached());
   EXPECT_EQ(budget.Reserve(150, kStartUs), 50u) << "the burst is one second's worth";
-  EXPECT_TRUE(budget.short_of_keys());
+  EXPECT_TRUE(budget.reached());
   EXPECT_EQ(budget.Reserve(10, kStartUs), 0u);
 }
 
@@ -32,7 +32,6 @@ TEST(NewKeyBudget, WhatAnInsertDidNotUseGoesBack) {
   ASSERT_EQ(reserved, 100u);
   budget.GiveBack(reserved - 30);  // The INSERT added 30 rows: the other keys had rows.
   EXPECT_EQ(budget.Reserve(100, kStartUs), 70u);
-  EXPECT_TRUE(budget.short_of_keys());
   budget.GiveBack(70);
   budget.GiveBack(70);  // More than was taken: never above the burst.
   EXPECT_EQ(budget.Reserve(1000, kStartUs), 100u);
@@ -47,12 +46,22 @@ TEST(NewKeyBudget, ReservationsOfConcurrentTransactionsShareOneBucket) {
   EXPECT_EQ(budget.Reserve(80, kStartUs), 80u);
 }
 
+TEST(NewKeyBudget, TheBoundStaysReachedUntilTheBucketIsFullAgain) {
+  NewKeyBudget budget(100);
+  EXPECT_EQ(budget.Reserve(150, kStartUs), 100u);
+  EXPECT_TRUE(budget.reached());
+  EXPECT_EQ(budget.Reserve(10, kStartUs + 500'000), 10u) << "granted in full...";
+  EXPECT_TRUE(budget.reached()) << "...but the flood goes on";
+  EXPECT_EQ(budget.Reserve(10, kStartUs + 2'000'000), 10u);
+  EXPECT_FALSE(budget.reached()) << "a full bucket: the flood is over";
+}
+
 TEST(NewKeyBudget, ZeroMeansNoBound) {
   NewKeyBudget budget(0);
   EXPECT_FALSE(budget.bounded());
   EXPECT_EQ(budget.Reserve(1'000'000, kStartUs), 1'000'000u);
   EXPECT_EQ(budget.Reserve(1'000'000, kStartUs), 1'000'000u);
-  EXPECT_FALSE(budget.short_of_keys());
+  EXPECT_FALSE(budget.reached());
 }
 
 TEST(NewKeyBudget, AClockGoingBackwardsRefillsNothing) {
