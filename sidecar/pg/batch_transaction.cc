@@ -282,7 +282,10 @@ void BatchTransaction::Fail(const Status& status) {
   context_.metrics.duration.Observe(uv_hrtime() - started_ns_);
   context_.metrics.failed_transactions.Add();
   context_.pool.EndTransaction(slot_, status);
-  SettleNewKeys(/*committed=*/false);  // Whatever the INSERT did is rolled back.
+  // A failure before the COMMIT was sent rolls the INSERT back. After it (a deadline, a lost
+  // connection), the server may still have committed: counted as inserted, so that the bound
+  // holds whatever happened.
+  SettleNewKeys(state_ == State::kWriting && commits_);
   context_.on_failed(slot_.session().last_sqlstate(), status);  // Before ROLLBACK clears it.
   Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", status.message());
   // A statement error leaves the transaction aborted on a live session: end it first.

@@ -87,8 +87,9 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 // returns the slot before calling `done` once with the answers or the failure.
 //
 // Before it starts, it reserves up to one insert per key of its batch from `new_keys`; once it
-// has ended, what its INSERT did not insert (all of it unless the transaction committed) goes
-// back, so the budget counts rows actually added to the table.
+// has ended, what its INSERT did not insert (all of it unless the transaction committed, or
+// may have: a failure after the COMMIT was sent counts as committed) goes back, so the budget
+// counts rows actually added to the table.
 //
 // Its outcome is counted by the pool (the breaker, the backoff). On failure, before the
 // ROLLBACK (which clears it), `on_failed` hears the failing statement's SQLSTATE (the table
