@@ -1,5 +1,4 @@
-// A flood of unique keys on a real PostgreSQL: new rows bounded, the rest to the fallback, hot
-// keys still exact, the table collected back, and the bounded INSERT's SQL on the server.
+// Key floods on a real PostgreSQL: new rows bounded, hot keys exact, the table collected back.
 #include <gtest/gtest.h>
 
 #include <algorithm>
