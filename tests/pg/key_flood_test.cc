@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,7 +17,9 @@
 #include "sidecar/pg/garbage_collector.h"
 #include "sidecar/pg/table_name.h"
 #include "sidecar/pg/table_sql.h"
+#include "tests/testing/canned_lock_results.h"
 #include "tests/testing/check_load.h"
+#include "tests/testing/fake_pool.h"
 #include "tests/testing/http_client.h"
 #include "tests/testing/pg_test_support.h"
 #include "tests/testing/prometheus_text.h"
@@ -284,6 +287,83 @@ TEST(KeyFlood, TheBoundedInsertAddsOnlyMissingKeysUpToItsLimitInKeyOrder) {
   EXPECT_EQ(run_insert(4), "1") << "only e is left";
   EXPECT_EQ(QueryValue(conn.get(), keys_sql), "a:3,b:10,c:3,d:10,e:10");
   DropTable(table);
+}
+
+// The bound's accounting when a transaction fails: rows an INSERT added count unless they were
+// surely rolled back. The sessions are fakes; the INSERT's result is a real server's, since
+// only a server sets the row count a result carries.
+class NewKeyAccounting : public testing::Test {
+ protected:
+  NewKeyAccounting() { fake_.StartConnected(); }
+  void TearDown() override {
+    fake_.pool().Shutdown([] {});
+  }
+
+  // The lock pipeline's results for rows "a" and "b", its INSERT having added both.
+  std::vector<PgResultPtr> LockResultsInsertingTwo() {
+    PgConnPtr conn = ConnectToTestDatabase();
+    EXPECT_EQ(Command(conn.get(), "CREATE TEMP TABLE two (k int)"), "");
+    const int64_t now_us = 1'700'000'000'000'000;
+    std::vector<PgResultPtr> results =
+        CannedLockResults({{"61", "10", std::to_string(now_us), "10", "1000"},
+                           {"62", "10", std::to_string(now_us), "10", "1000"}},
+                          now_us);
+    results[LockPipeline::kInsert] = Exec(conn.get(), "INSERT INTO two VALUES (1), (2)");
+    EXPECT_STREQ(PQcmdTuples(results[LockPipeline::kInsert].get()), "2");
+    return results;
+  }
+
+  void Start() {
+    SessionPool::Slot* slot = fake_.pool().FreeSlot(SessionPool::End::kFirst);
+    std::vector<StoreOp> batch;
+    for (const char* key : {"a", "b"}) {
+      batch.push_back(StoreOp{.key = key, .cost = 1, .policy = Policy{10, 1000}});
+    }
+    BatchTransaction::Start(context_, *slot, std::move(batch),
+                            [this](Result<std::vector<StoreAnswer>> r) { ok_ = r.ok(); });
+  }
+
+  FakePool fake_{1};
+  PgStoreMetrics metrics_;
+  NewKeyBudget budget_{10};
+  BatchTransaction::Context context_{fake_.pool(),
+                                     metrics_,
+                                     budget_,
+                                     "\"t\"",
+                                     250,
+                                     KeyHashing::kNone,
+                                     [](std::string_view, const Status&) {},
+                                     [](SessionPool::Slot&) {}};
+  std::optional<bool> ok_;
+};
+
+TEST_F(NewKeyAccounting, ACommittedInsertCountsItsRows) {
+  REQUIRE_TEST_DATABASE();
+  Start();
+  fake_.session(0).Answer(LockResultsInsertingTwo());
+  fake_.session(0).Answer(CommandResults(2));
+  ASSERT_EQ(ok_, true);
+  EXPECT_EQ(metrics_.new_keys.value(), 2u);
+  EXPECT_EQ(budget_.Reserve(10, 0), 8u);
+}
+
+TEST_F(NewKeyAccounting, AFailureAfterTheCommitWasSentCountsTheRowsItMayHaveCommitted) {
+  REQUIRE_TEST_DATABASE();
+  Start();
+  fake_.session(0).Answer(LockResultsInsertingTwo());
+  fake_.session(0).Break("no answer within 250 ms");  // The COMMIT's fate is unknown.
+  ASSERT_EQ(ok_, false);
+  EXPECT_EQ(metrics_.new_keys.value(), 2u);
+  EXPECT_EQ(budget_.Reserve(10, 0), 8u);
+}
+
+TEST_F(NewKeyAccounting, AFailureBeforeTheCommitGivesEverythingBack) {
+  REQUIRE_TEST_DATABASE();
+  Start();
+  fake_.session(0).Break("no answer within 250 ms");  // The lock pipeline: rolled back.
+  ASSERT_EQ(ok_, false);
+  EXPECT_EQ(metrics_.new_keys.value(), 0u);
+  EXPECT_EQ(budget_.Reserve(10, 0), 10u);
 }
 
 }  // namespace
