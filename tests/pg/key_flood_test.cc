@@ -323,6 +323,18 @@ class NewKeyAccounting : public testing::Test {
                             [this](Result<std::vector<StoreAnswer>> r) { ok_ = r.ok(); });
   }
 
+  // Starts the transaction and answers its lock pipeline: it has inserted two rows.
+  void LockWithTwoInserted() {
+    Start();
+    fake_.session(0).Answer(LockResultsInsertingTwo());
+  }
+
+  // `rows` counted as inserted, by the metric and by the budget (10 a second, two reserved).
+  void ExpectCounted(size_t rows) {
+    EXPECT_EQ(metrics_.new_keys.value(), rows);
+    EXPECT_EQ(budget_.Reserve(10, 0), 10 - rows);
+  }
+
   FakePool fake_{1};
   PgStoreMetrics metrics_;
   NewKeyBudget budget_{10};
@@ -339,22 +351,18 @@ class NewKeyAccounting : public testing::Test {
 
 TEST_F(NewKeyAccounting, ACommittedInsertCountsItsRows) {
   REQUIRE_TEST_DATABASE();
-  Start();
-  fake_.session(0).Answer(LockResultsInsertingTwo());
+  LockWithTwoInserted();
   fake_.session(0).Answer(CommandResults(2));
   ASSERT_EQ(ok_, true);
-  EXPECT_EQ(metrics_.new_keys.value(), 2u);
-  EXPECT_EQ(budget_.Reserve(10, 0), 8u);
+  ExpectCounted(2);
 }
 
 TEST_F(NewKeyAccounting, AFailureAfterTheCommitWasSentCountsTheRowsItMayHaveCommitted) {
   REQUIRE_TEST_DATABASE();
-  Start();
-  fake_.session(0).Answer(LockResultsInsertingTwo());
+  LockWithTwoInserted();
   fake_.session(0).Break("no answer within 250 ms");  // The COMMIT's fate is unknown.
   ASSERT_EQ(ok_, false);
-  EXPECT_EQ(metrics_.new_keys.value(), 2u);
-  EXPECT_EQ(budget_.Reserve(10, 0), 8u);
+  ExpectCounted(2);
 }
 
 TEST_F(NewKeyAccounting, AFailureBeforeTheCommitGivesEverythingBack) {
@@ -362,8 +370,7 @@ TEST_F(NewKeyAccounting, AFailureBeforeTheCommitGivesEverythingBack) {
   Start();
   fake_.session(0).Break("no answer within 250 ms");  // The lock pipeline: rolled back.
   ASSERT_EQ(ok_, false);
-  EXPECT_EQ(metrics_.new_keys.value(), 0u);
-  EXPECT_EQ(budget_.Reserve(10, 0), 10u);
+  ExpectCounted(0);
 }
 
 }  // namespace
