@@ -80,6 +80,7 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
                 .timeout_ms = config.pg_timeout_ms,
                 .statements = ResolveStatements(config.pg_statements, url.pgbouncer),
                 .adapt_statements = config.pg_statements == PgStatements::kAuto,
+                .new_keys_per_sec = config.pg_new_keys_per_sec,
             });
   engines.fallback = std::make_unique<Fallback>(
       config.fallback,

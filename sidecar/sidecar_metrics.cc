@@ -143,6 +143,14 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         db.repaired_rows);
     registry.AddCounter("ratelimit_db_collected_rows_total",
                         "Rows of full buckets deleted by garbage collection.", db.collected_rows);
+    registry.AddCounter("ratelimit_db_new_keys_total",
+                        "Rows inserted for keys that had none (bounded by "
+                        "RATE_LIMIT_PG_NEW_KEYS_PER_SEC).",
+                        db.new_keys);
+    registry.AddCounter("ratelimit_db_new_keys_deferred_total",
+                        "Checks and lease fetches of keys without a row answered by the fallback "
+                        "because the new-key insert bound was reached.",
+                        db.new_keys_deferred);
   }
 }
 

@@ -60,6 +60,7 @@ struct Config {
   uint32_t pg_connections = 2;
   uint32_t pg_timeout_ms = 250;
   PgStatements pg_statements = PgStatements::kAuto;
+  uint32_t pg_new_keys_per_sec = 1000;  // 0: no bound.
   LogLevel log_level = LogLevel::kInfo;
   std::optional<AdminAddress> admin_addr;  // Empty: no admin server.
 };

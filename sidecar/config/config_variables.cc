@@ -148,6 +148,12 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "such as PgBouncer 1.18 needs), or `auto`: unnamed if `DATABASE_URL` says "
                  "`pgbouncer=true`, else prepared until a pooler is seen to lose them, then "
                  "unnamed; see [poolers](#poolers-pgbouncer)."),
+    MakeVariable("RATE_LIMIT_PG_NEW_KEYS_PER_SEC", IntegerIn{0, 1000000, "rows per second"},
+                 &Config::pg_new_keys_per_sec,
+                 "PostgreSQL store: the most rows one sidecar inserts per second for keys that "
+                 "have none (a burst of one second's worth); beyond it, a new key's check is "
+                 "answered by the fallback policy. `0`: no bound. See [key "
+                 "floods](#key-floods)."),
     // While the database cannot decide.
     MakeVariable("RATE_LIMIT_FALLBACK", OneOf<FallbackPolicy>{kFallbacks}, &Config::fallback,
                  "PostgreSQL store: how checks are answered while the database cannot decide "

@@ -91,6 +91,28 @@ void DecideKey(const std::string& key, const RawRow& raw, std::span<const StoreO
   }
 }
 
+// The INSERT of the rows missing: every one, or, when the plan's reservation is short of its
+// keys, only keys without a row, at most plan.new_keys of them. The bounded form costs a probe
+// of the key index per key, so it is used only then: the normal path stays as cheap as before.
+PgQuery InsertQuery(const TransactionPlan& plan, const std::string& table_sql, std::string keys,
+                    std::string capacities, std::string windows) {
+  const std::string insert = "INSERT INTO " + table_sql +
+                             " (key, tokens, updated_at, capacity, window_ms)"
+                             " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
+                             " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)";
+  if (!plan.insert_bounded()) {
+    return Prepared(insert + " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
+                    {std::move(keys), std::move(capacities), std::move(windows)}, "rl_insert");
+  }
+  // A key another sidecar inserts meanwhile still conflicts (and is not counted as inserted).
+  return Prepared(
+      insert + " WHERE NOT EXISTS (SELECT FROM " + table_sql +
+          " AS e WHERE e.key = decode(n.k, 'hex'))"
+          " ORDER BY 1 LIMIT $4 ON CONFLICT (key) DO NOTHING",
+      {std::move(keys), std::move(capacities), std::move(windows), std::to_string(plan.new_keys)},
+      "rl_insert_bounded");
+}
+
 }  // namespace
 
 TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashing) {
@@ -104,6 +126,7 @@ TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashi
     plan.keys.push_back(key);
     plan.positions.push_back(std::move(positions));
   }
+  plan.new_keys = plan.keys.size();
   return plan;
 }
 
@@ -126,12 +149,7 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
       "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
       {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5))}, "rl_timeouts");
   q[LockPipeline::kInsert] =
-      Prepared("INSERT INTO " + table_sql +
-                   " (key, tokens, updated_at, capacity, window_ms)"
-                   " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
-                   " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)"
-                   " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
-               {keys, ArrayLiteral(capacities), ArrayLiteral(windows)}, "rl_insert");
+      InsertQuery(plan, table_sql, keys, ArrayLiteral(capacities), ArrayLiteral(windows));
   // Columns in LockColumn order. A timestamp outside what int8 microseconds hold ('infinity',
   // year 294276) reads as NULL, for RepairRow, instead of failing the whole transaction.
   q[LockPipeline::kLock] = Prepared(
@@ -164,7 +182,10 @@ Result<TransactionDecision> Decide(const TransactionPlan& plan,
   for (size_t k = 0; k < plan.keys.size(); ++k) {
     const std::vector<size_t>& positions = plan.positions[k];
     auto found = raw_rows.find(plan.keys[k]);
-    if (found == raw_rows.end()) {  // Collected between our INSERT and SELECT: refuse, rarely.
+    if (found == raw_rows.end()) {
+      // Left out by a bounded INSERT (the fallback answers it), or collected between our INSERT
+      // and SELECT (rarely): refused either way.
+      if (plan.insert_bounded()) decision.deferred += positions.size();
       for (size_t pos : positions) {
         decision.answers[pos].check = Refusal(CheckStatus::kStoreUnavailable,
                                               plan.batch[pos].policy.limit, Source::kDatabase);
@@ -201,8 +222,16 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 
 void BatchTransaction::Start(const Context& context, SessionPool::Slot& slot,
                              std::vector<StoreOp> batch, TakeDone done) {
-  auto tx = std::make_shared<BatchTransaction>(
-      context, slot, PlanTransaction(std::move(batch), context.key_hashing), std::move(done));
+  TransactionPlan plan = PlanTransaction(std::move(batch), context.key_hashing);
+  const bool reached = context.new_keys.reached();
+  plan.new_keys = context.new_keys.Reserve(plan.keys.size(), uv_hrtime() / 1000);
+  if (!reached && context.new_keys.reached()) {  // Once per flood, not per transaction.
+    Log(LogLevel::kWarn,
+        "new keys beyond the insert bound are answered by the fallback policy; raise "
+        "RATE_LIMIT_PG_NEW_KEYS_PER_SEC if this is not a flood")
+        .Int("new_keys_per_sec", context.new_keys.per_sec());
+  }
+  auto tx = std::make_shared<BatchTransaction>(context, slot, std::move(plan), std::move(done));
   tx->Lock();
 }
 
@@ -230,6 +259,9 @@ void BatchTransaction::OnLocked(Result<std::vector<PgResultPtr>> results) {
   Result<TransactionDecision> decision = Decide(plan_, *results);
   if (!decision.ok()) return Fail(decision.status());
   context_.metrics.repaired_rows.Add(decision->repaired_rows);
+  context_.metrics.new_keys_deferred.Add(decision->deferred);
+  inserted_ = std::strtoull(PQcmdTuples((*results)[LockPipeline::kInsert].get()), nullptr, 10);
+  commits_ = !decision->keys.empty();  // Else FinishQueries rolls back: nothing is inserted.
   TransitionTo(State::kWriting);
   slot_.session().Run(FinishQueries(*decision, context_.table_sql),
                       [self = shared_from_this(), answers = std::move(decision->answers)](
@@ -242,6 +274,7 @@ void BatchTransaction::OnLocked(Result<std::vector<PgResultPtr>> results) {
 void BatchTransaction::Succeed(std::vector<StoreAnswer> answers) {
   context_.metrics.duration.Observe(uv_hrtime() - started_ns_);
   context_.pool.EndTransaction(slot_, Status::Ok());
+  SettleNewKeys(commits_);
   Finish(std::move(answers));
 }
 
@@ -249,6 +282,10 @@ void BatchTransaction::Fail(const Status& status) {
   context_.metrics.duration.Observe(uv_hrtime() - started_ns_);
   context_.metrics.failed_transactions.Add();
   context_.pool.EndTransaction(slot_, status);
+  // A failure before the COMMIT was sent rolls the INSERT back. After it (a deadline, a lost
+  // connection), the server may still have committed: counted as inserted, so that the bound
+  // holds whatever happened.
+  SettleNewKeys(state_ == State::kWriting && commits_);
   context_.on_failed(slot_.session().last_sqlstate(), status);  // Before ROLLBACK clears it.
   Log(LogLevel::kDebug, "rate limit transaction failed").Str("error", status.message());
   // A statement error leaves the transaction aborted on a live session: end it first.
@@ -258,6 +295,12 @@ void BatchTransaction::Fail(const Status& status) {
                       [self = shared_from_this(), status](Result<std::vector<PgResultPtr>>) {
                         self->Finish(status);
                       });
+}
+
+void BatchTransaction::SettleNewKeys(bool committed) {
+  const size_t inserted = committed ? std::min(inserted_, plan_.new_keys) : 0;
+  context_.metrics.new_keys.Add(inserted);
+  context_.new_keys.GiveBack(plan_.new_keys - inserted);
 }
 
 void BatchTransaction::Finish(Result<std::vector<StoreAnswer>> result) {

@@ -15,6 +15,7 @@
 #include "sidecar/core/shared_store.h"
 #include "sidecar/pg/db_session.h"
 #include "sidecar/pg/key_digest.h"
+#include "sidecar/pg/new_key_budget.h"
 #include "sidecar/pg/pg_store_metrics.h"
 #include "sidecar/pg/session_pool.h"
 
@@ -22,10 +23,15 @@ namespace ratelimit {
 
 // A batch in locking order: its distinct row keys (hex digests, or hex text with kNone),
 // sorted, and for each the positions of its operations in the batch, in batch order.
+// `new_keys` is how many rows the transaction may insert (its NewKeyBudget reservation): at
+// least keys.size() inserts every missing row; fewer bounds the INSERT (see LockQueries).
 struct TransactionPlan {
   std::vector<StoreOp> batch;
   std::vector<std::string> keys;
   std::vector<std::vector<size_t>> positions;  // One list per key.
+  size_t new_keys = 0;                         // PlanTransaction sets keys.size().
+
+  bool insert_bounded() const { return new_keys < keys.size(); }
 };
 
 TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashing);
@@ -34,6 +40,8 @@ TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashi
 //   BEGIN; the transaction's timeouts; INSERT the missing rows (full buckets, with the policy of
 //   the key's first operation) ON CONFLICT DO NOTHING, in key order; SELECT all the rows ORDER
 //   BY key FOR UPDATE; read clock_timestamp() once the locks are held.
+// With plan.insert_bounded(), the INSERT is bounded instead: only keys that have no row, at most
+// plan.new_keys of them (none for 0), in key order; the pipeline keeps its shape either way.
 // Locking every row of a transaction in one statement, in key order, is what keeps sidecars
 // from deadlocking. Each statement's place, which is also the place of its result, is named
 // here; LockQueries builds the list by these names.
@@ -55,11 +63,13 @@ struct TransactionDecision {
   std::vector<StoreAnswer> answers;
   std::vector<std::string> keys, tokens, updated_us, capacities, windows;
   size_t repaired_rows = 0;  // Malformed rows repaired (and logged).
+  size_t deferred = 0;       // Operations refused because the bounded INSERT left their key out.
 };
 
 // Decides each key's operations in batch order on its locked row (RepairRow, then ApplyOnRow of
 // sidecar/core/shared_bucket.h), at the database time read by kClock. A key whose row is missing
-// (collected between the INSERT and the SELECT) is refused, rarely. Fails only when the
+// (collected between the INSERT and the SELECT) is refused, rarely; so is, and counted as
+// deferred, one the bounded INSERT of plan.insert_bounded() left out. Fails only when the
 // database returned no time. REQUIRES: `lock_results` has one result per LockPipeline statement.
 Result<TransactionDecision> Decide(const TransactionPlan& plan,
                                    std::span<const PgResultPtr> lock_results);
@@ -75,6 +85,11 @@ std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
 // Runs one Take on a slot the caller found free: lends it for a transaction (its deadline covers
 // both pipelines and a ROLLBACK after a failure), runs LockQueries, Decide, FinishQueries, and
 // returns the slot before calling `done` once with the answers or the failure.
+//
+// Before it starts, it reserves up to one insert per key of its batch from `new_keys`; once it
+// has ended, what its INSERT did not insert (all of it unless the transaction committed, or
+// may have: a failure after the COMMIT was sent counts as committed) goes back, so the budget
+// counts rows actually added to the table.
 //
 // Its outcome is counted by the pool (the breaker, the backoff). On failure, before the
 // ROLLBACK (which clears it), `on_failed` hears the failing statement's SQLSTATE (the table
@@ -94,7 +109,8 @@ class BatchTransaction : public std::enable_shared_from_this<BatchTransaction> {
   struct Context {
     SessionPool& pool;
     PgStoreMetrics& metrics;
-    std::string table_sql;  // The quoted table name.
+    NewKeyBudget& new_keys;  // Shared by every transaction of the store.
+    std::string table_sql;   // The quoted table name.
     uint32_t timeout_ms;
     KeyHashing key_hashing;
     std::function<void(std::string_view sqlstate, const Status& status)> on_failed;
@@ -115,6 +131,8 @@ class BatchTransaction : public std::enable_shared_from_this<BatchTransaction> {
   void Fail(const Status& status);
   void Succeed(std::vector<StoreAnswer> answers);
   void Finish(Result<std::vector<StoreAnswer>> result);
+  // Gives back what the INSERT did not use, and counts the rows it added.
+  void SettleNewKeys(bool committed);
 
   const Context& context_;
   SessionPool::Slot& slot_;
@@ -122,6 +140,8 @@ class BatchTransaction : public std::enable_shared_from_this<BatchTransaction> {
   TakeDone done_;
   State state_ = State::kLocking;
   uint64_t started_ns_ = 0;  // uv_hrtime() at BEGIN.
+  size_t inserted_ = 0;      // Rows the INSERT added, once its result is read.
+  bool commits_ = false;     // The second pipeline ends in COMMIT (not ROLLBACK).
 };
 
 }  // namespace ratelimit

@@ -15,12 +15,13 @@ void Tick(uv_timer_t* timer) { static_cast<GarbageCollector*>(timer->data)->Coll
 
 GarbageCollector::GarbageCollector(uv_loop_t* loop, SessionPool& pool, std::string table_sql,
                                    Counter& collected_rows, std::function<bool()> may_collect,
-                                   std::function<void()> on_capacity)
+                                   std::function<void()> on_capacity, uint64_t interval_ms)
     : pool_(pool),
       table_sql_(std::move(table_sql)),
       collected_rows_(collected_rows),
       may_collect_(std::move(may_collect)),
-      on_capacity_(std::move(on_capacity)) {
+      on_capacity_(std::move(on_capacity)),
+      interval_ms_(interval_ms) {
   uv_timer_init(loop, &timer_);
   timer_.data = this;
 }
@@ -29,7 +30,7 @@ void GarbageCollector::TransitionTo(State next) { state_ = next; }
 
 void GarbageCollector::Start() {
   TransitionTo(State::kWaiting);
-  uv_timer_start(&timer_, &Tick, kIntervalMs, kIntervalMs);
+  uv_timer_start(&timer_, &Tick, interval_ms_, interval_ms_);
 }
 
 void GarbageCollector::Close(std::function<void()> done) {
@@ -42,14 +43,13 @@ void GarbageCollector::Close(std::function<void()> done) {
 }
 
 PgQuery GarbageCollector::DeleteQuery(const std::string& table_sql) {
-  // Full at clock_timestamp(): the refill since updated_at covers what was missing. Only rows
-  // untouched for a whole window (and at least a second): a busy key with a large limit is
-  // full again within microseconds, and deleting its row between a check's INSERT and its
-  // SELECT would fail that check. Malformed rows are left to RepairRow when next used.
+  // Full at clock_timestamp(): the refill since updated_at covers what was missing. Untouched
+  // for at least a second, so that a busy key's row is never deleted between a check's INSERT
+  // and its SELECT (see the class comment); a window's wait is not needed on top, and would keep
+  // a flood's rows for a whole window. Malformed rows are left to RepairRow when next used.
   return {"DELETE FROM " + table_sql + " WHERE key IN (SELECT key FROM " + table_sql +
               " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
-              " AND updated_at <= clock_timestamp()"
-              "   - greatest(window_ms, 1000) * interval '1 millisecond'"
+              " AND updated_at <= clock_timestamp() - interval '1 second'"
               " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
               " * capacity / window_ms >= capacity"
               " LIMIT " +
@@ -58,30 +58,45 @@ PgQuery GarbageCollector::DeleteQuery(const std::string& table_sql) {
 }
 
 void GarbageCollector::Collect() {
-  if (state_ != State::kWaiting || !may_collect_() || pool_.closing()) return;
+  if (state_ != State::kWaiting && state_ != State::kDue) return;
+  if (!may_collect_() || pool_.closing()) return;
   SessionPool::Slot* slot = pool_.FreeSlot(SessionPool::End::kLast);
-  if (slot == nullptr) return;  // Busy with checks: they come first; try again next tick.
+  if (slot == nullptr) {  // Busy with checks: the next session one of them gives back.
+    TransitionTo(State::kDue);
+    return;
+  }
+  CollectOn(*slot);
+}
+
+void GarbageCollector::OnSessionReturned(SessionPool::Slot& slot) {
+  if (state_ != State::kDue || !slot.free() || !may_collect_() || pool_.closing()) return;
+  CollectOn(slot);
+}
+
+void GarbageCollector::CollectOn(SessionPool::Slot& slot) {
   TransitionTo(State::kCollecting);
-  pool_.Lend(*slot, SessionPool::Work::kBackground);
-  slot->session().Run({DeleteQuery(table_sql_)}, [this, slot](Result<std::vector<PgResultPtr>> r) {
-    OnCollected(*slot, std::move(r));
+  pool_.Lend(slot, SessionPool::Work::kBackground);
+  slot.session().Run({DeleteQuery(table_sql_)}, [this, &slot](Result<std::vector<PgResultPtr>> r) {
+    OnCollected(slot, std::move(r));
   });
 }
 
 void GarbageCollector::OnCollected(SessionPool::Slot& slot,
                                    Result<std::vector<PgResultPtr>> result) {
   pool_.Return(slot);
-  if (state_ == State::kCollecting) TransitionTo(State::kWaiting);
-  on_capacity_();
-  if (!result.ok()) {
+  uint64_t deleted = 0;
+  if (result.ok()) {
+    deleted = std::strtoull(PQcmdTuples((*result)[0].get()), nullptr, 10);
+    collected_rows_.Add(deleted);
+  } else {
     Log(LogLevel::kDebug, "garbage collection failed").Str("error", result.status().message());
-    return;
   }
-  const uint64_t deleted = std::strtoull(PQcmdTuples((*result)[0].get()), nullptr, 10);
-  collected_rows_.Add(deleted);
-  if (deleted == static_cast<uint64_t>(kBatch) && state_ == State::kWaiting) {
-    uv_timer_start(&timer_, &Tick, 0, kIntervalMs);
-  }
+  const bool more = deleted == static_cast<uint64_t>(kBatch);
+  if (state_ == State::kCollecting) TransitionTo(more ? State::kDue : State::kWaiting);
+  // A full batch: more rows wait. Again at once if a session is still free after the checks
+  // waiting for one (told next) took theirs; else on the next one given back.
+  if (more && state_ == State::kDue) uv_timer_start(&timer_, &Tick, 0, interval_ms_);
+  on_capacity_();
 }
 
 }  // namespace ratelimit

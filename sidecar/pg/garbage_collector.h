@@ -14,18 +14,29 @@
 
 namespace ratelimit {
 
-// A row whose bucket has refilled to full means the same as no row. Every kIntervalMs, while
-// the table is ready, one free session (the pool's last, checks taking the first) deletes up to
-// kBatch such rows untouched for a window (and at least a second), skipping rows that checks
-// hold locked (FOR UPDATE SKIP LOCKED), and goes again at once while batches come back full.
-// Busy sessions are left to checks: they come first, and collection waits for the next tick.
+// A row whose bucket has refilled to full means the same as no row, and a flood of keys never
+// seen again leaves rows that must go at about the rate they arrive, as soon as they are full
+// (36 s for 1 token of 100 an hour), not a window later. Every `interval_ms` (kIntervalMs by
+// default), while the table is ready, one free session (the pool's last, checks taking the
+// first) deletes up to kBatch rows full now and untouched for at least a second, skipping rows
+// that checks hold locked (FOR UPDATE SKIP LOCKED). The second is what keeps a busy key's row
+// (a large limit is full again within microseconds) from being deleted between a check's
+// INSERT and its SELECT, which would fail that check (Decide refuses a key whose row is gone).
 //
-// States: kStopped -> kWaiting (Start) <-> kCollecting; any -> kClosed (Close).
+// Collection is "due" when a batch came back full (more rows are waiting) or a tick found
+// every session busy with checks. While due, it runs on the first free session: at once when
+// one is free, else on the next session a transaction gives back (OnSessionReturned, called
+// before the batcher starts another Take), so under load it gets about every other session
+// while checks get the rest, and keeps up with rows arriving.
+//
+// States: kStopped -> kWaiting (Start) -> kCollecting -> kWaiting (a partial batch or a
+// failure) or kDue (a full batch); kWaiting -> kDue (every session busy at a tick) ->
+// kCollecting (a session free or given back); any -> kClosed (Close).
 // Thread-safety: the loop thread only. Owned by the TableKeeper; borrows sessions from `pool`,
 // which must outlive it. Close() must complete before destruction.
 class GarbageCollector {
  public:
-  enum class State { kStopped, kWaiting, kCollecting, kClosed };
+  enum class State { kStopped, kWaiting, kDue, kCollecting, kClosed };
 
   static constexpr uint64_t kIntervalMs = 5000;
   static constexpr int kBatch = 500;
@@ -34,15 +45,18 @@ class GarbageCollector {
   // `on_capacity` runs when a collection gave its session back.
   GarbageCollector(uv_loop_t* loop, SessionPool& pool, std::string table_sql,
                    Counter& collected_rows, std::function<bool()> may_collect,
-                   std::function<void()> on_capacity);
+                   std::function<void()> on_capacity, uint64_t interval_ms = kIntervalMs);
   GarbageCollector(const GarbageCollector&) = delete;
   GarbageCollector& operator=(const GarbageCollector&) = delete;
 
   void Start();
   // Releases the timer, then calls `done`.
   void Close(std::function<void()> done);
-  // One collection now, when the table is ready and a session free. Also what the timer runs.
+  // One collection now, when the table is ready and a session free; due when none is. Also what
+  // the timer runs.
   void Collect();
+  // A transaction gave `slot` back: a due collection takes it if it is free.
+  void OnSessionReturned(SessionPool::Slot& slot);
 
   State state() const { return state_; }
 
@@ -51,6 +65,7 @@ class GarbageCollector {
 
  private:
   void TransitionTo(State next);
+  void CollectOn(SessionPool::Slot& slot);
   void OnCollected(SessionPool::Slot& slot, Result<std::vector<PgResultPtr>> result);
 
   SessionPool& pool_;
@@ -58,6 +73,7 @@ class GarbageCollector {
   Counter& collected_rows_;
   std::function<bool()> may_collect_;
   std::function<void()> on_capacity_;
+  const uint64_t interval_ms_;
   State state_ = State::kStopped;
   uv_timer_t timer_;
   std::function<void()> on_closed_;

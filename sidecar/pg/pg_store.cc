@@ -17,16 +17,19 @@ PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options)
 
 PgStore::PgStore(uv_loop_t* loop, PgStoreOptions options, const DbSessionFactory& make_session)
     : options_(std::move(options)),
+      new_keys_(options_.new_keys_per_sec),
       statements_(options_.statements, options_.adapt_statements),
       pool_(
           loop,
           SessionPoolOptions{options_.connections, options_.timeout_ms, options_.table.Plain(), {}},
           make_session, [this](SessionPool::Slot& slot) { OnConnected(slot); },
           [this] { NotifyCapacity(); }),
-      keeper_(loop, pool_, TableKeeper::Options{options_.table, options_.create_table},
+      keeper_(loop, pool_,
+              TableKeeper::Options{options_.table, options_.create_table, options_.gc_interval_ms},
               metrics_.collected_rows, [this] { NotifyCapacity(); }),
       transaction_context_{
-          pool_, metrics_, options_.table.Quoted(), options_.timeout_ms, options_.key_hashing,
+          pool_, metrics_, new_keys_, options_.table.Quoted(), options_.timeout_ms,
+          options_.key_hashing,
           [this](std::string_view sqlstate, const Status& status) {
             OnTransactionFailed(sqlstate, status);
           },
@@ -64,7 +67,13 @@ void PgStore::Take(std::vector<StoreOp> batch, TakeDone done) {
     done(Status::Unavailable("no free database session"));
     return;
   }
-  BatchTransaction::Start(transaction_context_, *slot, std::move(batch), std::move(done));
+  // The session goes back to the pool before `done`; a due garbage collection takes it before
+  // `done` lets the batcher start another Take, so that collection keeps up under load.
+  BatchTransaction::Start(transaction_context_, *slot, std::move(batch),
+                          [this, slot, done = std::move(done)](Result<std::vector<StoreAnswer>> r) {
+                            keeper_.OnSessionReturned(*slot);
+                            done(std::move(r));
+                          });
 }
 
 void PgStore::Shutdown(std::function<void()> done) {

@@ -13,7 +13,9 @@
 #include "sidecar/core/shared_store.h"
 #include "sidecar/pg/batch_transaction.h"
 #include "sidecar/pg/db_session.h"
+#include "sidecar/pg/garbage_collector.h"
 #include "sidecar/pg/key_digest.h"
+#include "sidecar/pg/new_key_budget.h"
 #include "sidecar/pg/pg_store_metrics.h"
 #include "sidecar/pg/session_pool.h"
 #include "sidecar/pg/statement_strategy.h"
@@ -33,6 +35,10 @@ struct PgStoreOptions {
   // adapt_statements (it said `auto`) kPrepared turns kUnnamed when a pooler loses them.
   StatementMode statements = StatementMode::kPrepared;
   bool adapt_statements = false;
+  uint32_t new_keys_per_sec = 1000;  // RATE_LIMIT_PG_NEW_KEYS_PER_SEC; 0: no bound.
+  // How often garbage collection looks for full rows when it is not due sooner (tests shorten
+  // it; not a variable).
+  uint64_t gc_interval_ms = GarbageCollector::kIntervalMs;
 };
 
 // A SharedStore on `connections` PgSessions, composed of three pieces, each stating its part of
@@ -43,13 +49,16 @@ struct PgStoreOptions {
 //     "not ready" after a few failed transactions, and probes it back.
 //   - TableKeeper (table_keeper.h): the table is checked, created when missing and allowed, and
 //     checked again when a transaction finds it gone or unusable; its GarbageCollector
-//     (garbage_collector.h) deletes rows whose buckets refilled to full.
+//     (garbage_collector.h) deletes rows whose buckets refilled to full, on every other
+//     session a transaction gives back while it is due (Take's `done` is wrapped for that).
 //   - BatchTransaction (batch_transaction.h): a Take is one transaction of two pipelines:
 //     BEGIN, INSERT the missing rows, SELECT all its rows ORDER BY key FOR UPDATE, read
 //     clock_timestamp() -- the checks then decided here, on database time, with the memory
 //     store's arithmetic (sidecar/core/shared_bucket.h) -- then UPDATE the rows that changed and
 //     COMMIT, or ROLLBACK when nothing was taken. Keys at rest are SHA-256 digests unless
-//     key_hashing is kNone.
+//     key_hashing is kNone. Rows inserted for new keys are bounded by a NewKeyBudget
+//     (new_key_budget.h) of new_keys_per_sec shared by every session: beyond it a new key's
+//     check is refused (StoreUnavailable), so the engine's fallback answers it.
 //   - StatementStrategy (statement_strategy.h): statements prepared or unnamed, and what a
 //     failed transaction says of a pooler in between (a statement pooler makes the store refuse
 //     to run; a transaction pooler losing prepared statements is logged, and under `auto`
@@ -91,6 +100,7 @@ class PgStore final : public SharedStore {
 
   const PgStoreOptions options_;
   PgStoreMetrics metrics_;
+  NewKeyBudget new_keys_;
   StatementStrategy statements_;  // Before the pool: its sessions refer to statements_.mode().
 
   SessionPool pool_;

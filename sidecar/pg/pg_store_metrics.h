@@ -23,6 +23,8 @@ struct PgStoreMetrics {
   Counter failed_transactions;  // Failed or timed out; each is also one of `transactions`.
   Counter repaired_rows;        // Malformed rows repaired (and logged).
   Counter collected_rows;       // Full buckets deleted by garbage collection.
+  Counter new_keys;             // Rows inserted (committed) for keys that had none.
+  Counter new_keys_deferred;    // Operations on new keys refused beyond the insert bound.
   Histogram batch_size{{std::begin(kBatchSizeBounds), std::end(kBatchSizeBounds)}};
   // From sending BEGIN to the COMMIT's (or failure's) answer.
   Histogram duration{{std::begin(kTransactionBoundsNs), std::end(kTransactionBoundsNs)}};

@@ -16,8 +16,8 @@ TableKeeper::TableKeeper(uv_loop_t* loop, SessionPool& pool, Options options,
       table_sql_(options_.table.Quoted()),
       on_ready_(on_ready),
       gc_(
-          loop, pool, table_sql_, collected_rows, [this] { return ready(); }, std::move(on_ready)) {
-}
+          loop, pool, table_sql_, collected_rows, [this] { return ready(); }, std::move(on_ready),
+          options_.gc_interval_ms) {}
 
 void TableKeeper::Start() { gc_.Start(); }
 

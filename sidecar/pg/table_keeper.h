@@ -4,6 +4,7 @@
 
 #include <uv.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -45,6 +46,7 @@ class TableKeeper {
   struct Options {
     TableName table;
     bool create_table = true;
+    uint64_t gc_interval_ms = GarbageCollector::kIntervalMs;
   };
 
   // `on_ready` runs when the table became ready: waiting checks may start.
@@ -63,6 +65,9 @@ class TableKeeper {
   // A transaction failed with `sqlstate`: when that says the table is unusable, it is not
   // ready any more and is checked again by the next Ensure.
   void OnTransactionFailed(std::string_view sqlstate, const Status& status);
+
+  // A transaction gave `slot` back: garbage collection takes it when it is due.
+  void OnSessionReturned(SessionPool::Slot& slot) { gc_.OnSessionReturned(slot); }
 
   bool ready() const { return state_ == State::kReady; }
   State state() const { return state_; }

@@ -41,7 +41,7 @@ std::string Describe(const Config& c) {
       << " database_url=" << c.database_url << " pg_table=" << c.pg_table.Plain()
       << " pg_create_table=" << c.pg_create_table
       << " pg_key_hash=" << static_cast<int>(c.pg_key_hash)
-      << " pg_connections=" << c.pg_connections
+      << " pg_connections=" << c.pg_connections << " pg_new_keys_per_sec=" << c.pg_new_keys_per_sec
       << " pg_statements=" << static_cast<int>(c.pg_statements)
       << " lease_ttl_ms=" << c.lease_ttl_ms << " fallback=" << static_cast<int>(c.fallback)
       << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms
@@ -79,6 +79,7 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_TRUE(config->pg_create_table);
   EXPECT_EQ(config->pg_key_hash, KeyHashing::kSha256);
   EXPECT_EQ(config->pg_connections, 2u);
+  EXPECT_EQ(config->pg_new_keys_per_sec, 1000u);
   EXPECT_EQ(config->pg_statements, PgStatements::kAuto);
   EXPECT_FALSE(config->admin_addr.has_value());
 }
@@ -215,6 +216,10 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) { EXPECT_EQ(c.pg_key_hash, KeyHashing::kNone); }},
       {"RATE_LIMIT_PG_CONNECTIONS", "64",
        [](const Config& c) { EXPECT_EQ(c.pg_connections, 64u); }},
+      {"RATE_LIMIT_PG_NEW_KEYS_PER_SEC", "0",
+       [](const Config& c) { EXPECT_EQ(c.pg_new_keys_per_sec, 0u); }},
+      {"RATE_LIMIT_PG_NEW_KEYS_PER_SEC", "1000000",
+       [](const Config& c) { EXPECT_EQ(c.pg_new_keys_per_sec, 1000000u); }},
       {"RATE_LIMIT_PG_STATEMENTS", "prepared",
        [](const Config& c) { EXPECT_EQ(c.pg_statements, PgStatements::kPrepared); }},
       {"RATE_LIMIT_PG_STATEMENTS", "unnamed",
@@ -374,6 +379,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RATE_LIMIT_PG_TABLE", std::string(64, 'a')},
         BadCase{"RATE_LIMIT_PG_CREATE_TABLE", "yes"}, BadCase{"RATE_LIMIT_PG_KEY_HASH", "md5"},
         BadCase{"RATE_LIMIT_PG_CONNECTIONS", "0"}, BadCase{"RATE_LIMIT_PG_CONNECTIONS", "65"},
+        BadCase{"RATE_LIMIT_PG_NEW_KEYS_PER_SEC", "1000001"},
+        BadCase{"RATE_LIMIT_PG_NEW_KEYS_PER_SEC", "-1"},
+        BadCase{"RATE_LIMIT_PG_NEW_KEYS_PER_SEC", "1e3"},
         BadCase{"RATE_LIMIT_PG_STATEMENTS", "named"}, BadCase{"RATE_LIMIT_PG_STATEMENTS", "Auto"},
         BadCase{"RATE_LIMIT_LOG_LEVEL", "verbose"}, BadCase{"RATE_LIMIT_LOG_LEVEL", "trace"},
         // Admin addresses without a port, with a bad port or a host that is no host name.

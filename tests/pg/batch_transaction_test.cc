@@ -78,6 +78,48 @@ TEST(LockQueries, EachStatementStandsAtThePlaceItsNameSays) {
   EXPECT_EQ(LockQueries(plan, kTable, 1)[LockPipeline::kTimeouts].params[0], "1");
 }
 
+TEST(LockQueries, AReservationShortOfTheKeysBoundsTheInsertToKeysWithoutARow) {
+  TransactionPlan plan = PlanTransaction({Check("b", 1), Check("a", 1)}, KeyHashing::kNone);
+  const std::string unbounded = LockQueries(plan, kTable, 250)[LockPipeline::kInsert].sql;
+  EXPECT_EQ(unbounded.find("LIMIT"), std::string::npos) << "the normal path is unchanged";
+  EXPECT_EQ(unbounded.find("NOT EXISTS"), std::string::npos);
+  for (const size_t reserved : {size_t{1}, size_t{0}}) {
+    plan.new_keys = reserved;
+    const std::vector<PgQuery> q = LockQueries(plan, kTable, 250);
+    ASSERT_EQ(q.size(), size_t{LockPipeline::kStatements}) << "the pipeline keeps its shape";
+    const PgQuery& insert = q[LockPipeline::kInsert];
+    EXPECT_NE(insert.sql.find("WHERE NOT EXISTS"), std::string::npos) << insert.sql;
+    EXPECT_NE(insert.sql.find("ORDER BY 1 LIMIT $4 ON CONFLICT (key) DO NOTHING"),
+              std::string::npos)
+        << insert.sql;
+    EXPECT_EQ(insert.params, (std::vector<std::string>{"{61,62}", "{10,10}", "{1000,1000}",
+                                                       std::to_string(reserved)}));
+    EXPECT_NE(insert.name, LockQueries(PlanTransaction({Check("a", 1)}, KeyHashing::kNone), kTable,
+                                       250)[LockPipeline::kInsert]
+                               .name)
+        << "a statement of its own name";
+    EXPECT_EQ(q[LockPipeline::kLock].params, (std::vector<std::string>{"{61,62}"}))
+        << "every key is still locked and read";
+  }
+}
+
+TEST(Decide, UnderABoundedInsertAKeyLeftWithoutARowIsDeferredAndCounted) {
+  TransactionPlan plan =
+      PlanTransaction({Check("a", 1), Check("b", 1), Check("b", 2)}, KeyHashing::kNone);
+  plan.new_keys = 1;  // The INSERT added "a"'s row; "b" got none.
+  const TransactionDecision d = DecideOk(plan, {Row(kRowA, "10")});
+  EXPECT_TRUE(d.answers[0].check.allowed);
+  for (const size_t deferred : {size_t{1}, size_t{2}}) {
+    EXPECT_EQ(d.answers[deferred].check.status, CheckStatus::kStoreUnavailable);
+    EXPECT_EQ(d.answers[deferred].check.source, Source::kDatabase);
+  }
+  EXPECT_EQ(d.deferred, 2u);
+  EXPECT_EQ(d.keys, (std::vector<std::string>{kRowA}));
+
+  plan.new_keys = 2;  // Unbounded: a missing row is one collected under us, not deferred.
+  EXPECT_EQ(DecideOk(plan, {Row(kRowA, "10")}).deferred, 0u);
+}
+
 TEST(Decide, TakesFromTheLockedRowAndWritesItBack) {
   const TransactionPlan plan = PlanTransaction({Check("a", 3)}, KeyHashing::kNone);
   const TransactionDecision d = DecideOk(plan, {Row(kRowA, "10")});
@@ -158,6 +200,7 @@ class BatchTransactionRun : public testing::Test {
   BatchTransactionRun()
       : context_{fake_.pool(),
                  metrics_,
+                 new_keys_,
                  kTable,
                  250,
                  KeyHashing::kNone,
@@ -187,6 +230,8 @@ class BatchTransactionRun : public testing::Test {
 
   FakePool fake_{1};
   PgStoreMetrics metrics_;
+  // Two new rows a second: batches of one key never reach it.
+  NewKeyBudget new_keys_{2};
   BatchTransaction::Context context_;
   SessionPool::Slot* slot_ = nullptr;
   std::optional<Result<std::vector<StoreAnswer>>> result_;
@@ -270,6 +315,35 @@ TEST_F(BatchTransactionRun, NoDatabaseTimeFailsAndRollsBack) {
   ASSERT_EQ(session.runs().size(), 2u);
   EXPECT_EQ(session.runs()[1][0].sql, "ROLLBACK");
   EXPECT_EQ(failed_sqlstates_, std::vector<std::string>{""});
+}
+
+TEST_F(BatchTransactionRun, ReservesNewKeysDefersThoseLeftOutAndGivesBackWhatWasNotInserted) {
+  Start({Check("a", 1), Check("b", 1), Check("c", 1)});
+  FakeDbSession& session = fake_.session(0);
+  const PgQuery& insert = session.runs()[0][LockPipeline::kInsert];
+  EXPECT_NE(insert.sql.find("LIMIT $4"), std::string::npos);
+  EXPECT_EQ(insert.params.back(), "2") << "all the budget had";
+  EXPECT_EQ(new_keys_.Reserve(1, 0), 0u) << "held while the transaction runs";
+
+  session.Answer(LockResults({Row(kRowA, "10")}));  // Only "a" has a row.
+  EXPECT_EQ(metrics_.new_keys_deferred.value(), 2u);
+  session.Answer(CommandResults(2));
+  ASSERT_TRUE(result_.has_value() && result_->ok());
+  EXPECT_TRUE((**result_)[0].check.allowed);
+  EXPECT_EQ((**result_)[1].check.status, CheckStatus::kStoreUnavailable);
+  EXPECT_EQ((**result_)[2].check.status, CheckStatus::kStoreUnavailable);
+  // The fake's INSERT reports no row inserted: the whole reservation comes back.
+  EXPECT_EQ(metrics_.new_keys.value(), 0u);
+  EXPECT_EQ(new_keys_.Reserve(5, 0), 2u);
+}
+
+TEST_F(BatchTransactionRun, AFailedTransactionGivesItsWholeReservationBack) {
+  Start({Check("a", 1), Check("b", 1)});
+  fake_.session(0).FailStatement("canceling statement due to lock timeout", "55P03");
+  fake_.session(0).Answer(CommandResults(1));  // The ROLLBACK.
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_FALSE(result_->ok());
+  EXPECT_EQ(new_keys_.Reserve(5, 0), 2u);
 }
 
 }  // namespace

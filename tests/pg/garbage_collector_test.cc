@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/testing/fake_pool.h"
@@ -28,6 +29,17 @@ class GarbageCollectorTest : public testing::Test {
     fake_.pool().Shutdown([] {});
     EXPECT_TRUE(fake_.RunUntil([&] { return closed; }));
   }
+
+  // Both sessions busy with checks, as under load; the first, then the second.
+  std::pair<SessionPool::Slot*, SessionPool::Slot*> LendBothToTransactions() {
+    SessionPool::Slot* a = fake_.pool().FreeSlot(SessionPool::End::kFirst);
+    fake_.pool().Lend(*a, SessionPool::Work::kTransaction);
+    SessionPool::Slot* b = fake_.pool().FreeSlot(SessionPool::End::kFirst);
+    fake_.pool().Lend(*b, SessionPool::Work::kTransaction);
+    return {a, b};
+  }
+
+  bool NothingSent() { return fake_.session(0).runs().empty() && fake_.session(1).runs().empty(); }
 
   FakePool fake_{2};
   Counter collected_;
@@ -56,21 +68,65 @@ TEST_F(GarbageCollectorTest, DeletesFullRowsOnTheLastFreeSessionAndGivesItBack) 
   EXPECT_EQ(capacity_calls_, 1) << "checks waiting for a session are told";
 }
 
-TEST_F(GarbageCollectorTest, WaitsWhileTheTableIsNotReadyOrEverySessionIsBusy) {
+TEST_F(GarbageCollectorTest, WaitsWhileTheTableIsNotReady) {
   table_ready_ = false;
   gc_.Collect();
-  table_ready_ = true;
+  EXPECT_TRUE(NothingSent());
+  EXPECT_EQ(gc_.state(), State::kWaiting);
+}
+
+TEST_F(GarbageCollectorTest, EverySessionBusyMakesItDueAndItTakesTheNextSessionGivenBack) {
+  SessionPool& pool = fake_.pool();
+  auto [a, b] = LendBothToTransactions();
+  gc_.Collect();  // The tick: nothing free.
+  EXPECT_TRUE(NothingSent());
+  EXPECT_EQ(gc_.state(), State::kDue);
+
+  pool.Return(*a);  // A transaction ends on the first session...
+  gc_.OnSessionReturned(*a);
+  ASSERT_EQ(fake_.session(0).runs().size(), 1u) << "...and collection takes it before checks";
+  EXPECT_EQ(fake_.session(0).runs()[0][0].sql, GarbageCollector::DeleteQuery("\"t\"").sql);
+  EXPECT_EQ(gc_.state(), State::kCollecting);
+  EXPECT_EQ(pool.free_slots(), 0u);
+
+  pool.Return(*b);  // One collection at a time: the other session stays the checks'.
+  gc_.OnSessionReturned(*b);
+  EXPECT_TRUE(fake_.session(1).runs().empty());
+  EXPECT_EQ(pool.free_slots(), 1u);
+
+  fake_.session(0).Answer(CommandResults(1));  // Fewer rows than a batch: not due any more.
+  EXPECT_EQ(gc_.state(), State::kWaiting);
+  EXPECT_EQ(pool.free_slots(), 2u);
+  EXPECT_EQ(capacity_calls_, 1);
+}
+
+TEST_F(GarbageCollectorTest, ASessionGivenBackIsLeftToChecksUnlessCollectionIsDue) {
   SessionPool& pool = fake_.pool();
   SessionPool::Slot* a = pool.FreeSlot(SessionPool::End::kFirst);
   pool.Lend(*a, SessionPool::Work::kTransaction);
-  SessionPool::Slot* b = pool.FreeSlot(SessionPool::End::kFirst);
-  pool.Lend(*b, SessionPool::Work::kTransaction);
-  gc_.Collect();
-  EXPECT_TRUE(fake_.session(0).runs().empty());
-  EXPECT_TRUE(fake_.session(1).runs().empty());
-  EXPECT_EQ(gc_.state(), State::kWaiting);
   pool.Return(*a);
+  gc_.OnSessionReturned(*a);
+  EXPECT_TRUE(NothingSent());
+  EXPECT_EQ(gc_.state(), State::kWaiting);
+}
+
+TEST_F(GarbageCollectorTest, ADueCollectionWaitsForTheTableToBeReady) {
+  SessionPool& pool = fake_.pool();
+  auto [a, b] = LendBothToTransactions();
+  gc_.Collect();
+  ASSERT_EQ(gc_.state(), State::kDue);
+  table_ready_ = false;
+  pool.Return(*a);
+  gc_.OnSessionReturned(*a);
+  EXPECT_TRUE(fake_.session(0).runs().empty());
   pool.Return(*b);
+}
+
+TEST(GarbageCollectorQuery, TakesFullRowsUntouchedForASecondNotForAWindow) {
+  const std::string sql = GarbageCollector::DeleteQuery("\"t\"").sql;
+  EXPECT_NE(sql.find("updated_at <= clock_timestamp() - interval '1 second'"), std::string::npos)
+      << sql;
+  EXPECT_EQ(sql.find("greatest(window_ms"), std::string::npos) << sql;
 }
 
 TEST_F(GarbageCollectorTest, AFailedCollectionGivesTheSessionBackAndWaitsForTheNextTick) {

@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 #include <uv.h>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/testing/canned_lock_results.h"
@@ -27,12 +29,15 @@ bool IsTableCheck(const std::vector<PgQuery>& pipeline) {
 class PgStoreTest : public testing::Test {
  protected:
   // `adapt_statements`: RATE_LIMIT_PG_STATEMENTS=auto, resolved to prepared statements.
-  explicit PgStoreTest(bool adapt_statements = false) {
+  // `gc_interval_ms`: how often garbage collection looks for work.
+  explicit PgStoreTest(bool adapt_statements = false,
+                       uint64_t gc_interval_ms = GarbageCollector::kIntervalMs) {
     uv_loop_init(&loop_);
     PgStoreOptions options;
     options.table = TableName{"", "t"};
     options.key_hashing = KeyHashing::kNone;
     options.adapt_statements = adapt_statements;
+    options.gc_interval_ms = gc_interval_ms;
     store_ = std::make_unique<PgStore>(&loop_, options, [this](DbSession::StateListener l) {
       auto session = std::make_unique<FakeDbSession>(std::move(l));
       sessions_.push_back(session.get());
@@ -162,6 +167,44 @@ TEST_F(PgStoreAutoStatementsTest, AStatementPoolerMakesTheStoreNotReadyForGood) 
   session(0).Connected();
   EXPECT_FALSE(store_->ready()) << "reconnecting changes nothing: the pooler is still there";
   EXPECT_EQ(store_->free_slots(), 0u);
+}
+
+class PgStoreCollectionTest : public PgStoreTest {
+ protected:
+  PgStoreCollectionTest() : PgStoreTest(/*adapt_statements=*/false, /*gc_interval_ms=*/1) {}
+};
+
+bool IsCollection(const std::vector<PgQuery>& pipeline) {
+  return pipeline.size() == 1 && pipeline[0].sql.rfind("DELETE FROM", 0) == 0;
+}
+
+TEST_F(PgStoreCollectionTest, ADueCollectionTakesTheSessionATransactionGivesBackBeforeTheNextTake) {
+  MakeReady();
+  session(1).Connected();
+  // What the batcher would see when told the answer: it starts its next Take from there.
+  std::optional<size_t> free_at_done;
+  bool collecting_at_done = false;
+  store_->Take({StoreOp{.key = "a", .cost = 1, .policy = Policy{10, 1000}}},
+               [&](Result<std::vector<StoreAnswer>> r) {
+                 EXPECT_TRUE(r.ok());
+                 free_at_done = store_->free_slots();
+                 collecting_at_done = IsCollection(session(0).runs().back());
+               });
+  store_->Take({StoreOp{.key = "b", .cost = 1, .policy = Policy{10, 1000}}},
+               [](Result<std::vector<StoreAnswer>>) {});
+  ASSERT_EQ(store_->free_slots(), 0u);
+  // A tick finds both sessions busy with checks: collection is due, and waits.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  uv_run(&loop_, UV_RUN_NOWAIT);
+  EXPECT_EQ(session(0).runs().size(), 2u) << "the table check and the lock pipeline, no more";
+
+  session(0).Answer(
+      CannedLockResults({{"61", "10", std::to_string(kNowUs), "10", "1000"}}, kNowUs));
+  session(0).Answer(CommandResults(2));  // The COMMIT: the transaction gives session 0 back.
+  ASSERT_TRUE(free_at_done.has_value());
+  EXPECT_TRUE(collecting_at_done) << "the due collection took session 0 before the answer";
+  EXPECT_EQ(*free_at_done, 0u) << "so the batcher finds nothing free";
+  EXPECT_EQ(session(1).runs().size(), 1u) << "session 1 is still the other check's";
 }
 
 TEST_F(PgStoreTest, ATakeWithoutAFreeSessionIsRefusedRatherThanQueued) {
