@@ -146,7 +146,11 @@ bool LeaseEngine::MakeRoom(size_t key_bytes) {
 
 bool LeaseEngine::MayAskForNewKey(int64_t now) {
   if (now >= flood_until_us_ || new_key_rate_.limit == 0) return true;
-  return TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed;
+  if (TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) return true;
+  // New keys still arrive faster than the store takes them: the flood goes on. (The keys let
+  // through are inserted, not deferred, so the store alone would never say so again.)
+  flood_until_us_ = now + kFloodHoldUs;
+  return false;
 }
 
 void LeaseEngine::Forget(const KeyDigest& digest, const KeyState& state) {

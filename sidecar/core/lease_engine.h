@@ -93,10 +93,11 @@ struct LeaseMetrics {
 //
 // A flood of new keys: each costs a fetch, a database round trip, before its answer. When the
 // store answers that it deferred a new key (its bound on new rows is reached), this sidecar
-// knows a flood is on: for the next kFloodHoldUs, a check of a key it holds no state for is
-// sent to the store only at the store's own rate of new rows, and otherwise answered by the
-// fallback at once, so that a flood is answered in microseconds and does not queue behind the
-// database. Keys with state are served as always.
+// knows a flood is on, until kFloodHoldUs after new keys last came faster than the store's
+// own rate of new rows: meanwhile a check of a key it holds no state for is sent to the store
+// only at that rate, and otherwise answered by the fallback at once, so that a flood is
+// answered in microseconds and does not queue behind the database. Keys with state are served
+// as always.
 //
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The store, clock
 // and fallback (may be null) must outlive the engine; the store must finish (or fail) every Take
