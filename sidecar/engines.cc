@@ -40,7 +40,8 @@ std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
       LeaseOptions{.ttl_ms = config.lease_ttl_ms,
                    .jitter_seed = secrets.jitter_seed,
                    .max_keys = LeaseKeys(config.max_keys),
-                   .max_key_bytes = LeaseKeys(config.max_keys) * kLeaseKeyBytes},
+                   .max_key_bytes = LeaseKeys(config.max_keys) * kLeaseKeyBytes,
+                   .new_keys_per_sec = config.pg_new_keys_per_sec},
       engines.fallback.get());
   engines.lease = lease.get();
   return lease;

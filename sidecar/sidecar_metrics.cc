@@ -123,6 +123,10 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         "Checks that waited for a lease fetch instead of being answered from "
                         "memory at once.",
                         lease.waited);
+    registry.AddCounter("ratelimit_lease_new_keys_deferred_total",
+                        "Checks of keys without lease state answered by RATE_LIMIT_FALLBACK at "
+                        "once, without the database, during a flood of new keys.",
+                        lease.new_keys_deferred);
   }
   if (engines.pg_store != nullptr) {
     const PgStoreMetrics& db = engines.pg_store->metrics();

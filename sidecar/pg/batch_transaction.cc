@@ -190,6 +190,7 @@ Result<TransactionDecision> Decide(const TransactionPlan& plan,
         decision.answers[pos].check = Refusal(CheckStatus::kStoreUnavailable,
                                               plan.batch[pos].policy.limit, Source::kDatabase);
         decision.answers[pos].now_us = now_us;
+        decision.answers[pos].new_key_deferred = plan.insert_bounded();
       }
       continue;
     }

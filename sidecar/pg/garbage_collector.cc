@@ -45,11 +45,16 @@ void GarbageCollector::Close(std::function<void()> done) {
 PgQuery GarbageCollector::DeleteQuery(const std::string& table_sql) {
   // Full at clock_timestamp(): the refill since updated_at covers what was missing. Untouched
   // for at least a second, so that a busy key's row is never deleted between a check's INSERT
-  // and its SELECT (see the class comment); a window's wait is not needed on top, and would keep
-  // a flood's rows for a whole window. Malformed rows are left to RepairRow when next used.
+  // and its SELECT (see the class comment), and for its window up to kKeepMs: a key that comes
+  // back within that long finds its row instead of inserting it again (an insert counts against
+  // RATE_LIMIT_PG_NEW_KEYS_PER_SEC), while a flood's rows of a long window go once full rather
+  // than after a whole window. Malformed rows are left to RepairRow when next used.
   return {"DELETE FROM " + table_sql + " WHERE key IN (SELECT key FROM " + table_sql +
               " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
-              " AND updated_at <= clock_timestamp() - interval '1 second'"
+              " AND updated_at <= clock_timestamp()"
+              "   - greatest(least(window_ms, " +
+              std::to_string(kKeepMs) +
+              "), 1000) * interval '1 millisecond'"
               " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
               " * capacity / window_ms >= capacity"
               " LIMIT " +

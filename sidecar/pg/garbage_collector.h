@@ -18,10 +18,12 @@ namespace ratelimit {
 // seen again leaves rows that must go at about the rate they arrive, as soon as they are full
 // (36 s for 1 token of 100 an hour), not a window later. Every `interval_ms` (kIntervalMs by
 // default), while the table is ready, one free session (the pool's last, checks taking the
-// first) deletes up to kBatch rows full now and untouched for at least a second, skipping rows
-// that checks hold locked (FOR UPDATE SKIP LOCKED). The second is what keeps a busy key's row
-// (a large limit is full again within microseconds) from being deleted between a check's
-// INSERT and its SELECT, which would fail that check (Decide refuses a key whose row is gone).
+// first) deletes up to kBatch rows full now and untouched for their window, at most kKeepMs
+// and at least a second, skipping rows that checks hold locked (FOR UPDATE SKIP LOCKED). The
+// second is what keeps a busy key's row (a large limit is full again within microseconds) from
+// being deleted between a check's INSERT and its SELECT, which would fail that check (Decide
+// refuses a key whose row is gone); up to 30 s of its window keeps the row of a key that comes
+// back soon from being inserted again.
 //
 // Collection is "due" when a batch came back full (more rows are waiting) or a tick found
 // every session busy with checks. While due, it runs on the first free session: at once when
@@ -40,6 +42,8 @@ class GarbageCollector {
 
   static constexpr uint64_t kIntervalMs = 5000;
   static constexpr int kBatch = 500;
+  // The longest a full row is kept after its last check (its window, when shorter; at least 1 s).
+  static constexpr int64_t kKeepMs = 30000;
 
   // `table_sql` is the quoted table name; `may_collect` says whether the table is ready;
   // `on_capacity` runs when a collection gave its session back.

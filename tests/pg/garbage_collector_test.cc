@@ -122,11 +122,12 @@ TEST_F(GarbageCollectorTest, ADueCollectionWaitsForTheTableToBeReady) {
   pool.Return(*b);
 }
 
-TEST(GarbageCollectorQuery, TakesFullRowsUntouchedForASecondNotForAWindow) {
+TEST(GarbageCollectorQuery, TakesFullRowsUntouchedForTheirWindowUpTo30SecondsAndAtLeastOne) {
   const std::string sql = GarbageCollector::DeleteQuery("\"t\"").sql;
-  EXPECT_NE(sql.find("updated_at <= clock_timestamp() - interval '1 second'"), std::string::npos)
+  EXPECT_NE(sql.find("updated_at <= clock_timestamp()"
+                     "   - greatest(least(window_ms, 30000), 1000) * interval '1 millisecond'"),
+            std::string::npos)
       << sql;
-  EXPECT_EQ(sql.find("greatest(window_ms"), std::string::npos) << sql;
 }
 
 TEST_F(GarbageCollectorTest, AFailedCollectionGivesTheSessionBackAndWaitsForTheNextTick) {
