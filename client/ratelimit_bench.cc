@@ -2,11 +2,15 @@
 //
 //   ratelimit-bench [--socket PATH] [--connections N] [--depth D] [--duration-s S] [--keys K]
 //                   [--key-dist uniform|zipf|hot] [--cost C] [--limit L] [--window-ms W] [--json]
-//                   [--floor]
+//                   [--floor] [--hot-limit L [--hot-window-ms W] [--hot-per-s R]]
 //
 // --floor first measures the physical floor, a raw Unix-socket echo of frames of the same size
 // with the same connections and depth and no decoding, then the sidecar, and prints the
 // sidecar's figures as ratios to the floor's: comparable on a noisy machine.
+//
+// --hot-limit adds a hot key beside the load: one more connection checks the key "bench-hot"
+// R times a second (default 200) with limit L per W ms (default an hour), and reports whether it
+// was allowed exactly as such a bucket allows (L times, then denied) however the load goes.
 //
 // Each connection runs on its own thread with D requests in flight. Every request's latency,
 // from send to response on a monotonic clock, goes into a log-linear histogram (about 0.8%
@@ -23,13 +27,16 @@
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "ratelimit/client.h"
 #include "ratelimit/pipeline.h"
 #include "schema/frame_codec.h"
 
@@ -52,6 +59,9 @@ struct Options {
   uint32_t window_ms = 0;
   bool json = false;
   bool floor = false;
+  uint32_t hot_limit = 0;  // 0: no hot key.
+  uint32_t hot_window_ms = 3'600'000;
+  uint32_t hot_per_s = 200;
 };
 
 // Latencies in nanoseconds: exact below 256 ns, then 128 buckets per power of two.
@@ -198,11 +208,51 @@ void RunConnection(const Options& options, int index, SteadyTime::time_point end
   }
 }
 
+// The hot key's answers, in the order asked. A bucket that is not refilled meanwhile allows its
+// first `limit` checks and denies every later one: an allowance after a denial is a decision the
+// load changed (or a refill, over a run as long as a token's refill time).
+struct HotKeyTally {
+  uint64_t checks = 0, allowed = 0, denied = 0, allowed_after_denial = 0, errors = 0;
+
+  // Each count by name, in the order printed.
+  std::vector<std::pair<const char*, unsigned long long>> Fields() const {
+    return {{"checks", checks},
+            {"allowed", allowed},
+            {"denied", denied},
+            {"allowed_after_denial", allowed_after_denial},
+            {"errors", errors}};
+  }
+};
+
+// Checks "bench-hot" options.hot_per_s times a second on a connection of its own until `end`.
+HotKeyTally RunHotKey(const Options& options, SteadyTime::time_point end) {
+  Client client(options.client);
+  HotKeyTally tally;
+  const auto period = std::chrono::nanoseconds(1'000'000'000 / options.hot_per_s);
+  for (auto next = SteadyTime::now(); next < end; next += period) {
+    std::this_thread::sleep_until(next);
+    Result<CheckResult> r = client.Check(
+        {.key = "bench-hot", .limit = options.hot_limit, .window_ms = options.hot_window_ms});
+    ++tally.checks;
+    if (!r.ok() || r->status != CheckStatus::kOk) {
+      ++tally.errors;
+    } else if (!r->allowed) {
+      ++tally.denied;
+    } else if (tally.denied > 0) {
+      ++tally.allowed_after_denial;
+    } else {
+      ++tally.allowed;
+    }
+  }
+  return tally;
+}
+
 // What one run measured.
 struct Summary {
   uint64_t checks = 0, allowed = 0, denied = 0, errors = 0;
   double seconds = 0;
   Histogram latency;
+  std::optional<HotKeyTally> hot;  // With --hot-limit.
   double per_s() const { return seconds > 0 ? static_cast<double>(checks) / seconds : 0; }
 };
 
@@ -267,16 +317,40 @@ void Print(const char* what, const char* unit, const Summary& s, bool json, cons
                 ratio(static_cast<double>(h.Quantile(0.99)), static_cast<double>(f.Quantile(0.99))),
                 100 * ratio(s.per_s(), floor->per_s()));
   }
+  if (s.hot) {
+    std::printf("  hot key:");
+    for (const auto& [name, value] : s.hot->Fields()) std::printf(" %s %llu", name, value);
+    std::printf("\n");
+  }
   if (json) {
     std::printf(
         "{\"checks\":%llu,\"allowed\":%llu,\"denied\":%llu,\"errors\":%llu,"
         "\"checks_per_s\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
-        "\"p999_us\":%.1f,\"max_us\":%.1f}\n",
+        "\"p999_us\":%.1f,\"max_us\":%.1f",
         static_cast<unsigned long long>(s.checks), static_cast<unsigned long long>(s.allowed),
         static_cast<unsigned long long>(s.denied), static_cast<unsigned long long>(s.errors),
         s.per_s(), h.Quantile(0.5) / us, h.Quantile(0.9) / us, h.Quantile(0.99) / us,
         h.Quantile(0.999) / us, h.max() / us);
+    if (s.hot) {
+      for (const auto& [name, value] : s.hot->Fields())
+        std::printf(",\"hot_%s\":%llu", name, value);
+    }
+    std::printf("}\n");
   }
+}
+
+// The sidecar's run, with the hot key checked beside the load when asked for.
+Summary RunSidecar(const Options& options) {
+  std::optional<HotKeyTally> hot;
+  std::thread hot_thread;
+  if (options.hot_limit > 0) {
+    const auto end = SteadyTime::now() + std::chrono::seconds(options.duration_s);
+    hot_thread = std::thread([&options, &hot, end] { hot = RunHotKey(options, end); });
+  }
+  Summary summary = RunLoad(options, "checks", RunConnection);
+  if (hot_thread.joinable()) hot_thread.join();
+  summary.hot = hot;
+  return summary;
 }
 
 // The physical floor: a Unix-socket server that writes back every byte it reads, with no
@@ -410,7 +484,8 @@ int Usage(const std::string& message) {
   std::fprintf(stderr,
                "ratelimit-bench: %s\nusage: ratelimit-bench [--socket PATH] [--connections N] "
                "[--depth D] [--duration-s S] [--keys K] [--key-dist uniform|zipf|hot] "
-               "[--cost C] [--limit L] [--window-ms W] [--json] [--floor]\n",
+               "[--cost C] [--limit L] [--window-ms W] [--json] [--floor] "
+               "[--hot-limit L [--hot-window-ms W] [--hot-per-s R]]\n",
                message.c_str());
   return kExitUsage;
 }
@@ -465,15 +540,24 @@ int Main(int argc, char** argv) {
     } else if (arg == "--window-ms") {
       if (!number(0, UINT32_MAX)) return kExitUsage;
       options.window_ms = static_cast<uint32_t>(n);
+    } else if (arg == "--hot-limit") {
+      if (!number(1, UINT32_MAX)) return kExitUsage;
+      options.hot_limit = static_cast<uint32_t>(n);
+    } else if (arg == "--hot-window-ms") {
+      if (!number(1, UINT32_MAX)) return kExitUsage;
+      options.hot_window_ms = static_cast<uint32_t>(n);
+    } else if (arg == "--hot-per-s") {
+      if (!number(1, 10000)) return kExitUsage;
+      options.hot_per_s = static_cast<uint32_t>(n);
     } else {
       return Usage("unknown option " + std::string(arg));
     }
   }
 
   if (!options.floor) {
-    const Summary sidecar = RunLoad(options, "checks", RunConnection);
+    const Summary sidecar = RunSidecar(options);
     Print("sidecar", "checks", sidecar, options.json, nullptr);
-    return sidecar.errors == 0 ? 0 : 1;
+    return sidecar.errors == 0 && (!sidecar.hot || sidecar.hot->errors == 0) ? 0 : 1;
   }
   // The floor first, with the same connections, depth and frame size, then the sidecar.
   Result<std::unique_ptr<EchoServer>> echo = EchoServer::Start();
@@ -485,10 +569,11 @@ int Main(int argc, char** argv) {
   floor_options.client.socket_path = (*echo)->path();
   const Summary floor = RunLoad(floor_options, "echoes", RunFloorConnection);
   echo->reset();
-  const Summary sidecar = RunLoad(options, "checks", RunConnection);
+  const Summary sidecar = RunSidecar(options);
   Print("floor (raw echo)", "echoes", floor, options.json, nullptr);
   Print("sidecar", "checks", sidecar, options.json, &floor);
-  return sidecar.errors == 0 && floor.errors == 0 ? 0 : 1;
+  return sidecar.errors == 0 && floor.errors == 0 && (!sidecar.hot || sidecar.hot->errors == 0) ? 0
+                                                                                                : 1;
 }
 
 }  // namespace
