@@ -1,0 +1,68 @@
+// Lease mode on a real PostgreSQL under a flood of unique keys, held to RATE_LIMIT_MAX_KEYS.
+#include <string>
+
+#include "gtest/gtest.h"
+#include "tests/testing/http_client.h"
+#include "tests/testing/key_flood.h"
+#include "tests/testing/pg_test_support.h"
+#include "tests/testing/test_database.h"
+
+namespace ratelimit {
+namespace {
+
+// Smaller than the memory store's test: a new key that the database takes costs a transaction's
+// share (about 10,000 new keys a second on two cores), so the lease state fills within the
+// flood's first second only if the cap is well below that; the fallback's buckets, which answer
+// the new keys beyond RATE_LIMIT_PG_NEW_KEYS_PER_SEC at memory speed, fill at once.
+constexpr int64_t kMaxKeys = 5'000;
+// Bytes one key may cost at most in lease mode: above the README's stated bytes per key (see
+// RATE_LIMIT_MAX_KEYS in its bounds). Two tables are capped: the lease state and the fallback's
+// buckets, which answer the new keys the database does not take.
+constexpr int64_t kBytesPerKeyBound = 600;
+constexpr int64_t kCappedTables = 2;
+// What a flood moves besides the tables: connection buffers, the database sessions' buffers, the
+// allocator's arenas and free lists.
+constexpr int64_t kSlackBytes = 32 << 20;
+// The bound on the slowest check while the tables grow.
+constexpr double kMaxLatencyUs = 50'000;
+
+TEST(LeaseKeyFlood, LeaseModeHoldsTheCapKeepsHotKeyDecisionsAndNeverStalls) {
+  REQUIRE_TEST_DATABASE();
+  const std::string table = "lease_key_flood";
+  pg_test::DropTable(table);
+  AdminSidecar sidecar =
+      StartWithAdmin({{"RATE_LIMIT_STORE", "postgres"},
+                      {"RATE_LIMIT_MODE", "lease"},
+                      {"DATABASE_URL", TestDatabaseUrl() + " application_name=lease_key_flood"},
+                      {"RATE_LIMIT_PG_TABLE", table},
+                      {"RATE_LIMIT_WINDOW_MS", "3600000"},
+                      {"RATE_LIMIT_MAX_KEYS", std::to_string(kMaxKeys)}});
+  ASSERT_TRUE(sidecar.process);
+  ASSERT_TRUE(pg_test::WaitUntil([&] {
+    return pg_test::PingsReady(sidecar.process->socket_path());
+  })) << sidecar.process->Stderr();
+  KeyFloodOptions options;
+  options.socket_path = sidecar.process->socket_path();
+  options.pid = sidecar.process->pid();
+  const KeyFloodResult flood = RunKeyFlood(options);
+  ExpectFloodContained(flood, options, kMaxKeys,
+                       kCappedTables * kMaxKeys * kBytesPerKeyBound + kSlackBytes, kMaxLatencyUs);
+
+  // The gauges are published every 250 ms: the first scrape after the flood that shows evictions.
+  auto evictions = [](const PromText& t) {
+    return t.Value("ratelimit_evictions_total", {{"store", "lease"}}).value_or(0) +
+           t.Value("ratelimit_evictions_total", {{"store", "fallback"}}).value_or(0);
+  };
+  Result<PromText> m =
+      ScrapeUntil(sidecar.port, [&](const PromText& t) { return evictions(t) > 0; });
+  ASSERT_TRUE(m.ok()) << m.status().ToString() << "\n" << DumpNow(sidecar.port);
+  for (const char* store : {"lease", "fallback"}) {
+    EXPECT_LE(m->Value("ratelimit_active_buckets", {{"store", store}}).value_or(0), kMaxKeys)
+        << store;
+    EXPECT_EQ(m->Value("ratelimit_max_keys", {{"store", store}}), kMaxKeys) << store;
+  }
+  EXPECT_NE(sidecar.process->Stderr().find("key table full"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ratelimit
