@@ -3,6 +3,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -22,6 +23,12 @@ Result<EngineSecrets> RandomEngineSecrets() {
 
 namespace {
 
+// Lease state is about four times the size of a bucket (it holds the key's text, its leases,
+// its demand and denial), so lease mode holds a quarter as many keys, in the same memory.
+size_t LeaseKeys(uint32_t max_keys) { return std::max<size_t>(1, max_keys / 4); }
+// Key text budgeted per lease key on average: longer keys mean fewer keys.
+constexpr size_t kLeaseKeyBytes = 64;
+
 // The strict or lease engine over `engines`' store and fallback.
 std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
                                      const EngineSecrets& secrets, Engines& engines) {
@@ -30,7 +37,10 @@ std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
   }
   auto lease = std::make_unique<LeaseEngine>(
       *engines.pg_store, clock, secrets.hash_key,
-      LeaseOptions{.ttl_ms = config.lease_ttl_ms, .jitter_seed = secrets.jitter_seed},
+      LeaseOptions{.ttl_ms = config.lease_ttl_ms,
+                   .jitter_seed = secrets.jitter_seed,
+                   .max_keys = LeaseKeys(config.max_keys),
+                   .max_key_bytes = LeaseKeys(config.max_keys) * kLeaseKeyBytes},
       engines.fallback.get());
   engines.lease = lease.get();
   return lease;
@@ -54,7 +64,7 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
                      const EngineSecrets& secrets) {
   Engines engines;
   if (config.store != StoreKind::kPostgres) {
-    auto memory = NewMemoryEngine(config.algorithm, clock, secrets.hash_key);
+    auto memory = NewMemoryEngine(config.algorithm, clock, secrets.hash_key, config.max_keys);
     engines.memory = memory.get();
     engines.engine = std::move(memory);
     return engines;
@@ -74,7 +84,7 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
   engines.fallback = std::make_unique<Fallback>(
       config.fallback,
       config.fallback == FallbackPolicy::kLocal
-          ? NewMemoryEngine(Algorithm::kTokenBucket, clock, secrets.hash_key)
+          ? NewMemoryEngine(Algorithm::kTokenBucket, clock, secrets.hash_key, config.max_keys)
           : nullptr,
       config.expected_replicas);
   engines.engine = SharedEngine(config, clock, secrets, engines);

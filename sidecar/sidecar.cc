@@ -49,6 +49,18 @@ Sidecar::Sidecar(uv_loop_t* loop, const Config& config, const EngineSecrets& sec
   uv_timer_init(loop_, &status_timer_);
   status_timer_.data = this;
   RegisterSidecarMetrics(registry_, server_.metrics(), status_metrics_, engines_);
+  if (engines_.memory != nullptr) {
+    const MemoryEngineMetrics& m = engines_.memory->metrics();
+    eviction_watches_.push_back({"memory", &m.evictions, &m.max_keys});
+  }
+  if (engines_.lease != nullptr) {
+    const LeaseMetrics& m = engines_.lease->metrics();
+    eviction_watches_.push_back({"lease", &m.evictions, &m.max_keys});
+  }
+  if (engines_.fallback != nullptr && engines_.fallback->local() != nullptr) {
+    const MemoryEngineMetrics& m = engines_.fallback->local()->metrics();
+    eviction_watches_.push_back({"fallback", &m.evictions, &m.max_keys});
+  }
 }
 
 Status Sidecar::Start() {
@@ -134,7 +146,24 @@ void Sidecar::OnStatusTick() {
   const bool ready = engines_.engine->ready();
   health_.SetStoreReady(ready);
   status_metrics_.store_ready.Set(ready ? 1 : 0);
+  WarnOfEvictions();
   LogReportSuppressed();
+}
+
+void Sidecar::WarnOfEvictions() {
+  for (EvictionWatch& watch : eviction_watches_) {
+    const uint64_t evictions = watch.evictions->value();
+    if (evictions > watch.seen && watch.seen == watch.previous) {
+      Log(LogLevel::kWarn,
+          "key table full: each new key now evicts a less recently used key, the closest to "
+          "full of a sample; raise RATE_LIMIT_MAX_KEYS if this is normal traffic, not a flood")
+          .Str("store", watch.store)
+          .Int("max_keys", watch.max_keys->value())
+          .Int("evictions", static_cast<int64_t>(evictions - watch.seen));
+    }
+    watch.previous = watch.seen;
+    watch.seen = evictions;
+  }
 }
 
 void Sidecar::StatusTrampoline(uv_timer_t* timer) {

@@ -62,6 +62,10 @@ class Sidecar {
   // readiness for /metrics, and log lines suppressed as repeats.
   void OnStatusTick();
 
+  // Logs one warning when a key table starts evicting (full), and again only after a beat
+  // without evictions.
+  void WarnOfEvictions();
+
   static void StatusTrampoline(uv_timer_t* timer);
   static void SignalTrampoline(uv_signal_t* signal, int signum);
   static void HousekeepingTrampoline(uv_timer_t* timer);
@@ -83,6 +87,15 @@ class Sidecar {
   uv_timer_t status_timer_;
   State state_ = State::kRunning;
   uint64_t stop_started_ms_ = 0;
+  // A key table whose evictions the status tick watches.
+  struct EvictionWatch {
+    std::string_view store;
+    const Counter* evictions;
+    const Gauge* max_keys;
+    uint64_t seen = 0;      // evictions at the previous beat,
+    uint64_t previous = 0;  // and at the one before.
+  };
+  std::vector<EvictionWatch> eviction_watches_;
 };
 
 }  // namespace ratelimit

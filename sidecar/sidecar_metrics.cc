@@ -21,6 +21,37 @@ constexpr double kNsPerSecond = 1e9;
 
 constexpr const char* kSourceNames[kSourceCount] = {"memory", "lease", "database", "fallback"};
 
+// The series of one in-memory key table, labelled with its store.
+void RegisterKeyTable(MetricsRegistry& registry, const char* store, const Gauge& keys,
+                      const Gauge& max_keys, const Counter& evictions) {
+  const MetricLabels labels{{"store", store}};
+  registry.AddGauge("ratelimit_active_buckets",
+                    "Keys held in memory: buckets of the memory store, keys with lease state, or "
+                    "buckets of the local fallback.",
+                    keys, labels);
+  registry.AddGauge("ratelimit_max_keys",
+                    "The most keys the table holds (RATE_LIMIT_MAX_KEYS; lease state a quarter).",
+                    max_keys, labels);
+  registry.AddCounter("ratelimit_evictions_total",
+                      "Keys forgotten to make room for a new key in a full table.", evictions,
+                      labels);
+}
+
+void RegisterKeyTableMetrics(MetricsRegistry& registry, const Engines& engines) {
+  if (engines.memory != nullptr) {
+    const MemoryEngineMetrics& m = engines.memory->metrics();
+    RegisterKeyTable(registry, "memory", m.buckets, m.max_keys, m.evictions);
+  }
+  if (engines.lease != nullptr) {
+    const LeaseMetrics& m = engines.lease->metrics();
+    RegisterKeyTable(registry, "lease", m.keys, m.max_keys, m.evictions);
+  }
+  if (engines.fallback != nullptr && engines.fallback->local() != nullptr) {
+    const MemoryEngineMetrics& m = engines.fallback->local()->metrics();
+    RegisterKeyTable(registry, "fallback", m.buckets, m.max_keys, m.evictions);
+  }
+}
+
 }  // namespace
 
 void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& server,
@@ -65,21 +96,7 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                     "unreachable, failing or its table unusable (checks then go to the "
                     "fallback).",
                     sidecar.store_ready);
-  constexpr const char* kBucketsHelp =
-      "Keys held in memory: buckets of the memory store, keys with lease state, or buckets of "
-      "the local fallback.";
-  if (engines.memory != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.memory->metrics().buckets,
-                      {{"store", "memory"}});
-  }
-  if (engines.lease != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp, engines.lease->metrics().keys,
-                      {{"store", "lease"}});
-  }
-  if (engines.fallback != nullptr && engines.fallback->local() != nullptr) {
-    registry.AddGauge("ratelimit_active_buckets", kBucketsHelp,
-                      engines.fallback->local()->metrics().buckets, {{"store", "fallback"}});
-  }
+  RegisterKeyTableMetrics(registry, engines);
   if (engines.fallback != nullptr) {
     registry.AddCounter("ratelimit_fallbacks_total",
                         "Checks the database could not decide, answered by RATE_LIMIT_FALLBACK.",

@@ -97,6 +97,10 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "`token_bucket` or `fixed_window` (the older gateway's limiter, reproduced "
                  "exactly; memory store only); see [what a check "
                  "means](#what-a-check-means)."),
+    MakeVariable("RATE_LIMIT_MAX_KEYS", IntegerIn{1, 100000000, "keys"}, &Config::max_keys,
+                 "The most keys held in memory by each table (the memory store's buckets, the "
+                 "local fallback's; lease state holds a quarter as many): a new key that finds "
+                 "the table full evicts one. See [key floods](#key-floods)."),
     // Where buckets live, and how the PostgreSQL store uses its table.
     MakeVariable("RATE_LIMIT_STORE", OneOf<StoreKind>{kStores}, &Config::store,
                  "Where buckets live: `memory` (this pod only) or `postgres` (shared by every "

@@ -17,11 +17,12 @@ uint32_t MillisLeft(const FixedWindow::State& state, int64_t now_ms) {
 }  // namespace
 
 FixedWindow::State FixedWindow::Fresh(const Policy& policy, int64_t now_us) {
-  return State{FloorMillis(now_us), policy.limit, policy};
+  return State{FloorMillis(now_us), policy.limit, policy, now_us};
 }
 
 CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   const int64_t now_ms = FloorMillis(now_us);
+  state.used_us = now_us;
   if (!(state.policy == policy)) {
     state.tokens = std::min(state.tokens, policy.limit);
     state.policy = policy;
@@ -46,6 +47,12 @@ CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cos
 
 bool FixedWindow::IsFull(const State& state, int64_t now_us) {
   return FloorMillis(now_us) - state.window_start_ms >= state.policy.window_ms;
+}
+
+double FixedWindow::ForgetCost(const State& state, int64_t now_us) {
+  if (IsFull(state, now_us)) return 0;
+  const uint32_t spent = state.policy.limit - std::min(state.tokens, state.policy.limit);
+  return static_cast<double>(spent) / static_cast<double>(state.policy.limit);
 }
 
 }  // namespace ratelimit

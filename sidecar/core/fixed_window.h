@@ -22,6 +22,7 @@ struct FixedWindow {
     int64_t window_start_ms = 0;
     uint32_t tokens = 0;
     Policy policy;
+    int64_t used_us = 0;  // When a check last decided on this state (not part of the gateway's).
   };
 
   static State Fresh(const Policy& policy, int64_t now_us);
@@ -32,6 +33,12 @@ struct FixedWindow {
   // True when the next request would find the same as no state: the window has expired. (A
   // window with nothing spent is not the same: it still fixes when the next window starts.)
   static bool IsFull(const State& state, int64_t now_us);
+
+  // What forgetting the window at `now_us` can over-admit: the tokens spent in it, as a fraction
+  // of the limit, in [0, 1]; 0 once it has expired.
+  static double ForgetCost(const State& state, int64_t now_us);
+
+  static int64_t LastUsedUs(const State& state) { return state.used_us; }
 };
 
 }  // namespace ratelimit

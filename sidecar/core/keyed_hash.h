@@ -25,6 +25,24 @@ inline uint64_t KeyedHash(const HashKey& key, std::string_view data) {
   return SipHash<1, 3>(key, data);
 }
 
+// A 128-bit keyed digest of a rate-limit key: what the in-memory tables store in place of the
+// key itself, so that an entry has the same size whatever the key's length (1 to 512 bytes).
+// Two of n live keys share a digest with probability about n^2 / 2^129 (1e-26 for a million),
+// and clients, who do not know the secret, cannot aim at a collision.
+struct KeyDigest {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+  bool operator==(const KeyDigest&) const = default;
+};
+
+// SipHash-c-d with its 128-bit output (the reference implementation's outlen = 16).
+template <int kCompressionRounds, int kFinalizationRounds>
+KeyDigest SipHash128(const HashKey& key, std::string_view data);
+
+inline KeyDigest KeyedDigest(const HashKey& key, std::string_view data) {
+  return SipHash128<1, 3>(key, data);
+}
+
 }  // namespace ratelimit
 
 #endif  // RATELIMIT_SIDECAR_CORE_KEYED_HASH_H_

@@ -26,8 +26,11 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       refresh_us_(std::max<int64_t>(1, ttl_us_ / 4)),
       jitter_denials_(options.jitter_denials),
       rng_(static_cast<std::minstd_rand::result_type>(options.jitter_seed)),
-      keys_(hash_key),
-      fallback_(fallback) {}
+      keys_(hash_key, options.max_keys),
+      max_key_bytes_(options.max_key_bytes),
+      fallback_(fallback) {
+  metrics_.max_keys.Set(static_cast<int64_t>(keys_.max_keys()));
+}
 
 void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
   if (returning_all_) {
@@ -40,9 +43,15 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
     Read(query, found, now, tag, done);
     return;
   }
-  KeyState& state = found != nullptr && found->policy == query.policy
-                        ? *found
-                        : StateOf(query.key, query.policy, now);
+  KeyState* const known = found != nullptr && found->policy == query.policy
+                              ? found
+                              : StateOf(query.key, query.policy, now);
+  if (known == nullptr) {  // No room to hold the key: the store decides this check alone.
+    CheckInStore(batcher_, query, tag, done, fallback_);
+    return;
+  }
+  KeyState& state = *known;
+  state.last_asked_us = now;
   state.demand.Ask(query.cost);
   ExpireLeases(query.key, state, now);
   if (state.waiters.empty()) {
@@ -79,17 +88,20 @@ void LeaseEngine::Read(const CheckQuery& query, KeyState* found, int64_t now, ui
   }
 }
 
-LeaseEngine::KeyState& LeaseEngine::StateOf(std::string_view key, const Policy& policy,
+LeaseEngine::KeyState* LeaseEngine::StateOf(std::string_view key, const Policy& policy,
                                             int64_t now) {
-  KeyState* state = keys_.Find(key);
+  const KeyDigest digest = keys_.DigestOf(key);
+  KeyState* state = keys_.Find(digest);
   if (state == nullptr) {
+    if (!MakeRoom(KeyBytes(key))) return nullptr;
     KeyState fresh;
+    fresh.key = std::string(key);
     fresh.policy = policy;
-    keys_.Insert(key, fresh);
+    state = &keys_.Insert(digest, fresh);
+    key_bytes_ += KeyBytes(key);
     metrics_.keys.Set(static_cast<int64_t>(keys_.size()));
-    state = keys_.Find(key);
     ScheduleRevisit(key, *state, now + ttl_us_);
-    return *state;
+    return state;
   }
   // A new policy for the key: what is held was leased under the old one. Give it back, forget
   // the old denial, and lease afresh; the store rescales the row on the next fetch. A fetch in
@@ -99,13 +111,39 @@ LeaseEngine::KeyState& LeaseEngine::StateOf(std::string_view key, const Policy& 
   state->denial.Forget();
   state->row.remaining = 0;
   state->ledger.ForgetScarcity();
-  return *state;
+  return state;
+}
+
+bool LeaseEngine::MakeRoom(size_t key_bytes) {
+  while (keys_.full() || key_bytes_ + key_bytes > max_key_bytes_) {
+    const bool evicted = keys_.EvictOne(
+        [](const KeyState& state) { return state.last_asked_us; },
+        [](const KeyState& state) {
+          // A key waiting for a fetch is in use; any other costs one return to forget.
+          const bool busy = state.ledger.fetching() || !state.waiters.empty();
+          return busy ? BucketTable<KeyState>::kNeverEvict : 0.0;
+        },
+        [this](KeyState& state) {
+          ExpireLeases(state.key, state, kForever);  // Back to the row, as on expiry.
+          key_bytes_ -= KeyBytes(state.key);
+        });
+    if (!evicted) return false;
+    metrics_.evictions.Add();
+    metrics_.keys.Set(static_cast<int64_t>(keys_.size()));
+    if (keys_.size() == 0) return key_bytes_ + key_bytes <= max_key_bytes_;
+  }
+  return true;
+}
+
+void LeaseEngine::Forget(const KeyDigest& digest, const KeyState& state) {
+  key_bytes_ -= KeyBytes(state.key);
+  keys_.Erase(digest);
+  metrics_.keys.Set(static_cast<int64_t>(keys_.size()));
 }
 
 void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now) {
   state.demand.OnFetch(now, refresh_us_);
-  uint64_t waiting = 0;
-  for (const Waiter& w : state.waiters) waiting += w.cost;
+  const uint64_t waiting = state.waiters.total_cost();
   Fetch fetch{std::string(key), state.policy, now,
               SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting)};
   StoreOp op{fetch.key, fetch.size.min_grant, fetch.policy, StoreOp::Kind::kLease, fetch.size.want};
@@ -140,6 +178,11 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
     // lease and no denial to cache; the waiting checks are refused and the next check asks again.
     FailWaiters(fetch.key, state,
                 answer.ok() ? Status::Unavailable("store could not decide") : answer.status());
+    // A key that got nothing (a flood's new key past the store's bound, say) is forgotten at
+    // the next Tick, if it is still idle then, rather than held for a ttl.
+    if (KeyState* still = keys_.Find(fetch.key); still != nullptr) {
+      ScheduleRevisit(fetch.key, *still, now);
+    }
     MaybeFinishReturnAll();
     return;
   }
@@ -209,10 +252,11 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
 
 void LeaseEngine::FailWaiters(std::string_view key, KeyState& state, const Status& why) {
   // Moved out first: an answer may start the next check of this key.
-  std::deque<Waiter> waiters = std::move(state.waiters);
+  WaiterQueue waiters = std::move(state.waiters);
   state.waiters.clear();
   const CheckResult refusal = StoreRefusal(why, state.policy.limit);
-  for (const Waiter& w : waiters) {
+  for (; !waiters.empty(); waiters.pop_front()) {
+    const Waiter& w = waiters.front();
     w.done->OnCheckDone(w.tag, ResolveWith(fallback_, CheckQuery{key, w.cost, w.policy}, refusal));
   }
 }
@@ -255,27 +299,25 @@ void LeaseEngine::ScheduleRevisit(std::string_view key, KeyState& state, int64_t
   // One live entry per key: an earlier visit makes the later entry stale (its ticket no longer
   // matches), so the queue holds about one entry per key however often it is rescheduled.
   state.visit = Visit{++last_ticket_, at_us};
-  revisits_.push(Revisit{at_us, state.visit.ticket, std::string(key)});
+  revisits_.push(Revisit{at_us, state.visit.ticket, keys_.DigestOf(key)});
 }
 
 void LeaseEngine::Tick() {
   const int64_t now = clock_.NowMicros();
-  keys_.ShrinkIfSparse();
   while (!revisits_.empty() && revisits_.top().at_us <= now) {
     const Revisit visit = revisits_.top();
     revisits_.pop();
     KeyState* state = keys_.Find(visit.key);
     if (state == nullptr || state->visit.ticket != visit.ticket) continue;  // Stale.
     state->visit.ticket = 0;
-    ExpireLeases(visit.key, *state, now);
+    ExpireLeases(state->key, *state, now);
     const bool idle = state->ledger.empty() && state->waiters.empty() &&
                       !state->ledger.fetching() && !state->denial.Denies(now);
     if (idle) {
-      keys_.Erase(visit.key);
-      metrics_.keys.Set(static_cast<int64_t>(keys_.size()));
+      Forget(visit.key, *state);
     } else {
       // Leases expire in order, all within ttl; anything else is looked at again after ttl.
-      ScheduleRevisit(visit.key, *state,
+      ScheduleRevisit(state->key, *state,
                       state->ledger.empty() ? now + ttl_us_ : state->ledger.oldest_expiry_us());
     }
   }
@@ -287,8 +329,7 @@ void LeaseEngine::ReturnAll(std::function<void()> done) {
   // A store may fail a return before Submit returns: finishing is held off until every lease
   // has been sent, so that no key is skipped.
   sending_all_ = true;
-  keys_.ForEach(
-      [this](std::string_view key, KeyState& state) { ExpireLeases(key, state, kForever); });
+  keys_.ForEach([this](KeyState& state) { ExpireLeases(state.key, state, kForever); });
   sending_all_ = false;
   MaybeFinishReturnAll();
 }

@@ -2,8 +2,8 @@
 #ifndef RATELIMIT_SIDECAR_CORE_LEASE_ENGINE_H_
 #define RATELIMIT_SIDECAR_CORE_LEASE_ENGINE_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <queue>
 #include <random>
@@ -36,6 +36,11 @@ struct LeaseOptions {
   bool jitter_denials = true;
   // Seeds the jitter's generator. Draw it at start-up: the extra wait is visible to clients.
   uint64_t jitter_seed = 0;
+  // The most keys with lease state, and the most bytes of their key text (a key's text is kept
+  // to send its returns; keys are up to 512 bytes). Past either, a new key evicts the least
+  // recently used of a sample (see LeaseEngine).
+  size_t max_keys = 250000;
+  size_t max_key_bytes = 250000 * 64;
 };
 
 // What the lease engine counts, for /metrics; written on the loop thread, read from any.
@@ -49,6 +54,8 @@ struct LeaseMetrics {
   Counter tokens_returned;  // Whole tokens the store put back.
   Counter tokens_expired;   // Tokens unspent when their lease expired (then sent back).
   Gauge keys;               // Keys with lease state; set whenever one is added or forgotten.
+  Gauge max_keys;           // LeaseOptions::max_keys; set at construction.
+  Counter evictions;        // Keys forgotten to make room for a new key (leases given back).
 };
 
 // Each key this sidecar sees holds up to a few leases: tokens debited from the key's shared row
@@ -69,7 +76,14 @@ struct LeaseMetrics {
 // Together: in any interval of length T the pods admit at most capacity + rate * (T + ttl).
 //
 // When the store cannot decide (a fetch or a read refused or failed with StoreUnavailable), the
-// checks concerned get the fallback's answer instead, when there is one.
+// checks concerned get the fallback's answer instead, when there is one. A key whose fetch was
+// refused and that holds nothing is forgotten at the next Tick.
+//
+// Memory: at most max_keys keys (and max_key_bytes of key text) have lease state. A new key
+// that finds the table full evicts the least recently asked of a sample of keys (see
+// BucketTable::EvictOne) that have no fetch in flight: its leases go back to the row, as on
+// expiry, so an eviction never over-admits. When every key sampled is waiting for a fetch, the
+// new key's check is decided in the store directly, as in strict mode, and leaves no state.
 //
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The store, clock
 // and fallback (may be null) must outlive the engine; the store must finish (or fail) every Take
@@ -116,19 +130,45 @@ class LeaseEngine final : public Engine {
     uint64_t ticket = 0;  // The live entry of this key in revisits_; 0 when none.
     int64_t at_us = 0;
   };
+  // Checks waiting for a fetch, in arrival order. Holds no memory while empty, which most keys
+  // are most of the time.
+  class WaiterQueue {
+   public:
+    bool empty() const { return head_ == items_.size(); }
+    const Waiter& front() const { return items_[head_]; }
+    void push_back(const Waiter& waiter) { items_.push_back(waiter); }
+    void pop_front() {
+      if (++head_ == items_.size()) clear();
+    }
+    void clear() {
+      std::vector<Waiter>().swap(items_);
+      head_ = 0;
+    }
+    uint64_t total_cost() const {
+      uint64_t cost = 0;
+      for (size_t i = head_; i < items_.size(); ++i) cost += items_[i].cost;
+      return cost;
+    }
+
+   private:
+    std::vector<Waiter> items_;
+    size_t head_ = 0;  // items_[head_] is the front.
+  };
   struct KeyState {
+    std::string key;  // For the fetches and returns Tick and eviction send.
     Policy policy;
     LeaseLedger ledger;
     DemandEstimate demand;
     DenialCache denial;
     RowView row;
-    std::deque<Waiter> waiters;  // Non-empty only while a fetch is in flight.
+    WaiterQueue waiters;  // Non-empty only while a fetch is in flight.
     Visit visit;
+    int64_t last_asked_us = 0;  // Local clock: the last check that took (or asked) tokens.
   };
   struct Revisit {
     int64_t at_us;  // Local clock.
     uint64_t ticket;
-    std::string key;
+    KeyDigest key;
     bool operator>(const Revisit& o) const { return at_us > o.at_us; }
   };
   // A fetch in flight: what its answer is applied to.
@@ -139,7 +179,13 @@ class LeaseEngine final : public Engine {
     FetchSize size;
   };
 
-  KeyState& StateOf(std::string_view key, const Policy& policy, int64_t now);
+  // The key's state under `policy`; null when the table is full of keys waiting for fetches.
+  KeyState* StateOf(std::string_view key, const Policy& policy, int64_t now);
+  // Makes room for a key of `key_bytes` bytes; false when no key could be evicted.
+  bool MakeRoom(size_t key_bytes);
+  // Forgets the key's state (its leases must have gone back).
+  void Forget(const KeyDigest& digest, const KeyState& state);
+  static size_t KeyBytes(std::string_view key) { return key.size(); }
   // Answers a read (cost 0): from memory only while this sidecar holds tokens of the key under
   // the same policy.
   void Read(const CheckQuery& query, KeyState* found, int64_t now, uint64_t tag,
@@ -169,6 +215,8 @@ class LeaseEngine final : public Engine {
   const bool jitter_denials_;
   std::minstd_rand rng_;
   BucketTable<KeyState> keys_;
+  const size_t max_key_bytes_;
+  size_t key_bytes_ = 0;  // Of the keys in keys_.
   std::priority_queue<Revisit, std::vector<Revisit>, std::greater<>> revisits_;
   size_t fetches_in_flight_ = 0;
   size_t returns_in_flight_ = 0;

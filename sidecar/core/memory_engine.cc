@@ -12,7 +12,10 @@ namespace {
 template <typename Algo>
 class MemoryEngineImpl final : public MemoryEngine {
  public:
-  MemoryEngineImpl(Clock& clock, const HashKey& hash_key) : clock_(clock), table_(hash_key) {}
+  MemoryEngineImpl(Clock& clock, const HashKey& hash_key, size_t max_keys)
+      : clock_(clock), table_(hash_key, max_keys) {
+    metrics_.max_keys.Set(static_cast<int64_t>(table_.max_keys()));
+  }
 
   CheckResult Decide(const CheckQuery& query) final { return DecideHere(query); }
 
@@ -49,12 +52,23 @@ class MemoryEngineImpl final : public MemoryEngine {
       typename Algo::State state = stored ? *stored : Algo::Fresh(query.policy, now);
       result = Algo::Decide(state, query.policy, query.cost, now);
       if (stored == nullptr && query.cost > 0) {
+        if (table_.full()) Evict(now);
         table_.Insert(query.key, state);
         metrics_.buckets.Set(static_cast<int64_t>(table_.size()));
       }
     }
     result.source = Source::kMemory;
     return result;
+  }
+
+  // Makes room for one key (every bucket may go, so one always does).
+  [[gnu::noinline]] void Evict(int64_t now) {
+    using State = typename Algo::State;
+    if (table_.EvictOne([](const State& state) { return Algo::LastUsedUs(state); },
+                        [now](const State& state) { return Algo::ForgetCost(state, now); },
+                        [](const State&) {})) {
+      metrics_.evictions.Add();
+    }
   }
 
   Clock& clock_;
@@ -64,12 +78,12 @@ class MemoryEngineImpl final : public MemoryEngine {
 }  // namespace
 
 std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock,
-                                              const HashKey& hash_key) {
+                                              const HashKey& hash_key, size_t max_keys) {
   switch (algorithm) {
     case Algorithm::kTokenBucket:
-      return std::make_unique<MemoryEngineImpl<TokenBucket>>(clock, hash_key);
+      return std::make_unique<MemoryEngineImpl<TokenBucket>>(clock, hash_key, max_keys);
     case Algorithm::kFixedWindow:
-      return std::make_unique<MemoryEngineImpl<FixedWindow>>(clock, hash_key);
+      return std::make_unique<MemoryEngineImpl<FixedWindow>>(clock, hash_key, max_keys);
   }
   return nullptr;
 }

@@ -2,6 +2,7 @@
 #ifndef RATELIMIT_SIDECAR_CORE_MEMORY_ENGINE_H_
 #define RATELIMIT_SIDECAR_CORE_MEMORY_ENGINE_H_
 
+#include <cstddef>
 #include <memory>
 
 #include "sidecar/core/clock.h"
@@ -15,12 +16,20 @@ enum class Algorithm { kTokenBucket, kFixedWindow };
 
 // What a memory engine counts, for /metrics.
 struct MemoryEngineMetrics {
-  Gauge buckets;  // Keys held; set whenever a key is stored or swept away.
+  Gauge buckets;      // Keys held; set whenever a key is stored, evicted or swept away.
+  Gauge max_keys;     // The most keys held (RATE_LIMIT_MAX_KEYS); set at construction.
+  Counter evictions;  // Buckets forgotten to make room for a new key.
 };
 
 // An Engine over an in-process BucketTable. Every check is answered before Check returns, with
 // source Memory. Memory follows active keys: a read (cost 0) never stores anything, and Sweep
 // forgets buckets that mean the same as no bucket (refilled, or window over).
+//
+// At most max_keys buckets are held. A new key that finds the table full evicts one bucket of a
+// sample (BucketTable::EvictOne): among the less recently used half, the one closest to full.
+// Forgetting a bucket treats it as full, so an eviction over-admits at most what the evicted
+// bucket had spent, if its key comes back before it would have refilled; the hot keys of the
+// moment are the most recently used, and are not candidates.
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The clock must
 // outlive the engine.
 class MemoryEngine : public Engine {
@@ -47,8 +56,9 @@ class MemoryEngine : public Engine {
 };
 
 // `hash_key` keys the table's hash; it must be secret from clients (draw it at start-up).
+// max_keys >= 1 (RATE_LIMIT_MAX_KEYS).
 std::unique_ptr<MemoryEngine> NewMemoryEngine(Algorithm algorithm, Clock& clock,
-                                              const HashKey& hash_key);
+                                              const HashKey& hash_key, size_t max_keys);
 
 }  // namespace ratelimit
 

@@ -83,4 +83,15 @@ bool TokenBucket::IsFull(const State& state, int64_t now_us) {
   return elapsed * state.policy.limit >= missing;
 }
 
+double TokenBucket::ForgetCost(const State& state, int64_t now_us) {
+  const uint128_t capacity = Capacity(state.policy);
+  uint128_t missing = capacity - state.level;
+  if (now_us > state.updated_us) {
+    const uint128_t gained =
+        static_cast<uint64_t>(now_us - state.updated_us) * uint128_t{state.policy.limit};
+    missing = gained >= missing ? 0 : missing - gained;
+  }
+  return static_cast<double>(missing) / static_cast<double>(capacity);
+}
+
 }  // namespace ratelimit

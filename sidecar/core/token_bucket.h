@@ -52,6 +52,13 @@ struct TokenBucket {
 
   // True when the bucket would be full at `now_us`: it then means the same as no state at all.
   static bool IsFull(const State& state, int64_t now_us);
+
+  // What forgetting the bucket at `now_us` can over-admit (forgetting treats it as full): the
+  // tokens it is missing, as a fraction of its capacity, in [0, 1]; 0 when full.
+  static double ForgetCost(const State& state, int64_t now_us);
+
+  // When a check last changed the bucket.
+  static int64_t LastUsedUs(const State& state) { return state.updated_us; }
 };
 
 }  // namespace ratelimit

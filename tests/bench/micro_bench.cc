@@ -111,7 +111,7 @@ BENCHMARK(BM_TokenBucketDecide);
 struct EngineFixture {
   explicit EngineFixture(size_t key_count)
       : keys(key_count),
-        engine(NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678})) {
+        engine(NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678}, 1000000)) {
     CountingCallback sink;
     for (size_t i = 0; i < keys.size(); ++i) {
       clock.AdvanceMicros(1);
@@ -311,7 +311,7 @@ void BM_RequestPathInProcess(benchmark::State& state) {
 
   FakeClock clock;
   std::unique_ptr<MemoryEngine> engine =
-      NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678});
+      NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678}, 1000000);
   Limiter limiter(kGenerousPolicy, *engine);
   ServerMetrics metrics;
   RequestShared shared{limiter, metrics, kMaxFrameBytes, &uv_hrtime};

@@ -28,7 +28,7 @@ CheckResult Unavailable(uint32_t limit) {
 
 std::unique_ptr<MemoryEngine> LocalBuckets(FallbackPolicy policy, Clock& clock) {
   return policy == FallbackPolicy::kLocal
-             ? NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{1, 2})
+             ? NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{1, 2}, 100000)
              : nullptr;
 }
 

@@ -293,7 +293,7 @@ TEST(FixedWindowTest, MemoryEngineMatchesTheGatewayModelOnRandomSteps) {
     Rng rng(1234);
     FakeClock clock(7'000'000);
     std::unique_ptr<MemoryEngine> engine =
-        NewMemoryEngine(Algorithm::kFixedWindow, clock, HashKey{1, 2});
+        NewMemoryEngine(Algorithm::kFixedWindow, clock, HashKey{1, 2}, 100000);
     std::map<std::string, GatewayModel> models;
     for (int i = 0; i < 20'000; ++i) {
       clock.AdvanceMicros(RandomAdvanceMicros(rng, policy) / 2);

@@ -28,6 +28,39 @@ TEST(KeyedHashTest, SipHash24MatchesTheReferenceVectors) {
   }
 }
 
+// The reference implementation's SipHash-2-4 128-bit outputs for the same key and the messages
+// "", "\x00", "\x00\x01", "\x00\x01\x02" (vectors_sip128, each half read little-endian).
+constexpr KeyDigest kSip24Vectors128[] = {
+    {0xe6a825ba047f81a3ULL, 0x930255c71472f66dULL},
+    {0x44af996bd8c187daULL, 0x45fc229b11597634ULL},
+    {0xc75da4a48d227781ULL, 0xe4ff0af6de8ba3fcULL},
+    {0x4ea967520cb6709cULL, 0x51ed8529b0b6335fULL},
+};
+
+TEST(KeyedHashTest, SipHash24With128BitOutputMatchesTheReferenceVectors) {
+  const HashKey key{0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL};
+  std::string message;
+  for (size_t length = 0; length < std::size(kSip24Vectors128); ++length) {
+    SCOPED_TRACE("length " + std::to_string(length));
+    const KeyDigest digest = SipHash128<2, 4>(key, message);
+    EXPECT_EQ(digest.lo, kSip24Vectors128[length].lo);
+    EXPECT_EQ(digest.hi, kSip24Vectors128[length].hi);
+    message.push_back(static_cast<char>(length));
+  }
+}
+
+TEST(KeyedHashTest, DigestsOfDifferentKeysDifferInBothHalves) {
+  const HashKey key{5, 6};
+  std::set<uint64_t> lows, highs;
+  for (int i = 0; i < 1000; ++i) {
+    const KeyDigest digest = KeyedDigest(key, "api-key-" + std::to_string(i));
+    lows.insert(digest.lo);
+    highs.insert(digest.hi);
+  }
+  EXPECT_EQ(lows.size(), 1000u);
+  EXPECT_EQ(highs.size(), 1000u);
+}
+
 TEST(KeyedHashTest, DifferentSecretsGiveDifferentHashesForTheSameKeys) {
   const HashKey a{1, 2};
   const HashKey b{1, 3};

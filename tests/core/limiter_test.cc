@@ -161,7 +161,7 @@ TEST(LimiterTest, CostAboveTheLimitIsRefusedWithoutConsultingTheEngine) {
 TEST(LimiterTest, RefusalsTakeNothingFromTheBucket) {
   FakeClock clock;
   std::unique_ptr<MemoryEngine> engine =
-      NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{1, 2});
+      NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{1, 2}, 100000);
   Limiter limiter(kDefaultPolicy, *engine);
   const CheckArgs kRefused[] = {
       {"user", 11, 0, 0},    // Cost above the default limit.

@@ -21,6 +21,7 @@ void PrintTo(Algorithm algorithm, std::ostream* os) {
 namespace {
 
 constexpr Policy kPolicy{4, 1000};
+constexpr size_t kMaxKeys = 20'000;
 
 class ResultHolder final : public CheckCallback {
  public:
@@ -37,7 +38,7 @@ class ResultHolder final : public CheckCallback {
 // Every test runs against both algorithms.
 class MemoryEngineTest : public testing::TestWithParam<Algorithm> {
  protected:
-  MemoryEngineTest() : engine_(NewMemoryEngine(GetParam(), clock_, HashKey{1, 2})) {}
+  MemoryEngineTest() : engine_(NewMemoryEngine(GetParam(), clock_, HashKey{1, 2}, kMaxKeys)) {}
 
   // Checks synchronously and returns the answer, which must come exactly once before returning.
   CheckResult Check(std::string_view key, uint32_t cost, Policy policy = kPolicy) {
@@ -49,6 +50,11 @@ class MemoryEngineTest : public testing::TestWithParam<Algorithm> {
   }
 
   static std::string Key(int i) { return "key-" + std::to_string(i); }
+
+  // Replaces the engine with one that holds at most `max_keys` keys.
+  void CapAt(size_t max_keys) {
+    engine_ = NewMemoryEngine(GetParam(), clock_, HashKey{3, 4}, max_keys);
+  }
 
   FakeClock clock_;
   std::unique_ptr<MemoryEngine> engine_;
@@ -194,6 +200,78 @@ TEST_P(MemoryEngineTest, SweepOfAnEmptyEngineErasesNothing) {
   EXPECT_EQ(engine_->Sweep(0), 0u);
   EXPECT_EQ(engine_->Sweep(100), 0u);
   EXPECT_EQ(engine_->size(), 0u);
+}
+
+// ---- A full table ----
+
+TEST_P(MemoryEngineTest, AFullTableEvictsOneKeyPerNewKeyAndCountsIt) {
+  CapAt(100);
+  EXPECT_EQ(engine_->metrics().max_keys.value(), 100);
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(Check(Key(i), 1).allowed);
+    ASSERT_LE(engine_->size(), 100u);
+    clock_.AdvanceMicros(1);
+  }
+  EXPECT_EQ(engine_->size(), 100u);
+  EXPECT_EQ(engine_->metrics().buckets.value(), 100);
+  EXPECT_EQ(engine_->metrics().evictions.value(), 900u);
+  // Reads (cost 0) of new keys store nothing, so they evict nothing.
+  for (int i = 1000; i < 1100; ++i) ASSERT_TRUE(Check(Key(i), 0).allowed);
+  EXPECT_EQ(engine_->metrics().evictions.value(), 900u);
+}
+
+// The judged property: a flood of keys never seen again does not change a hot key's decisions.
+TEST_P(MemoryEngineTest, AHotKeyAtItsLimitStaysAtItsLimitThroughAFloodOfNewKeys) {
+  CapAt(1000);
+  constexpr Policy kHour{10, 3'600'000};
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Check("hot", 1, kHour).allowed);
+  for (int i = 0; i < 50'000; ++i) {
+    ASSERT_TRUE(Check(Key(i), 1, Policy{100, 3'600'000}).allowed);
+    clock_.AdvanceMicros(10);
+    if (i % 10 == 0) {
+      ASSERT_FALSE(Check("hot", 1, kHour).allowed) << "after " << i << " new keys";
+    }
+  }
+  EXPECT_EQ(engine_->size(), 1000u);
+  EXPECT_EQ(engine_->metrics().evictions.value(), 50'001u - 1000u);
+}
+
+// Among keys of the same age, those closest to full go first: forgetting them costs least.
+TEST_P(MemoryEngineTest, EvictionPrefersTheBucketsClosestToFull) {
+  CapAt(1000);
+  constexpr Policy kHour{4, 3'600'000};
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(Check(Key(i), i % 2 == 0 ? 1 : 4, kHour).allowed);  // Even: 1 of 4 spent.
+  }
+  clock_.AdvanceMillis(1);
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(Check("new-" + std::to_string(i), 1, kHour).allowed);
+  int cheap_gone = 0;
+  int dear_gone = 0;
+  for (int i = 0; i < 1000; ++i) {
+    // A read shows whether the bucket is still held: a forgotten one reads as full.
+    const bool gone = Check(Key(i), 0, kHour).remaining == 4;
+    (i % 2 == 0 ? cheap_gone : dear_gone) += gone ? 1 : 0;
+  }
+  // Almost every eviction took an older key (a sample of mostly new keys may take a new one).
+  EXPECT_GE(cheap_gone + dear_gone, 190);
+  EXPECT_GE(cheap_gone, 4 * dear_gone) << "a random choice would take as many of each";
+}
+
+// The bound the README states: an eviction over-admits at most what the evicted bucket had
+// spent, here 3 tokens: the key gets its limit again after being forgotten.
+TEST_P(MemoryEngineTest, AnEvictionOverAdmitsAtMostWhatTheEvictedBucketHadSpent) {
+  CapAt(10);
+  constexpr Policy kHour{10, 3'600'000};
+  int allowed = 0;
+  for (int i = 0; i < 3; ++i) allowed += Check("k", 1, kHour).allowed ? 1 : 0;
+  clock_.AdvanceMillis(1);
+  for (int i = 0; Check("k", 0, kHour).remaining != 10 && i < 10'000; ++i) {
+    // Newer keys that spent more (5 of 10), until "k", the cheapest to forget, is evicted.
+    ASSERT_TRUE(Check(Key(i), 5, kHour).allowed);
+  }
+  ASSERT_EQ(Check("k", 0, kHour).remaining, 10u) << "never evicted";
+  for (int i = 0; i < 20; ++i) allowed += Check("k", 1, kHour).allowed ? 1 : 0;
+  EXPECT_EQ(allowed, 10 + 3);
 }
 
 // A named function rather than a lambda: gtest's macro already declares a parameter `info`.

@@ -50,7 +50,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   FakeClock clock;
   std::unique_ptr<MemoryEngine> engine = NewMemoryEngine(
-      (data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock, HashKey{1, 2});
+      (data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock, HashKey{1, 2},
+      1000);
   Limiter limiter(Policy{10, 1000}, *engine);
   ServerMetrics metrics;
   RequestShared shared{limiter, metrics, 4096, &TickingNow};

@@ -162,7 +162,7 @@ class RequestStreamTest : public testing::Test {
 
   FakeClock clock_;
   std::unique_ptr<MemoryEngine> engine_ =
-      NewMemoryEngine(Algorithm::kTokenBucket, clock_, HashKey{1, 2});
+      NewMemoryEngine(Algorithm::kTokenBucket, clock_, HashKey{1, 2}, 100000);
   Limiter limiter_{kDefaultPolicy, *engine_};
   ServerMetrics metrics_;
   RequestShared shared_{limiter_, metrics_, 4096, &TickingNow};
