@@ -23,7 +23,7 @@ constexpr int64_t kBytesPerKeyBound = 600;
 constexpr int64_t kCappedTables = 2;
 // What a flood moves besides the tables: connection buffers, the database sessions' buffers, the
 // allocator's arenas and free lists.
-constexpr int64_t kSlackBytes = 32 << 20;
+constexpr int64_t kSlackBytes = 16 << 20;
 // The bound on the slowest check while the tables grow.
 constexpr double kMaxLatencyUs = 50'000;
 
