@@ -490,69 +490,66 @@ int Usage(const std::string& message) {
   return kExitUsage;
 }
 
-int Main(int argc, char** argv) {
-  Options options;
-  options.client.timeout_ms = 10000;
+// The options that take a number: the range allowed and where the value goes.
+struct NumberOption {
+  std::string_view name;
+  uint64_t min, max;
+  void (*set)(Options&, uint64_t);
+};
+constexpr NumberOption kNumberOptions[] = {
+    {"--connections", 1, 1024, [](Options& o, uint64_t n) { o.connections = static_cast<int>(n); }},
+    {"--depth", 1, 4096, [](Options& o, uint64_t n) { o.depth = static_cast<int>(n); }},
+    {"--duration-s", 1, 3600, [](Options& o, uint64_t n) { o.duration_s = static_cast<int>(n); }},
+    {"--keys", 1, 100000000, [](Options& o, uint64_t n) { o.keys = static_cast<uint32_t>(n); }},
+    {"--cost", 0, UINT32_MAX, [](Options& o, uint64_t n) { o.cost = static_cast<uint32_t>(n); }},
+    {"--limit", 0, UINT32_MAX, [](Options& o, uint64_t n) { o.limit = static_cast<uint32_t>(n); }},
+    {"--window-ms", 0, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.window_ms = static_cast<uint32_t>(n); }},
+    {"--hot-limit", 1, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.hot_limit = static_cast<uint32_t>(n); }},
+    {"--hot-window-ms", 1, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.hot_window_ms = static_cast<uint32_t>(n); }},
+    {"--hot-per-s", 1, 10000,
+     [](Options& o, uint64_t n) { o.hot_per_s = static_cast<uint32_t>(n); }},
+};
+
+// Reads the command line into `options`; kExitUsage (with the usage printed) when it is wrong,
+// else 0.
+int ParseOptions(int argc, char** argv, Options& options) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    if (arg == "--json") {
-      options.json = true;
-      continue;
-    }
-    if (arg == "--floor") {
-      options.floor = true;
+    if (arg == "--json" || arg == "--floor") {
+      (arg == "--json" ? options.json : options.floor) = true;
       continue;
     }
     if (i + 1 >= argc) return Usage(std::string(arg) + " needs a value");
     const std::string_view value = argv[++i];
-    uint64_t n = 0;
-    auto number = [&](uint64_t min, uint64_t max) {
-      if (ParseInt(value, min, max, n)) return true;
-      Usage(std::string(arg) + " must be an integer from " + std::to_string(min) + " to " +
-            std::to_string(max));
-      return false;
-    };
     if (arg == "--socket") {
       options.client.socket_path = std::string(value);
-    } else if (arg == "--connections") {
-      if (!number(1, 1024)) return kExitUsage;
-      options.connections = static_cast<int>(n);
-    } else if (arg == "--depth") {
-      if (!number(1, 4096)) return kExitUsage;
-      options.depth = static_cast<int>(n);
-    } else if (arg == "--duration-s") {
-      if (!number(1, 3600)) return kExitUsage;
-      options.duration_s = static_cast<int>(n);
-    } else if (arg == "--keys") {
-      if (!number(1, 100000000)) return kExitUsage;
-      options.keys = static_cast<uint32_t>(n);
     } else if (arg == "--key-dist") {
       if (value != "uniform" && value != "zipf" && value != "hot") {
         return Usage("--key-dist must be uniform, zipf or hot");
       }
       options.key_dist = std::string(value);
-    } else if (arg == "--cost") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.cost = static_cast<uint32_t>(n);
-    } else if (arg == "--limit") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.limit = static_cast<uint32_t>(n);
-    } else if (arg == "--window-ms") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.window_ms = static_cast<uint32_t>(n);
-    } else if (arg == "--hot-limit") {
-      if (!number(1, UINT32_MAX)) return kExitUsage;
-      options.hot_limit = static_cast<uint32_t>(n);
-    } else if (arg == "--hot-window-ms") {
-      if (!number(1, UINT32_MAX)) return kExitUsage;
-      options.hot_window_ms = static_cast<uint32_t>(n);
-    } else if (arg == "--hot-per-s") {
-      if (!number(1, 10000)) return kExitUsage;
-      options.hot_per_s = static_cast<uint32_t>(n);
     } else {
-      return Usage("unknown option " + std::string(arg));
+      const auto* option = std::find_if(std::begin(kNumberOptions), std::end(kNumberOptions),
+                                        [&](const NumberOption& o) { return o.name == arg; });
+      if (option == std::end(kNumberOptions)) return Usage("unknown option " + std::string(arg));
+      uint64_t n = 0;
+      if (!ParseInt(value, option->min, option->max, n)) {
+        return Usage(std::string(arg) + " must be an integer from " + std::to_string(option->min) +
+                     " to " + std::to_string(option->max));
+      }
+      option->set(options, n);
     }
   }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Options options;
+  options.client.timeout_ms = 10000;
+  if (const int usage = ParseOptions(argc, argv, options); usage != 0) return usage;
 
   if (!options.floor) {
     const Summary sidecar = RunSidecar(options);
