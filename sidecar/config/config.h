@@ -46,7 +46,7 @@ struct Config {
   uint32_t shutdown_grace_ms = 5000;
   Policy default_policy{100, 60000};
   Algorithm algorithm = Algorithm::kTokenBucket;
-  uint32_t max_keys = 1000000;
+  uint32_t max_keys = 500000;
   StoreKind store = StoreKind::kMemory;
   // PostgreSQL store only.
   StoreMode mode = StoreMode::kLease;

@@ -39,8 +39,8 @@ struct LeaseOptions {
   // The most keys with lease state, and the most bytes of their key text (a key's text is kept
   // to send its returns; keys are up to 512 bytes). Past either, a new key evicts the least
   // recently used of a sample (see LeaseEngine).
-  size_t max_keys = 250000;
-  size_t max_key_bytes = 250000 * 64;
+  size_t max_keys = 125000;
+  size_t max_key_bytes = 125000 * 64;
 };
 
 // What the lease engine counts, for /metrics; written on the loop thread, read from any.

@@ -161,6 +161,30 @@ void BM_MemoryEngineCheck(benchmark::State& state) {
 }
 BENCHMARK(BM_MemoryEngineCheck)->Arg(1)->Arg(1'000)->Arg(100'000)->Arg(1'000'000);
 
+// Checks of keys never seen before, each of which stores a bucket: into a table with room
+// (Arg 0), or into a full table of RATE_LIMIT_MAX_KEYS = Arg keys, where each new key first
+// evicts one (a flood of unique keys). The table is sized up front, so neither case rehashes.
+void BM_MemoryEngineNewKey(benchmark::State& state) {
+  static const KeySet kFlood(2'000'000);
+  const size_t cap = state.range(0) == 0 ? kFlood.size() : static_cast<size_t>(state.range(0));
+  FakeClock clock;
+  auto engine = NewMemoryEngine(Algorithm::kTokenBucket, clock, HashKey{0x1234, 0x5678}, cap);
+  CountingCallback sink;
+  size_t next = 0;
+  if (state.range(0) != 0) {
+    for (; next < cap; ++next) engine->Check(CheckQuery{kFlood[next], 1, kGenerousPolicy}, 0, sink);
+  }
+  for (auto _ : state) {
+    clock.AdvanceMicros(1);
+    engine->Check(CheckQuery{kFlood[next], 1, kGenerousPolicy}, next, sink);
+    next = next + 1 == kFlood.size() ? 0 : next + 1;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["keys"] = static_cast<double>(engine->size());
+  state.counters["evictions"] = static_cast<double>(engine->metrics().evictions.value());
+}
+BENCHMARK(BM_MemoryEngineNewKey)->Arg(0)->Arg(10'000)->Arg(500'000)->Iterations(1'000'000);
+
 // ---------------------------------------------------------------------------------------------
 // The lease engine: checks of one hot key answered from leases, beside the memory engine's.
 

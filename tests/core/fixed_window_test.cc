@@ -145,6 +145,16 @@ TEST(FixedWindowTest, NewKeyStartsWithLimitTokens) {
 
 // IsFull: only once the window has expired. A window with nothing spent still fixes when the
 // next window starts, so forgetting it would change later answers.
+TEST(FixedWindowTest, ForgetCostIsTheFractionSpentUntilTheWindowExpires) {
+  const Policy kFour{4, 1000};
+  FixedWindow::State state = FixedWindow::Fresh(kFour, 0);
+  EXPECT_EQ(FixedWindow::ForgetCost(state, 0), 0.0);
+  ASSERT_TRUE(FixedWindow::Decide(state, kFour, 3, 5 * kUsPerMs).allowed);
+  EXPECT_EQ(FixedWindow::LastUsedUs(state), 5 * kUsPerMs);
+  EXPECT_DOUBLE_EQ(FixedWindow::ForgetCost(state, 900 * kUsPerMs), 0.75);
+  EXPECT_EQ(FixedWindow::ForgetCost(state, 1000 * kUsPerMs), 0.0) << "the window expired";
+}
+
 TEST(FixedWindowTest, IsFullOnlyWhenTheWindowHasExpired) {
   struct Case {
     const char* name;

@@ -336,5 +336,24 @@ TEST(TokenBucketTest, RefundAtATimeBeforeTheLastUpdateRefillsNothing) {
   EXPECT_EQ(TokenBucket::Decide(state, kTen, 0, clock.NowMicros()).remaining, 2u);
 }
 
+// What forgetting a bucket can over-admit: its missing tokens at that moment, over capacity.
+TEST(TokenBucketTest, ForgetCostIsTheFractionMissingNowAndShrinksAsItRefills) {
+  const Policy kTen{10, 1000};  // One token per 100 ms.
+  FakeClock clock;
+  TokenBucket::State state = TokenBucket::Fresh(kTen, clock.NowMicros());
+  EXPECT_EQ(TokenBucket::ForgetCost(state, clock.NowMicros()), 0.0);
+  ASSERT_TRUE(TokenBucket::Decide(state, kTen, 4, clock.NowMicros()).allowed);
+  EXPECT_DOUBLE_EQ(TokenBucket::ForgetCost(state, clock.NowMicros()), 0.4);
+  EXPECT_DOUBLE_EQ(TokenBucket::ForgetCost(state, clock.NowMicros() + 150'000), 0.25);
+  EXPECT_EQ(TokenBucket::ForgetCost(state, clock.NowMicros() + 400'000), 0.0);
+  EXPECT_EQ(TokenBucket::ForgetCost(state, clock.NowMicros() + 10'000'000), 0.0);
+  EXPECT_DOUBLE_EQ(TokenBucket::ForgetCost(state, clock.NowMicros() - 1), 0.4) << "no refill back";
+  EXPECT_EQ(TokenBucket::LastUsedUs(state), clock.NowMicros());
+  const Policy kHuge{kMaxU32, kMaxU32};
+  TokenBucket::State huge = TokenBucket::Fresh(kHuge, 0);
+  ASSERT_TRUE(TokenBucket::Decide(huge, kHuge, kMaxU32, 0).allowed);
+  EXPECT_DOUBLE_EQ(TokenBucket::ForgetCost(huge, 0), 1.0);
+}
+
 }  // namespace
 }  // namespace ratelimit

@@ -150,6 +150,43 @@ TEST(AdminE2E, MetricsCountEveryCheckByDecisionSourceAndStatusExactly) {
   }
 }
 
+// A full key table: new keys evict (counted, the table never above its cap) and one warning
+// line says so; another comes only when evictions start again after a pause.
+TEST(AdminE2E, AFullKeyTableEvictsCountsAndWarnsOncePerEpisode) {
+  AdminSidecar sidecar = StartWithAdmin(
+      {{"RATE_LIMIT_MAX_KEYS", "10"}, {"RATE_LIMIT_WINDOW_MS", std::to_string(kSlowWindowMs)}});
+  ASSERT_TRUE(sidecar.process);
+  Client client({.socket_path = sidecar.process->socket_path(), .timeout_ms = 5000});
+  auto burst = [&](int first, int count) {
+    for (int i = first; i < first + count; ++i) {
+      Result<CheckResult> r = client.Check({.key = "flood-" + std::to_string(i)});
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      EXPECT_TRUE(r->allowed);
+    }
+  };
+  auto warnings = [&] {
+    const std::string err = sidecar.process->Stderr();
+    size_t n = 0;
+    for (size_t at = err.find("key table full"); at != std::string::npos;
+         at = err.find("key table full", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  burst(0, 30);
+  Result<PromText> m = ScrapeUntil(sidecar.port, [](const PromText& t) {
+    return t.Value("ratelimit_evictions_total", {{"store", "memory"}}) == 20;
+  });
+  ASSERT_TRUE(m.ok()) << m.status().ToString() << "\n" << DumpNow(sidecar.port);
+  EXPECT_EQ(m->Value("ratelimit_active_buckets", {{"store", "memory"}}), 10);
+  EXPECT_EQ(m->Value("ratelimit_max_keys", {{"store", "memory"}}), 10);
+  ASSERT_TRUE(Eventually([&] { return warnings() == 1; })) << sidecar.process->Stderr();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // Beats without evictions.
+  EXPECT_EQ(warnings(), 1u) << sidecar.process->Stderr();
+  burst(30, 5);
+  EXPECT_TRUE(Eventually([&] { return warnings() == 2; })) << sidecar.process->Stderr();
+}
+
 TEST(AdminE2E, EverySeriesHasHelpAndTypeAndFollowsTheNamingConventions) {
   AdminSidecar sidecar = StartWithAdmin();
   ASSERT_TRUE(sidecar.process);

@@ -49,9 +49,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::span<const uint8_t> rest(data + 1, size - 1);
 
   FakeClock clock;
-  std::unique_ptr<MemoryEngine> engine = NewMemoryEngine(
-      (data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock, HashKey{1, 2},
-      1000);
+  std::unique_ptr<MemoryEngine> engine =
+      NewMemoryEngine((data[0] & 1) != 0 ? Algorithm::kFixedWindow : Algorithm::kTokenBucket, clock,
+                      HashKey{1, 2}, 1000);
   Limiter limiter(Policy{10, 1000}, *engine);
   ServerMetrics metrics;
   RequestShared shared{limiter, metrics, 4096, &TickingNow};
