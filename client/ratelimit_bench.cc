@@ -213,14 +213,13 @@ void RunConnection(const Options& options, int index, SteadyTime::time_point end
 // load changed (or a refill, over a run as long as a token's refill time).
 struct HotKeyTally {
   uint64_t checks = 0, allowed = 0, denied = 0, allowed_after_denial = 0, errors = 0;
+  uint64_t fallback = 0;  // Answers of any kind from the fallback policy (the store failed).
 
   // Each count by name, in the order printed.
   std::vector<std::pair<const char*, unsigned long long>> Fields() const {
-    return {{"checks", checks},
-            {"allowed", allowed},
-            {"denied", denied},
-            {"allowed_after_denial", allowed_after_denial},
-            {"errors", errors}};
+    return {{"checks", checks}, {"allowed", allowed},
+            {"denied", denied}, {"allowed_after_denial", allowed_after_denial},
+            {"errors", errors}, {"fallback", fallback}};
   }
 };
 
@@ -234,6 +233,7 @@ HotKeyTally RunHotKey(const Options& options, SteadyTime::time_point end) {
     Result<CheckResult> r = client.Check(
         {.key = "bench-hot", .limit = options.hot_limit, .window_ms = options.hot_window_ms});
     ++tally.checks;
+    if (r.ok() && r->source == Source::kFallback) ++tally.fallback;
     if (!r.ok() || r->status != CheckStatus::kOk) {
       ++tally.errors;
     } else if (!r->allowed) {

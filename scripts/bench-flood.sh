@@ -124,7 +124,8 @@ echo "  latency ms: p50 $(ms p50_us)  p99 $(ms p99_us)  p99.9 $(ms p999_us)  max
   "the sidecar timed every check under $(slowest_bucket) s"
 echo "  hot key (limit $hot_limit an hour): allowed $(field hot_allowed <<<"$json")," \
   "denied $(field hot_denied <<<"$json"), allowed after a denial" \
-  "$(field hot_allowed_after_denial <<<"$json"), errors $(field hot_errors <<<"$json")"
+  "$(field hot_allowed_after_denial <<<"$json"), errors $(field hot_errors <<<"$json")," \
+  "answered by the fallback $(field hot_fallback <<<"$json")"
 echo "  evictions: $(delta ratelimit_evictions_total);" \
   "keys held (and caps): $(grep -E "^ratelimit_(active_buckets|max_keys)\{" "$work/metrics.after" | tr "\n" " ")"
 echo "  fallbacks: $(delta ratelimit_fallbacks_total)"

@@ -35,6 +35,7 @@ TEST(BenchHotKey, ASpentHotKeyIsAllowedExactlyItsLimitThenDeniedEveryTime) {
   EXPECT_EQ(JsonNumber(json, "hot_denied"), checks - 5);
   EXPECT_EQ(JsonNumber(json, "hot_allowed_after_denial"), 0);
   EXPECT_EQ(JsonNumber(json, "hot_errors"), 0);
+  EXPECT_EQ(JsonNumber(json, "hot_fallback"), 0) << "the memory store has no fallback";
 }
 
 // A bucket of 1 per 20 ms checked every 10 ms is allowed again after each denial: the tally
@@ -48,6 +49,21 @@ TEST(BenchHotKey, AllowancesAfterADenialAreCountedApart) {
   SCOPED_TRACE(json);
   EXPECT_EQ(JsonNumber(json, "hot_allowed"), 1);
   EXPECT_GT(JsonNumber(json, "hot_allowed_after_denial").value_or(0), 20);
+}
+
+// With no database to reach, every check of the PostgreSQL store is the fallback policy's.
+TEST(BenchHotKey, AnswersFromTheFallbackAreCounted) {
+  Result<std::unique_ptr<SidecarProcess>> sidecar =
+      SidecarProcess::Start({{"RATE_LIMIT_STORE", "postgres"},
+                             {"RATE_LIMIT_FALLBACK", "deny"},
+                             {"DATABASE_URL", "host=127.0.0.1 port=1 connect_timeout=1"}});
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status().ToString();
+  const std::string json =
+      RunWithHotKey((*sidecar)->socket_path(), {"--hot-limit", "5", "--hot-per-s", "100"});
+  SCOPED_TRACE(json);
+  EXPECT_GE(JsonNumber(json, "hot_checks").value_or(-1), 90);
+  EXPECT_EQ(JsonNumber(json, "hot_fallback"), JsonNumber(json, "hot_checks"));
+  EXPECT_EQ(JsonNumber(json, "hot_allowed"), 0);
 }
 
 TEST(BenchHotKey, BadHotKeyOptionsExitTwoWithAMessage) {
