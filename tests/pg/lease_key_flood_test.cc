@@ -25,8 +25,11 @@ constexpr int64_t kBucketBytesPerKeyBound = 100;
 // What a flood moves besides the tables: connection buffers, the database sessions' buffers, the
 // allocator's arenas and free lists.
 constexpr int64_t kSlackBytes = 16 << 20;
-// The bound on the slowest check while the tables grow.
-constexpr double kMaxLatencyUs = 50'000;
+// The bound on the slowest check while the tables grow, held here by the checks answered
+// from memory: the hot key's, from its lease or its denial. A new key's check waits for the
+// database to say that it has no row (then the fallback answers it): the flood's own checks queue
+// for the database, 256 at a time, as in strict mode, and are not bounded by the tables.
+constexpr double kMaxMemoryAnswerMs = 50;
 
 TEST(LeaseKeyFlood, LeaseModeHoldsTheCapKeepsHotKeyDecisionsAndNeverStalls) {
   REQUIRE_TEST_DATABASE();
@@ -49,8 +52,8 @@ TEST(LeaseKeyFlood, LeaseModeHoldsTheCapKeepsHotKeyDecisionsAndNeverStalls) {
   const KeyFloodResult flood = RunKeyFlood(options);
   ExpectFloodContained(
       flood, options, kMaxKeys,
-      kMaxKeys / 4 * kLeaseBytesPerKeyBound + kMaxKeys * kBucketBytesPerKeyBound + kSlackBytes,
-      kMaxLatencyUs);
+      kMaxKeys / 4 * kLeaseBytesPerKeyBound + kMaxKeys * kBucketBytesPerKeyBound + kSlackBytes);
+  EXPECT_LT(flood.hot_max_latency_ms, kMaxMemoryAnswerMs) << flood.Describe();
 
   // The gauges are published every 250 ms: the first scrape after the flood that shows evictions.
   auto evictions = [](const PromText& t) {
