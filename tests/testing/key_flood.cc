@@ -2,9 +2,11 @@
 #include "tests/testing/key_flood.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -35,12 +37,15 @@ std::optional<double> JsonNumber(std::string_view json, std::string_view name) {
 namespace {
 
 // Tallies the hot key's answers into `result`: every one answered with kOk, and once one was
-// denied, none allowed after it.
-void TallyHotKey(const std::vector<LoadAnswer>& answers, KeyFloodResult& result) {
+// denied, none allowed after it; the slowest of those asked from `flood_start_ns` on.
+void TallyHotKey(const std::vector<LoadAnswer>& answers, int64_t flood_start_ns,
+                 KeyFloodResult& result) {
   bool denied = false;
   for (const LoadAnswer& a : answers) {
     ++result.hot_checks;
-    result.hot_max_latency_ms = std::max(result.hot_max_latency_ms, a.latency_ms());
+    if (a.start_ns >= flood_start_ns) {
+      result.hot_max_latency_ms = std::max(result.hot_max_latency_ms, a.latency_ms());
+    }
     if (!a.answered || a.result.status != CheckStatus::kOk) {
       if (result.hot_problems++ == 0) {
         result.hot_first_problem = a.answered ? CheckStatusName(a.result.status) : a.error;
@@ -73,6 +78,15 @@ KeyFloodResult RunKeyFlood(const KeyFloodOptions& options) {
                                       .limit = options.hot_limit,
                                       .window_ms = options.hot_window_ms};
                  }});
+  // The hot key at its limit before the flood, as the issue puts it: its first check is a new
+  // key's (in lease mode, a database round trip), not a hot key's.
+  const auto warm_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (hot.Count() <= options.hot_limit && std::chrono::steady_clock::now() < warm_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const int64_t flood_start_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count();
   result.rss_before_kb = ProcStatusKb(options.pid, "VmRSS").value_or(0);
   result.bench =
       RunProcess({kBenchBin, "--socket", options.socket_path, "--connections",
@@ -84,7 +98,7 @@ KeyFloodResult RunKeyFlood(const KeyFloodOptions& options) {
   hot.Stop();
   const size_t brace = result.bench.out.rfind('{');
   if (brace != std::string::npos) result.bench_json = result.bench.out.substr(brace);
-  TallyHotKey(hot.Snapshot(), result);
+  TallyHotKey(hot.Snapshot(), flood_start_ns, result);
   return result;
 }
 

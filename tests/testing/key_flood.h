@@ -31,7 +31,7 @@ struct KeyFloodOptions {
   int depth = 64;
   uint32_t keys = 50'000'000;
   // The hot key: checked one after another, `hot_pause_us` apart, with a limit so small and a
-  // window so long that it is spent within the first checks and nothing refills during the test.
+  // window so long that nothing refills during the test; the flood starts once it is spent.
   std::string hot_key = "key-flood-hot";
   uint32_t hot_limit = 20;
   uint32_t hot_window_ms = 3'600'000;
@@ -51,7 +51,7 @@ struct KeyFloodResult {
   std::string hot_first_allowed_after_denial;  // Its source and when, for failure messages.
   int64_t hot_problems = 0;                    // Unanswered or not CheckStatus::kOk.
   std::string hot_first_problem;
-  double hot_max_latency_ms = 0;  // The slowest of the hot key's checks.
+  double hot_max_latency_ms = 0;  // The slowest of the hot key's checks during the flood.
 
   int64_t growth_kb() const { return peak_rss_kb - rss_before_kb; }
   // The bench's JSON field `name`, or -1 when it printed none.
