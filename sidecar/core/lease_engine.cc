@@ -28,6 +28,8 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       rng_(static_cast<std::minstd_rand::result_type>(options.jitter_seed)),
       keys_(hash_key, options.max_keys),
       max_key_bytes_(options.max_key_bytes),
+      new_key_rate_{options.new_keys_per_sec, 1000},
+      new_key_budget_(TokenBucket::Fresh(new_key_rate_, clock.NowMicros())),
       fallback_(fallback) {
   metrics_.max_keys.Set(static_cast<int64_t>(keys_.max_keys()));
 }
@@ -39,6 +41,13 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   }
   const int64_t now = clock_.NowMicros();
   KeyState* found = keys_.Find(query.key);
+  if (found == nullptr && !MayAskForNewKey(now)) {
+    metrics_.new_keys_deferred.Add();
+    const CheckResult refusal =
+        StoreRefusal(Status::Unavailable("a flood of new keys"), query.policy.limit);
+    done.OnCheckDone(tag, ResolveWith(fallback_, query, refusal));
+    return;
+  }
   if (query.cost == 0) {
     Read(query, found, now, tag, done);
     return;
@@ -135,6 +144,15 @@ bool LeaseEngine::MakeRoom(size_t key_bytes) {
   return true;
 }
 
+bool LeaseEngine::MayAskForNewKey(int64_t now) {
+  if (now >= flood_until_us_ || new_key_rate_.limit == 0) return true;
+  if (TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) return true;
+  // New keys still arrive faster than the store takes them: the flood goes on. (The keys let
+  // through are inserted, not deferred, so the store alone would never say so again.)
+  flood_until_us_ = now + kFloodHoldUs;
+  return false;
+}
+
 void LeaseEngine::Forget(const KeyDigest& digest, const KeyState& state) {
   key_bytes_ -= KeyBytes(state.key);
   keys_.Erase(digest);
@@ -165,6 +183,9 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 
 void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   --fetches_in_flight_;
+  if (answer.ok() && answer->new_key_deferred) {
+    flood_until_us_ = clock_.NowMicros() + kFloodHoldUs;
+  }
   KeyState* found = keys_.Find(fetch.key);  // A key with a fetch in flight is never forgotten.
   if (found == nullptr) {
     MaybeFinishReturnAll();

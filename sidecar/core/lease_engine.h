@@ -23,6 +23,7 @@
 #include "sidecar/core/lease_plan.h"
 #include "sidecar/core/shared_store.h"
 #include "sidecar/core/store_batcher.h"
+#include "sidecar/core/token_bucket.h"
 #include "sidecar/metrics/metrics.h"
 
 namespace ratelimit {
@@ -41,6 +42,10 @@ struct LeaseOptions {
   // recently used of a sample (see LeaseEngine).
   size_t max_keys = 125000;
   size_t max_key_bytes = 125000 * 64;
+  // The store's bound on new rows per second (RATE_LIMIT_PG_NEW_KEYS_PER_SEC; 0: none). Once the
+  // store defers a new key, keys this sidecar holds no state for are, for a second, fetched at
+  // most at this rate; the others are answered by the fallback at once (see LeaseEngine).
+  uint32_t new_keys_per_sec = 0;
 };
 
 // What the lease engine counts, for /metrics; written on the loop thread, read from any.
@@ -50,12 +55,13 @@ struct LeaseMetrics {
   Counter waited;         // Checks that waited for a lease fetch.
   Counter fetches;        // kLease operations sent.
   Counter tokens_leased;
-  Counter returns;          // kReturn operations sent.
-  Counter tokens_returned;  // Whole tokens the store put back.
-  Counter tokens_expired;   // Tokens unspent when their lease expired (then sent back).
-  Gauge keys;               // Keys with lease state; set whenever one is added or forgotten.
-  Gauge max_keys;           // LeaseOptions::max_keys; set at construction.
-  Counter evictions;        // Keys forgotten to make room for a new key (leases given back).
+  Counter returns;            // kReturn operations sent.
+  Counter tokens_returned;    // Whole tokens the store put back.
+  Counter tokens_expired;     // Tokens unspent when their lease expired (then sent back).
+  Gauge keys;                 // Keys with lease state; set whenever one is added or forgotten.
+  Gauge max_keys;             // LeaseOptions::max_keys; set at construction.
+  Counter evictions;          // Keys forgotten to make room for a new key (leases given back).
+  Counter new_keys_deferred;  // New keys answered by the fallback during a flood, unasked.
 };
 
 // Each key this sidecar sees holds up to a few leases: tokens debited from the key's shared row
@@ -85,11 +91,21 @@ struct LeaseMetrics {
 // expiry, so an eviction never over-admits. When every key sampled is waiting for a fetch, the
 // new key's check is decided in the store directly, as in strict mode, and leaves no state.
 //
+// A flood of new keys: each costs a fetch, a database round trip, before its answer. When the
+// store answers that it deferred a new key (its bound on new rows is reached), this sidecar
+// knows a flood is on, until kFloodHoldUs after new keys last came faster than the store's
+// own rate of new rows: meanwhile a check of a key it holds no state for is sent to the store
+// only at that rate, and otherwise answered by the fallback at once, so that a flood is
+// answered in microseconds and does not queue behind the database. Keys with state are served
+// as always.
+//
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The store, clock
 // and fallback (may be null) must outlive the engine; the store must finish (or fail) every Take
 // before either is destroyed.
 class LeaseEngine final : public Engine {
  public:
+  static constexpr int64_t kFloodHoldUs = 1'000'000;
+
   LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_key,
               const LeaseOptions& options, Fallback* fallback = nullptr);
 
@@ -183,6 +199,9 @@ class LeaseEngine final : public Engine {
   KeyState* StateOf(std::string_view key, const Policy& policy, int64_t now);
   // Makes room for a key of `key_bytes` bytes; false when no key could be evicted.
   bool MakeRoom(size_t key_bytes);
+  // During a flood (see the class comment), whether a key without state may go to the store
+  // now; false means the fallback answers it.
+  bool MayAskForNewKey(int64_t now);
   // Forgets the key's state (its leases must have gone back).
   void Forget(const KeyDigest& digest, const KeyState& state);
   static size_t KeyBytes(std::string_view key) { return key.size(); }
@@ -216,7 +235,10 @@ class LeaseEngine final : public Engine {
   std::minstd_rand rng_;
   BucketTable<KeyState> keys_;
   const size_t max_key_bytes_;
-  size_t key_bytes_ = 0;  // Of the keys in keys_.
+  size_t key_bytes_ = 0;               // Of the keys in keys_.
+  const Policy new_key_rate_;          // new_keys_per_sec per second; limit 0 when unbounded.
+  TokenBucket::State new_key_budget_;  // Of new_key_rate_.
+  int64_t flood_until_us_ = 0;         // Local clock; a flood is on before it.
   std::priority_queue<Revisit, std::vector<Revisit>, std::greater<>> revisits_;
   size_t fetches_in_flight_ = 0;
   size_t returns_in_flight_ = 0;

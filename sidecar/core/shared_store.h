@@ -40,6 +40,9 @@ struct StoreAnswer {
   CheckResult check;
   uint32_t granted = 0;  // kLease: tokens debited for the lease. kReturn: whole tokens put back.
   int64_t now_us = 0;    // Database time the operation was decided at (a lease's debit time).
+  // Refused (StoreUnavailable) only because its key has no row and the store had reached its
+  // bound on new rows: a sign of a flood of new keys.
+  bool new_key_deferred = false;
 };
 
 // The answers to one Take, in the order of its batch; or why the store could not decide.

@@ -1,4 +1,4 @@
-// Tests of the LeaseEngine's bounded key table: eviction gives leases back, busy keys stay.
+// Tests of the LeaseEngine under a flood of keys: its bounded table, and new keys in a flood.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -20,12 +20,14 @@ constexpr Policy kPolicy{1000, 1000};
 
 class LeaseEvictionTest : public testing::Test {
  protected:
-  explicit LeaseEvictionTest(size_t max_keys = 4, size_t max_key_bytes = 4 * 64)
+  explicit LeaseEvictionTest(size_t max_keys = 4, size_t max_key_bytes = 4 * 64,
+                             uint32_t new_keys_per_sec = 0)
       : engine_(store_, clock_, HashKey{1, 2},
                 LeaseOptions{.ttl_ms = kTtlMs,
                              .jitter_denials = false,
                              .max_keys = max_keys,
-                             .max_key_bytes = max_key_bytes}) {}
+                             .max_key_bytes = max_key_bytes,
+                             .new_keys_per_sec = new_keys_per_sec}) {}
 
   void Check(const std::string& key, uint64_t tag = 1) {
     engine_.Check(CheckQuery{key, 1, kPolicy}, tag, recorder_);
@@ -129,6 +131,61 @@ TEST_F(LeaseEvictionTest, AKeyTheStoreRefusedIsForgottenAtTheNextTick) {
   engine_.Tick();
   EXPECT_EQ(engine_.key_count(), 0u);
   EXPECT_EQ(engine_.metrics().keys.value(), 0);
+}
+
+class LeaseFloodTest : public LeaseEvictionTest {
+ protected:
+  LeaseFloodTest() : LeaseEvictionTest(1000, 1000 * 64, 10) {}
+
+  size_t Takes(Kind kind) const {
+    size_t n = 0;
+    for (size_t i = 0; i < store_.take_count(); ++i) {
+      for (const StoreOp& op : store_.batch(i)) n += op.kind == kind ? 1 : 0;
+    }
+    return n;
+  }
+};
+
+// Once the store says it deferred a new key, new keys go to the store at its rate of new rows
+// only, the rest answered at once (here without a fallback: StoreUnavailable), for a second.
+TEST_F(LeaseFloodTest, AfterTheStoreDefersANewKeyNewKeysAreAskedForAtItsRateOnly) {
+  Warm("known");
+  Check("first");
+  const size_t fetch = store_.take_count() - 1;
+  StoreAnswer deferred{Refusal(CheckStatus::kStoreUnavailable, kPolicy.limit, Source::kDatabase), 0,
+                       clock_.NowMicros(), true};
+  store_.Answer(fetch, std::vector<StoreAnswer>{deferred});
+  recorder_.answers.clear();
+  const size_t leases_before = Takes(Kind::kLease);
+
+  for (int i = 0; i < 100; ++i) Check("flood-" + std::to_string(i), 100 + i);
+  EXPECT_EQ(Takes(Kind::kLease) - leases_before, 10u) << "ten a second, a burst of one second's";
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 90u);
+  ASSERT_EQ(recorder_.answers.size(), 90u) << "answered at once, without the database";
+  for (const Recorder::Answer& a : recorder_.answers) {
+    EXPECT_EQ(a.result.status, CheckStatus::kStoreUnavailable);
+  }
+  Check("known", 7);  // A key with state is served as always, from its lease.
+  ASSERT_EQ(recorder_.answers.size(), 91u);
+  EXPECT_TRUE(recorder_.answers.back().result.allowed);
+  EXPECT_EQ(recorder_.answers.back().result.source, Source::kLease);
+
+  // New keys keep coming faster than ten a second: the flood goes on past its first second,
+  // though the keys let through were inserted, not deferred.
+  DecideAll();
+  clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs / 2);
+  for (int i = 0; i < 20; ++i) Check("half-" + std::to_string(i));  // 5 go, 15 wait.
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 105u);
+  clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs * 3 / 4);          // Past the first second.
+  for (int i = 0; i < 20; ++i) Check("late-" + std::to_string(i));  // 7 go, 13 wait.
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 118u);
+
+  DecideAll();
+  clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs);  // None faster than the rate since: over.
+  const size_t leases_after = Takes(Kind::kLease);
+  for (int i = 100; i < 150; ++i) Check("flood-" + std::to_string(i));
+  DecideAll();  // Starts the fetches queued behind busy sessions too.
+  EXPECT_EQ(Takes(Kind::kLease) - leases_after, 50u);
 }
 
 }  // namespace
