@@ -2,11 +2,15 @@
 //
 //   ratelimit-bench [--socket PATH] [--connections N] [--depth D] [--duration-s S] [--keys K]
 //                   [--key-dist uniform|zipf|hot] [--cost C] [--limit L] [--window-ms W] [--json]
-//                   [--floor]
+//                   [--floor] [--hot-limit L [--hot-window-ms W] [--hot-per-s R]]
 //
 // --floor first measures the physical floor, a raw Unix-socket echo of frames of the same size
 // with the same connections and depth and no decoding, then the sidecar, and prints the
 // sidecar's figures as ratios to the floor's: comparable on a noisy machine.
+//
+// --hot-limit adds a hot key beside the load: one more connection checks the key "bench-hot"
+// R times a second (default 200) with limit L per W ms (default an hour), and reports whether it
+// was allowed exactly as such a bucket allows (L times, then denied) however the load goes.
 //
 // Each connection runs on its own thread with D requests in flight. Every request's latency,
 // from send to response on a monotonic clock, goes into a log-linear histogram (about 0.8%
@@ -23,13 +27,16 @@
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "ratelimit/client.h"
 #include "ratelimit/pipeline.h"
 #include "schema/frame_codec.h"
 
@@ -52,6 +59,9 @@ struct Options {
   uint32_t window_ms = 0;
   bool json = false;
   bool floor = false;
+  uint32_t hot_limit = 0;  // 0: no hot key.
+  uint32_t hot_window_ms = 3'600'000;
+  uint32_t hot_per_s = 200;
 };
 
 // Latencies in nanoseconds: exact below 256 ns, then 128 buckets per power of two.
@@ -198,11 +208,51 @@ void RunConnection(const Options& options, int index, SteadyTime::time_point end
   }
 }
 
+// The hot key's answers, in the order asked. A bucket that is not refilled meanwhile allows its
+// first `limit` checks and denies every later one: an allowance after a denial is a decision the
+// load changed (or a refill, over a run as long as a token's refill time).
+struct HotKeyTally {
+  uint64_t checks = 0, allowed = 0, denied = 0, allowed_after_denial = 0, errors = 0;
+  uint64_t fallback = 0;  // Answers of any kind from the fallback policy (the store failed).
+
+  // Each count by name, in the order printed.
+  std::vector<std::pair<const char*, unsigned long long>> Fields() const {
+    return {{"checks", checks}, {"allowed", allowed},
+            {"denied", denied}, {"allowed_after_denial", allowed_after_denial},
+            {"errors", errors}, {"fallback", fallback}};
+  }
+};
+
+// Checks "bench-hot" options.hot_per_s times a second on a connection of its own until `end`.
+HotKeyTally RunHotKey(const Options& options, SteadyTime::time_point end) {
+  Client client(options.client);
+  HotKeyTally tally;
+  const auto period = std::chrono::nanoseconds(1'000'000'000 / options.hot_per_s);
+  for (auto next = SteadyTime::now(); next < end; next += period) {
+    std::this_thread::sleep_until(next);
+    Result<CheckResult> r = client.Check(
+        {.key = "bench-hot", .limit = options.hot_limit, .window_ms = options.hot_window_ms});
+    ++tally.checks;
+    if (r.ok() && r->source == Source::kFallback) ++tally.fallback;
+    if (!r.ok() || r->status != CheckStatus::kOk) {
+      ++tally.errors;
+    } else if (!r->allowed) {
+      ++tally.denied;
+    } else if (tally.denied > 0) {
+      ++tally.allowed_after_denial;
+    } else {
+      ++tally.allowed;
+    }
+  }
+  return tally;
+}
+
 // What one run measured.
 struct Summary {
   uint64_t checks = 0, allowed = 0, denied = 0, errors = 0;
   double seconds = 0;
   Histogram latency;
+  std::optional<HotKeyTally> hot;  // With --hot-limit.
   double per_s() const { return seconds > 0 ? static_cast<double>(checks) / seconds : 0; }
 };
 
@@ -267,16 +317,40 @@ void Print(const char* what, const char* unit, const Summary& s, bool json, cons
                 ratio(static_cast<double>(h.Quantile(0.99)), static_cast<double>(f.Quantile(0.99))),
                 100 * ratio(s.per_s(), floor->per_s()));
   }
+  if (s.hot) {
+    std::printf("  hot key:");
+    for (const auto& [name, value] : s.hot->Fields()) std::printf(" %s %llu", name, value);
+    std::printf("\n");
+  }
   if (json) {
     std::printf(
         "{\"checks\":%llu,\"allowed\":%llu,\"denied\":%llu,\"errors\":%llu,"
         "\"checks_per_s\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
-        "\"p999_us\":%.1f,\"max_us\":%.1f}\n",
+        "\"p999_us\":%.1f,\"max_us\":%.1f",
         static_cast<unsigned long long>(s.checks), static_cast<unsigned long long>(s.allowed),
         static_cast<unsigned long long>(s.denied), static_cast<unsigned long long>(s.errors),
         s.per_s(), h.Quantile(0.5) / us, h.Quantile(0.9) / us, h.Quantile(0.99) / us,
         h.Quantile(0.999) / us, h.max() / us);
+    if (s.hot) {
+      for (const auto& [name, value] : s.hot->Fields())
+        std::printf(",\"hot_%s\":%llu", name, value);
+    }
+    std::printf("}\n");
   }
+}
+
+// The sidecar's run, with the hot key checked beside the load when asked for.
+Summary RunSidecar(const Options& options) {
+  std::optional<HotKeyTally> hot;
+  std::thread hot_thread;
+  if (options.hot_limit > 0) {
+    const auto end = SteadyTime::now() + std::chrono::seconds(options.duration_s);
+    hot_thread = std::thread([&options, &hot, end] { hot = RunHotKey(options, end); });
+  }
+  Summary summary = RunLoad(options, "checks", RunConnection);
+  if (hot_thread.joinable()) hot_thread.join();
+  summary.hot = hot;
+  return summary;
 }
 
 // The physical floor: a Unix-socket server that writes back every byte it reads, with no
@@ -410,70 +484,77 @@ int Usage(const std::string& message) {
   std::fprintf(stderr,
                "ratelimit-bench: %s\nusage: ratelimit-bench [--socket PATH] [--connections N] "
                "[--depth D] [--duration-s S] [--keys K] [--key-dist uniform|zipf|hot] "
-               "[--cost C] [--limit L] [--window-ms W] [--json] [--floor]\n",
+               "[--cost C] [--limit L] [--window-ms W] [--json] [--floor] "
+               "[--hot-limit L [--hot-window-ms W] [--hot-per-s R]]\n",
                message.c_str());
   return kExitUsage;
 }
 
-int Main(int argc, char** argv) {
-  Options options;
-  options.client.timeout_ms = 10000;
+// The options that take a number: the range allowed and where the value goes.
+struct NumberOption {
+  std::string_view name;
+  uint64_t min, max;
+  void (*set)(Options&, uint64_t);
+};
+constexpr NumberOption kNumberOptions[] = {
+    {"--connections", 1, 1024, [](Options& o, uint64_t n) { o.connections = static_cast<int>(n); }},
+    {"--depth", 1, 4096, [](Options& o, uint64_t n) { o.depth = static_cast<int>(n); }},
+    {"--duration-s", 1, 3600, [](Options& o, uint64_t n) { o.duration_s = static_cast<int>(n); }},
+    {"--keys", 1, 100000000, [](Options& o, uint64_t n) { o.keys = static_cast<uint32_t>(n); }},
+    {"--cost", 0, UINT32_MAX, [](Options& o, uint64_t n) { o.cost = static_cast<uint32_t>(n); }},
+    {"--limit", 0, UINT32_MAX, [](Options& o, uint64_t n) { o.limit = static_cast<uint32_t>(n); }},
+    {"--window-ms", 0, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.window_ms = static_cast<uint32_t>(n); }},
+    {"--hot-limit", 1, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.hot_limit = static_cast<uint32_t>(n); }},
+    {"--hot-window-ms", 1, UINT32_MAX,
+     [](Options& o, uint64_t n) { o.hot_window_ms = static_cast<uint32_t>(n); }},
+    {"--hot-per-s", 1, 10000,
+     [](Options& o, uint64_t n) { o.hot_per_s = static_cast<uint32_t>(n); }},
+};
+
+// Reads the command line into `options`; kExitUsage (with the usage printed) when it is wrong,
+// else 0.
+int ParseOptions(int argc, char** argv, Options& options) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    if (arg == "--json") {
-      options.json = true;
-      continue;
-    }
-    if (arg == "--floor") {
-      options.floor = true;
+    if (arg == "--json" || arg == "--floor") {
+      (arg == "--json" ? options.json : options.floor) = true;
       continue;
     }
     if (i + 1 >= argc) return Usage(std::string(arg) + " needs a value");
     const std::string_view value = argv[++i];
-    uint64_t n = 0;
-    auto number = [&](uint64_t min, uint64_t max) {
-      if (ParseInt(value, min, max, n)) return true;
-      Usage(std::string(arg) + " must be an integer from " + std::to_string(min) + " to " +
-            std::to_string(max));
-      return false;
-    };
     if (arg == "--socket") {
       options.client.socket_path = std::string(value);
-    } else if (arg == "--connections") {
-      if (!number(1, 1024)) return kExitUsage;
-      options.connections = static_cast<int>(n);
-    } else if (arg == "--depth") {
-      if (!number(1, 4096)) return kExitUsage;
-      options.depth = static_cast<int>(n);
-    } else if (arg == "--duration-s") {
-      if (!number(1, 3600)) return kExitUsage;
-      options.duration_s = static_cast<int>(n);
-    } else if (arg == "--keys") {
-      if (!number(1, 100000000)) return kExitUsage;
-      options.keys = static_cast<uint32_t>(n);
     } else if (arg == "--key-dist") {
       if (value != "uniform" && value != "zipf" && value != "hot") {
         return Usage("--key-dist must be uniform, zipf or hot");
       }
       options.key_dist = std::string(value);
-    } else if (arg == "--cost") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.cost = static_cast<uint32_t>(n);
-    } else if (arg == "--limit") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.limit = static_cast<uint32_t>(n);
-    } else if (arg == "--window-ms") {
-      if (!number(0, UINT32_MAX)) return kExitUsage;
-      options.window_ms = static_cast<uint32_t>(n);
     } else {
-      return Usage("unknown option " + std::string(arg));
+      const auto* option = std::find_if(std::begin(kNumberOptions), std::end(kNumberOptions),
+                                        [&](const NumberOption& o) { return o.name == arg; });
+      if (option == std::end(kNumberOptions)) return Usage("unknown option " + std::string(arg));
+      uint64_t n = 0;
+      if (!ParseInt(value, option->min, option->max, n)) {
+        return Usage(std::string(arg) + " must be an integer from " + std::to_string(option->min) +
+                     " to " + std::to_string(option->max));
+      }
+      option->set(options, n);
     }
   }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Options options;
+  options.client.timeout_ms = 10000;
+  if (const int usage = ParseOptions(argc, argv, options); usage != 0) return usage;
 
   if (!options.floor) {
-    const Summary sidecar = RunLoad(options, "checks", RunConnection);
+    const Summary sidecar = RunSidecar(options);
     Print("sidecar", "checks", sidecar, options.json, nullptr);
-    return sidecar.errors == 0 ? 0 : 1;
+    return sidecar.errors == 0 && (!sidecar.hot || sidecar.hot->errors == 0) ? 0 : 1;
   }
   // The floor first, with the same connections, depth and frame size, then the sidecar.
   Result<std::unique_ptr<EchoServer>> echo = EchoServer::Start();
@@ -485,10 +566,11 @@ int Main(int argc, char** argv) {
   floor_options.client.socket_path = (*echo)->path();
   const Summary floor = RunLoad(floor_options, "echoes", RunFloorConnection);
   echo->reset();
-  const Summary sidecar = RunLoad(options, "checks", RunConnection);
+  const Summary sidecar = RunSidecar(options);
   Print("floor (raw echo)", "echoes", floor, options.json, nullptr);
   Print("sidecar", "checks", sidecar, options.json, &floor);
-  return sidecar.errors == 0 && floor.errors == 0 ? 0 : 1;
+  return sidecar.errors == 0 && floor.errors == 0 && (!sidecar.hot || sidecar.hot->errors == 0) ? 0
+                                                                                                : 1;
 }
 
 }  // namespace
