@@ -41,11 +41,8 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   }
   const int64_t now = clock_.NowMicros();
   KeyState* found = keys_.Find(query.key);
-  if (found == nullptr && !MayAskForNewKey(now)) {
-    metrics_.new_keys_deferred.Add();
-    const CheckResult refusal =
-        StoreRefusal(Status::Unavailable("a flood of new keys"), query.policy.limit);
-    done.OnCheckDone(tag, ResolveWith(fallback_, query, refusal));
+  if (found == nullptr && now < flood_until_us_) {
+    AnswerDuringFlood(query, now, tag, done);
     return;
   }
   if (query.cost == 0) {
@@ -144,13 +141,25 @@ bool LeaseEngine::MakeRoom(size_t key_bytes) {
   return true;
 }
 
-bool LeaseEngine::MayAskForNewKey(int64_t now) {
-  if (now >= flood_until_us_ || new_key_rate_.limit == 0) return true;
-  if (TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) return true;
-  // New keys still arrive faster than the store takes them: the flood goes on. (The keys let
-  // through are inserted, not deferred, so the store alone would never say so again.)
-  flood_until_us_ = now + kFloodHoldUs;
-  return false;
+void LeaseEngine::AnswerDuringFlood(const CheckQuery& query, int64_t now, uint64_t tag,
+                                    CheckCallback& done) {
+  metrics_.new_keys_deferred.Add();
+  if (query.cost > 0 && TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) {
+    // One of the store's new rows per second: a lease for this key's next checks, fetched in
+    // the background. This check does not wait for it.
+    if (KeyState* state = StateOf(query.key, query.policy, now); state != nullptr) {
+      state->last_asked_us = now;
+      state->demand.Ask(query.cost);
+      StartFetch(query.key, *state, query.cost, now);
+    }
+  } else {
+    // New keys still arrive faster than the store takes them: the flood goes on. (The keys let
+    // through get rows, not deferrals, so the store alone would never say so again.)
+    flood_until_us_ = now + kFloodHoldUs;
+  }
+  const CheckResult refusal =
+      StoreRefusal(Status::Unavailable("a flood of new keys"), query.policy.limit);
+  done.OnCheckDone(tag, ResolveWith(fallback_, query, refusal));
 }
 
 void LeaseEngine::Forget(const KeyDigest& digest, const KeyState& state) {
@@ -183,7 +192,7 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 
 void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   --fetches_in_flight_;
-  if (answer.ok() && answer->new_key_deferred) {
+  if (answer.ok() && answer->new_key_deferred && new_key_rate_.limit > 0) {
     flood_until_us_ = clock_.NowMicros() + kFloodHoldUs;
   }
   KeyState* found = keys_.Find(fetch.key);  // A key with a fetch in flight is never forgotten.

@@ -94,10 +94,10 @@ struct LeaseMetrics {
 // A flood of new keys: each costs a fetch, a database round trip, before its answer. When the
 // store answers that it deferred a new key (its bound on new rows is reached), this sidecar
 // knows a flood is on, until kFloodHoldUs after new keys last came faster than the store's
-// own rate of new rows: meanwhile a check of a key it holds no state for is sent to the store
-// only at that rate, and otherwise answered by the fallback at once, so that a flood is
-// answered in microseconds and does not queue behind the database. Keys with state are served
-// as always.
+// own rate of new rows: meanwhile a check of a key it holds no state for is answered by the
+// fallback at once, so that no check of a flood waits for the database; at that rate, such a
+// key also gets state and a lease fetched in the background, for its next checks (a legitimate
+// new key is served from its lease from then on). Keys with state are served as always.
 //
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The store, clock
 // and fallback (may be null) must outlive the engine; the store must finish (or fail) every Take
@@ -199,9 +199,9 @@ class LeaseEngine final : public Engine {
   KeyState* StateOf(std::string_view key, const Policy& policy, int64_t now);
   // Makes room for a key of `key_bytes` bytes; false when no key could be evicted.
   bool MakeRoom(size_t key_bytes);
-  // During a flood (see the class comment), whether a key without state may go to the store
-  // now; false means the fallback answers it.
-  bool MayAskForNewKey(int64_t now);
+  // During a flood (see the class comment): the fallback's answer to a check of a key without
+  // state, and at the store's rate of new rows, a lease fetched for the key's next checks.
+  void AnswerDuringFlood(const CheckQuery& query, int64_t now, uint64_t tag, CheckCallback& done);
   // Forgets the key's state (its leases must have gone back).
   void Forget(const KeyDigest& digest, const KeyState& state);
   static size_t KeyBytes(std::string_view key) { return key.size(); }

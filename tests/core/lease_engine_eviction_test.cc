@@ -146,9 +146,11 @@ class LeaseFloodTest : public LeaseEvictionTest {
   }
 };
 
-// Once the store says it deferred a new key, new keys go to the store at its rate of new rows
-// only, the rest answered at once (here without a fallback: StoreUnavailable), for a second.
-TEST_F(LeaseFloodTest, AfterTheStoreDefersANewKeyNewKeysAreAskedForAtItsRateOnly) {
+// Once the store says it deferred a new key, every check of a key without state is answered at
+// once (here without a fallback: StoreUnavailable), and at the store's rate of new rows such a
+// key gets a lease fetched in the background for its next checks; for as long as new keys come
+// faster than that rate.
+TEST_F(LeaseFloodTest, DuringAFloodNewKeysAreAnsweredAtOnceAndLeasedForLaterAtTheStoresRate) {
   Warm("known");
   Check("first");
   const size_t fetch = store_.take_count() - 1;
@@ -159,33 +161,39 @@ TEST_F(LeaseFloodTest, AfterTheStoreDefersANewKeyNewKeysAreAskedForAtItsRateOnly
   const size_t leases_before = Takes(Kind::kLease);
 
   for (int i = 0; i < 100; ++i) Check("flood-" + std::to_string(i), 100 + i);
-  EXPECT_EQ(Takes(Kind::kLease) - leases_before, 10u) << "ten a second, a burst of one second's";
-  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 90u);
-  ASSERT_EQ(recorder_.answers.size(), 90u) << "answered at once, without the database";
+  ASSERT_EQ(recorder_.answers.size(), 100u) << "answered at once, without the database";
   for (const Recorder::Answer& a : recorder_.answers) {
     EXPECT_EQ(a.result.status, CheckStatus::kStoreUnavailable);
   }
-  Check("known", 7);  // A key with state is served as always, from its lease.
-  ASSERT_EQ(recorder_.answers.size(), 91u);
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 100u);
+  EXPECT_EQ(Takes(Kind::kLease) - leases_before, 10u) << "ten a second, a burst of one second's";
+  DecideAll();
+  EXPECT_EQ(recorder_.answers.size(), 100u) << "the background fetches answer no check";
+  Check("flood-3", 7);  // One of the ten: its next check is served from its lease.
+  ASSERT_EQ(recorder_.answers.size(), 101u);
   EXPECT_TRUE(recorder_.answers.back().result.allowed);
+  EXPECT_EQ(recorder_.answers.back().result.source, Source::kLease);
+  Check("known", 8);  // A key with state is served as always.
+  ASSERT_EQ(recorder_.answers.size(), 102u);
   EXPECT_EQ(recorder_.answers.back().result.source, Source::kLease);
 
   // New keys keep coming faster than ten a second: the flood goes on past its first second,
-  // though the keys let through were inserted, not deferred.
-  DecideAll();
+  // though the keys let through got rows, not deferrals.
   clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs / 2);
-  for (int i = 0; i < 20; ++i) Check("half-" + std::to_string(i));  // 5 go, 15 wait.
-  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 105u);
+  for (int i = 0; i < 20; ++i) Check("half-" + std::to_string(i));  // 5 leased for later.
   clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs * 3 / 4);          // Past the first second.
-  for (int i = 0; i < 20; ++i) Check("late-" + std::to_string(i));  // 7 go, 13 wait.
-  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 118u);
+  for (int i = 0; i < 20; ++i) Check("late-" + std::to_string(i));  // Still answered at once.
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 140u);
+  EXPECT_EQ(recorder_.answers.size(), 142u);
 
   DecideAll();
   clock_.AdvanceMicros(LeaseEngine::kFloodHoldUs);  // None faster than the rate since: over.
-  const size_t leases_after = Takes(Kind::kLease);
+  const size_t answered = recorder_.answers.size();
   for (int i = 100; i < 150; ++i) Check("flood-" + std::to_string(i));
+  EXPECT_EQ(recorder_.answers.size(), answered) << "new keys wait for their lease again";
   DecideAll();  // Starts the fetches queued behind busy sessions too.
-  EXPECT_EQ(Takes(Kind::kLease) - leases_after, 50u);
+  EXPECT_EQ(recorder_.answers.size(), answered + 50);
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 140u);
 }
 
 }  // namespace
