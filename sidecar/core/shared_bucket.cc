@@ -58,7 +58,7 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
   } else if (*raw.updated_us > now_us + kMaxClockStepUs) {
     // No clock steps back that far: damage, which would stall refill for as long, and the rest
     // of the row is not to be trusted either. A full bucket of the policy, as for the others.
-    Note(problems, "updated_at beyond any clock step in the future");
+    Note(problems, "updated_at in the future, beyond any clock step");
     row = SharedRow{static_cast<double>(policy.limit), now_us, policy.limit, policy.window_ms};
   } else if (*raw.updated_us > now_us + static_cast<int64_t>(row.window_ms) * 1000) {
     // Ahead by less than a window is a clock that stepped back (a failover): keeping it only
