@@ -182,42 +182,56 @@ TEST_P(SharedRowRules, ReadsUnderAnotherPolicyNeitherRaiseTheChecksBoundNorStarv
   }
 }
 
-// Inserts a row for `key` with the SQL expressions given for its columns.
-void InsertRow(PGconn* conn, const std::string& table, const std::string& key,
-               const std::string& values) {
-  ASSERT_EQ(Command(conn,
-                    "INSERT INTO " + table +
-                        " (key, tokens, updated_at, capacity, window_ms) VALUES "
-                        "(sha256(convert_to($1, 'UTF8')), " +
-                        values + ")",
-                    {key}),
-            "")
-      << key;
-}
-
-// Starts a sidecar of `mode` with its admin server, makes it create `table`, and connects.
+// A sidecar of one mode with its admin server, on a table of its own that holds one
+// hand-written row.
 struct RowFixture {
   AdminSidecar sidecar;
   PgConnPtr conn;
-  std::unique_ptr<Client> client;
+  std::unique_ptr<Client> client;  // Null when the fixture could not be set up.
+  std::string table;
+  std::string key;
+
+  // The SQL expression `what` of the row, read now.
+  std::string Row(const std::string& what) const {
+    return QueryValue(
+        conn.get(),
+        "SELECT " + what + " FROM " + table + " WHERE key = sha256(convert_to($1, 'UTF8'))", {key});
+  }
 };
 
-RowFixture StartOnTable(const std::string& mode, const std::string& table, const std::string& app) {
-  DropTable(table);
+// Starts a sidecar of `mode` on table t_rows_`name`_`mode`, makes it create the table, then
+// inserts the row of `key` with the SQL expressions `values` for its columns.
+RowFixture StartWithRow(const std::string& mode, const std::string& name, const std::string& key,
+                        const std::string& values) {
   RowFixture f;
-  f.sidecar = StartWithAdmin(ModeEnv(mode, table, app));
+  f.table = "t_rows_" + name + "_" + mode;
+  f.key = key;
+  DropTable(f.table);
+  f.sidecar = StartWithAdmin(ModeEnv(mode, f.table, "rows_" + name + "_" + mode));
   if (f.sidecar.port == 0) return f;
   if (!WaitUntil([&] { return PingsReady(f.sidecar.process->socket_path()); })) {
     ADD_FAILURE() << "never ready: " << f.sidecar.process->Stderr();
-    f.sidecar.port = 0;
+    return f;
+  }
+  Client setup({.socket_path = f.sidecar.process->socket_path(), .timeout_ms = 5000});
+  Result<CheckResult> r = setup.Check({.key = "rows-setup"});  // Creates the table.
+  f.conn = ConnectToTestDatabase();
+  if (!r.ok() || !r->allowed || PQstatus(f.conn.get()) != CONNECTION_OK) {
+    ADD_FAILURE() << "setup: " << r.status().ToString() << " " << PQerrorMessage(f.conn.get());
+    return f;
+  }
+  const std::string inserted = Command(f.conn.get(),
+                                       "INSERT INTO " + f.table +
+                                           " (key, tokens, updated_at, capacity, window_ms) VALUES "
+                                           "(sha256(convert_to($1, 'UTF8')), " +
+                                           values + ")",
+                                       {key});
+  if (!inserted.empty()) {
+    ADD_FAILURE() << inserted;
     return f;
   }
   f.client = std::make_unique<Client>(
       ClientOptions{.socket_path = f.sidecar.process->socket_path(), .timeout_ms = 5000});
-  Result<CheckResult> r = f.client->Check({.key = "rows-setup"});  // Creates the table.
-  EXPECT_TRUE(r.ok() && r->allowed) << r.status().ToString();
-  f.conn = ConnectToTestDatabase();
-  EXPECT_EQ(PQstatus(f.conn.get()), CONNECTION_OK) << PQerrorMessage(f.conn.get());
   return f;
 }
 
@@ -234,14 +248,11 @@ double RepairedRows(uint16_t port, double at_least) {
 // every check was denied for 30 days. No clock steps back that far: it is repaired.
 TEST_P(SharedRowRules, ARowThirtyDaysAheadIsRepairedAndItsKeyAllowedAtOnce) {
   REQUIRE_TEST_DATABASE();
-  const std::string mode = GetParam();
-  const std::string table = "t_rows_future_" + mode;
-  RowFixture f = StartOnTable(mode, table, "rows_future_" + mode);
-  ASSERT_NE(f.sidecar.port, 0);
-  const std::string key = "row-from-the-future";
-  InsertRow(f.conn.get(), table, key, "0, clock_timestamp() + interval '30 days', 50, 4000000000");
+  const RowFixture f = StartWithRow(GetParam(), "future", "row-from-the-future",
+                                    "0, clock_timestamp() + interval '30 days', 50, 4000000000");
+  ASSERT_TRUE(f.client);
 
-  Result<CheckResult> r = f.client->Check({.key = key});
+  Result<CheckResult> r = f.client->Check({.key = f.key});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->status, CheckStatus::kOk);
   EXPECT_TRUE(r->allowed) << "retry_after_ms " << r->retry_after_ms;
@@ -252,11 +263,7 @@ TEST_P(SharedRowRules, ARowThirtyDaysAheadIsRepairedAndItsKeyAllowedAtOnce) {
                       {"\"msg\":\"repaired a malformed rate limit row\"",
                        "updated_at in the future, beyond any clock step", "\"level\":\"warn\""});
   EXPECT_EQ(logged.size(), 1u) << f.sidecar.process->Stderr();
-  EXPECT_EQ(QueryValue(f.conn.get(),
-                       "SELECT capacity || '/' || window_ms || ' ' ||"
-                       " (updated_at <= clock_timestamp()) FROM " +
-                           table + " WHERE key = sha256(convert_to($1, 'UTF8'))",
-                       {key}),
+  EXPECT_EQ(f.Row("capacity || '/' || window_ms || ' ' || (updated_at <= clock_timestamp())"),
             "50/1000 true")
       << "the row is corrected in the table";
 }
@@ -266,28 +273,20 @@ TEST_P(SharedRowRules, ARowThirtyDaysAheadIsRepairedAndItsKeyAllowedAtOnce) {
 // takes the database's time, so the key refills from now on instead of in 10 minutes.
 TEST_P(SharedRowRules, ARepairIsWrittenEvenWhenTheCheckIsDenied) {
   REQUIRE_TEST_DATABASE();
-  const std::string mode = GetParam();
-  const std::string table = "t_rows_denied_repair_" + mode;
-  RowFixture f = StartOnTable(mode, table, "rows_denied_repair_" + mode);
-  ASSERT_NE(f.sidecar.port, 0);
-  const std::string key = "row-ten-minutes-ahead";
-  InsertRow(f.conn.get(), table, key, "0, clock_timestamp() + interval '10 minutes', 50, 1000");
+  const RowFixture f = StartWithRow(GetParam(), "denied_repair", "row-ten-minutes-ahead",
+                                    "0, clock_timestamp() + interval '10 minutes', 50, 1000");
+  ASSERT_TRUE(f.client);
 
-  Result<CheckResult> r = f.client->Check({.key = key});
+  Result<CheckResult> r = f.client->Check({.key = f.key});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->status, CheckStatus::kOk);
   EXPECT_FALSE(r->allowed) << "no tokens: the repair keeps them";
   EXPECT_EQ(RepairedRows(f.sidecar.port, 1), 1);
-  EXPECT_EQ(QueryValue(f.conn.get(),
-                       "SELECT updated_at <= clock_timestamp() FROM " + table +
-                           " WHERE key = sha256(convert_to($1, 'UTF8'))",
-                       {key}),
-            "t")
-      << "the repaired time is in the table";
+  EXPECT_EQ(f.Row("updated_at <= clock_timestamp()"), "t") << "the repaired time is in the table";
   // And the key refills from the repair on: 1 token in 20 ms.
   EXPECT_TRUE(WaitUntil(
       [&] {
-        Result<CheckResult> again = f.client->Check({.key = key});
+        Result<CheckResult> again = f.client->Check({.key = f.key});
         return again.ok() && again->allowed;
       },
       2000));
