@@ -21,6 +21,13 @@ void Note(std::string& problems, const char* what) {
 
 double WindowMicros(const SharedRow& row) { return static_cast<double>(row.window_ms) * 1000.0; }
 
+// The most a database clock is taken to step back (a failover to a server whose clock is
+// behind): servers kept by NTP differ by milliseconds, a badly kept one by minutes. A row's
+// window cannot bound it, since the window may be damaged too while still in range (4e9 ms, 46
+// days), and neither can the largest window a request may set (2^32-1 ms, 49.7 days): a key
+// would stay locked that long.
+constexpr int64_t kMaxClockStepUs = int64_t{3600} * 1'000'000;
+
 }  // namespace
 
 std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row) {
@@ -48,9 +55,15 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
   if (!raw.updated_us) {
     Note(problems, "updated_at missing");
     row.updated_us = now_us;
+  } else if (*raw.updated_us > now_us + kMaxClockStepUs) {
+    // No clock steps back that far: damage, which would stall refill for as long, and the rest
+    // of the row is not to be trusted either. A full bucket of the policy, as for the others.
+    Note(problems, "updated_at in the future, beyond any clock step");
+    row = SharedRow{static_cast<double>(policy.limit), now_us, policy.limit, policy.window_ms};
   } else if (*raw.updated_us > now_us + static_cast<int64_t>(row.window_ms) * 1000) {
     // Ahead by less than a window is a clock that stepped back (a failover): keeping it only
-    // delays refill, the safe side. Further ahead can only be damage, which would stall refill.
+    // delays refill, the safe side. Further ahead would stall refill longer than an empty
+    // bucket takes to fill: the time is now, the tokens are kept.
     Note(problems, "updated_at in the future");
     row.updated_us = now_us;
   } else {
@@ -78,12 +91,22 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
     StoreAnswer answer;
     answer.now_us = now_us;
     switch (op->kind) {
-      case StoreOp::Kind::kCheck:
-        answer.check = TokenBucket::Decide(state, op->policy, op->cost, now_us);
-        changed |= answer.check.allowed && op->cost > 0;
+      case StoreOp::Kind::kCheck: {
+        // Decided on a copy, kept only when tokens were taken: a read (cost 0) answers under the
+        // policy it names without rescaling the row, and a denial leaves the row as it was, so
+        // a batch leaves the row as the same checks one transaction each would.
+        TokenBucket::State decided = state;
+        answer.check = TokenBucket::Decide(decided, op->policy, op->cost, now_us);
+        if (answer.check.allowed && op->cost > 0) {
+          state = decided;
+          changed = true;
+        }
         break;
+      }
       case StoreOp::Kind::kLease: {
-        const CheckResult there = TokenBucket::Decide(state, op->policy, 0, now_us);
+        // Probed on a copy, so that a lease granting nothing rescales nothing (as a denial).
+        TokenBucket::State probe = state;
+        const CheckResult there = TokenBucket::Decide(probe, op->policy, 0, now_us);
         // What is wanted, but no more than half of what is there unless `cost` needs more:
         // several sidecars asking for a scarce bucket each leave some for the next.
         const uint32_t take =
@@ -93,11 +116,11 @@ bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now
           answer.granted = take;
           changed = true;
         } else {
-          // Nothing granted, and nothing taken: the time until `cost` tokens is read from a copy,
-          // since Decide would take them if they were there (a lease wanting less than its cost).
-          TokenBucket::State unchanged = state;
+          // Nothing granted, and nothing taken: the time until `cost` tokens is read from the
+          // copy, since Decide would take them if they were there (a lease wanting less than its
+          // cost).
           answer.check =
-              TokenBucket::Decide(unchanged, op->policy, std::max<uint32_t>(op->cost, 1), now_us);
+              TokenBucket::Decide(probe, op->policy, std::max<uint32_t>(op->cost, 1), now_us);
           answer.check.allowed = false;
         }
         break;

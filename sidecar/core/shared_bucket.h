@@ -38,12 +38,17 @@ struct SharedRow {
 //   tokens NULL, NaN or infinite: full; negative: 0; above capacity: capacity;
 //   updated_at NULL, or more than one window in the future: now. (Less than a window ahead is a
 //   database clock that stepped back: kept, so refill waits until the clock catches up.)
+//   updated_at more than an hour in the future, further than any database clock steps back,
+//   whatever the row's window: a full bucket of `policy`, now.
 std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row);
 
 // Applies `ops` of one key, in order, to `row` at database time `now_us`, with the same exact
 // token bucket arithmetic as the memory store, and appends one answer per operation to
 // `answers`. Returns whether the row must be written: only when tokens were taken or given
-// back, so a batch of denials writes nothing. Time that steps back (a failover to a server
+// back, so a batch of denials writes nothing. Only operations that take or give back tokens
+// change the row: a read (kCheck of cost 0) is answered under the policy it names from a copy,
+// and a denial or a lease granting nothing leaves the row as it was, so a batch leaves the row as
+// the same operations in one transaction each would. Time that steps back (a failover to a server
 // whose clock is behind) refills nothing.
 //
 // A kReturn gives back its unused tokens less rate * (now_us - debit_us): what the bucket has

@@ -37,6 +37,8 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 constexpr Policy kRepairPolicy{10, 1000};
 constexpr int64_t kPastUs = kNowUs - 5'000;
+constexpr int64_t kHourUs = int64_t{3600} * 1'000'000;
+constexpr int64_t kDayUs = kHourUs * 24;
 
 struct RepairCase {
   const char* name;
@@ -70,9 +72,24 @@ TEST(RepairRowTest, MalformedRowsAreRepairedAndReported) {
       {"updated_at a window and 1 us in the future: now",
        {2.5, kNowUs + 2000 * 1000 + 1, 20, 2000},
        {2.5, kNowUs, 20, 2000}},
-      {"updated_at far in the future: now",
+      {"updated_at far in the future: a full bucket of the policy, now",
        {2.5, std::numeric_limits<int64_t>::max(), 20, 2000},
-       {2.5, kNowUs, 20, 2000}},
+       {10, kNowUs, 10, 1000}},
+      {"updated_at 30 days ahead, window 4e9 ms, no tokens: a full bucket of the policy, now",
+       {0, kNowUs + kDayUs * 30, 50, 4'000'000'000},
+       {10, kNowUs, 10, 1000}},
+      {"updated_at an hour and 1 us ahead, within a 2 h window: a full bucket of the policy",
+       {2.5, kNowUs + kHourUs + 1, 20, 7'200'000},
+       {10, kNowUs, 10, 1000}},
+      {"updated_at 49 days ahead, largest window: a full bucket of the policy",
+       {kMaxU32, kNowUs + kDayUs * 49, kMaxU32, kMaxU32},
+       {10, kNowUs, 10, 1000}},
+      {"capacity the largest int8: the policy",
+       {2.5, kPastUs, std::numeric_limits<int64_t>::max(), 2000},
+       {2.5, kPastUs, 10, 1000}},
+      {"window the smallest int8: the policy",
+       {2.5, kPastUs, 20, std::numeric_limits<int64_t>::min()},
+       {2.5, kPastUs, 10, 1000}},
       {"everything NULL: a full bucket of the policy, now",
        {std::nullopt, std::nullopt, std::nullopt, std::nullopt},
        {10, kNowUs, 10, 1000}},
@@ -99,6 +116,12 @@ TEST(RepairRowTest, WellFormedRowsAreKeptAsTheyAre) {
        {kMaxU32, kPastUs, kMaxU32, kMaxU32},
        {kMaxU32, kPastUs, kMaxU32, kMaxU32}},
       {"a policy other than the request's", {2.5, kPastUs, 3, 60'000}, {2.5, kPastUs, 3, 60'000}},
+      {"updated a whole window ahead (a clock stepped back)",
+       {2.5, kNowUs + 2000 * 1000, 20, 2000},
+       {2.5, kNowUs + 2000 * 1000, 20, 2000}},
+      {"updated an hour ahead, within a 2 h window (a clock stepped back)",
+       {2.5, kNowUs + kHourUs, 20, 7'200'000},
+       {2.5, kNowUs + kHourUs, 20, 7'200'000}},
   };
   for (const RepairCase& c : kCases) {
     SCOPED_TRACE(c.name);
@@ -106,6 +129,23 @@ TEST(RepairRowTest, WellFormedRowsAreKeptAsTheyAre) {
     EXPECT_EQ(RepairRow(c.raw, kRepairPolicy, kNowUs, row), "");
     EXPECT_EQ(row, c.repaired);
   }
+}
+
+// A row stamped 30 days ahead, with an in-range window of 46 days and no tokens, locked its key:
+// judged against its own window it was a clock step, so it refilled nothing for 30 days.
+TEST(RepairRowTest, ARowFromTheFutureNoLongerLocksItsKey) {
+  const Policy kFifty{50, 1000};
+  const RawRow kRaw{0, kNowUs + kDayUs * 30, 50, 4'000'000'000};
+  SharedRow row;
+  EXPECT_NE(RepairRow(kRaw, kFifty, kNowUs, row), "");
+  const StoreOp check{"k", 1, kFifty};
+  const StoreOp* const ops[] = {&check};
+  std::vector<StoreAnswer> answers;
+  EXPECT_TRUE(ApplyOnRow(row, ops, kNowUs, answers));
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_TRUE(answers[0].check.allowed);
+  EXPECT_EQ(answers[0].check.remaining, 49u);
+  EXPECT_EQ(row, (SharedRow{49, kNowUs, 50, 1000}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,6 +364,108 @@ TEST(ApplyOnRowTest, BatchesOfOnlyDenialsOrReadsWriteNothing) {
       EXPECT_EQ(results[i], Expected(state, c.checks[i], kNowUs)) << "check " << i;
       EXPECT_EQ(results[i].allowed, c.checks[i].cost == 0);
     }
+  }
+}
+
+// Applies `ops` one transaction each, as a store that batches nothing would: the row is
+// replaced only when ApplyOnRow says it must be written.
+std::vector<StoreAnswer> ApplyOneByOne(SharedRow& row, const std::vector<StoreOp>& ops,
+                                       int64_t now_us) {
+  std::vector<StoreAnswer> answers;
+  for (const StoreOp& op : ops) {
+    SharedRow copy = row;
+    bool wrote = false;
+    answers.push_back(Apply(copy, {op}, now_us, wrote).front());
+    if (wrote) row = copy;
+  }
+  return answers;
+}
+
+struct AloneCase {
+  const char* name;
+  std::vector<StoreOp> ops;
+  SharedRow written;  // What the batch leaves in the table.
+};
+
+// A read (cost 0) under another policy used to rescale the row when it landed in a batch after
+// a take: `[check 50/1000, check 50/1000, read 50/100]` left window_ms = 100, so the key then
+// refilled ten times as fast (or starved, under a slower read). A batch now leaves the row as the
+// same operations one transaction each, and answers as they do.
+TEST(ApplyOnRowTest, ReadsAndDenialsUnderAnotherPolicyNeverChangeTheRowInABatch) {
+  const Policy kChecks{50, 1000};
+  const Policy kFast{50, 100};
+  const Policy kSlow{50, 100'000};
+  const StoreOp kCheck{"k", 1, kChecks};
+  const AloneCase kCases[] = {
+      {"the issue's batch", {kCheck, kCheck, {"k", 0, kFast}}, {48, kNowUs, 50, 1000}},
+      {"a read first", {{"k", 0, kFast}, kCheck, kCheck}, {48, kNowUs, 50, 1000}},
+      {"a slower read between takes", {kCheck, {"k", 0, kSlow}, kCheck}, {48, kNowUs, 50, 1000}},
+      {"a read of a smaller capacity", {kCheck, {"k", 0, Policy{5, 1000}}}, {49, kNowUs, 50, 1000}},
+      {"a denial under another policy after a take",
+       {kCheck, {"k", 50, kFast}},
+       {49, kNowUs, 50, 1000}},
+      {"a lease granting nothing under another policy after a take",
+       {kCheck, {"k", 50, kFast, StoreOp::Kind::kLease, 50}},
+       {49, kNowUs, 50, 1000}},
+  };
+  for (const AloneCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow batched = FullRow(kChecks, kNowUs - 5'000'000);
+    SharedRow alone = batched;
+    bool wrote = false;
+    const std::vector<StoreAnswer> answers = Apply(batched, c.ops, kNowUs, wrote);
+    const std::vector<StoreAnswer> one_by_one = ApplyOneByOne(alone, c.ops, kNowUs);
+    EXPECT_TRUE(wrote);
+    EXPECT_EQ(batched, c.written);
+    EXPECT_EQ(batched, alone);
+    for (size_t i = 0; i < c.ops.size(); ++i) {
+      EXPECT_EQ(answers[i].check, one_by_one[i].check) << "op " << i;
+      EXPECT_EQ(answers[i].granted, one_by_one[i].granted) << "op " << i;
+      EXPECT_EQ(answers[i].check.limit, c.ops[i].policy.limit) << "op " << i;
+    }
+  }
+}
+
+// The read of the batch is answered under its own policy: the row's 48 tokens, of which
+// a bucket of 50 per 100 ms misses 2, refilled in 4 ms.
+TEST(ApplyOnRowTest, AReadIsAnsweredUnderThePolicyItNames) {
+  const Policy kChecks{50, 1000};
+  const Policy kFast{50, 100};
+  SharedRow row = FullRow(kChecks, kNowUs);
+  bool wrote = false;
+  const std::vector<CheckResult> results =
+      Decide(row, {{"k", 1, kChecks}, {"k", 1, kChecks}, {"k", 0, kFast}}, kNowUs, wrote);
+  EXPECT_TRUE(results[2].allowed);
+  EXPECT_EQ(results[2].limit, 50u);
+  EXPECT_EQ(results[2].remaining, 48u);
+  EXPECT_EQ(results[2].reset_after_ms, 4u);
+  EXPECT_EQ(results[1].reset_after_ms, 40u) << "the checks' own policy: 2 tokens in 40 ms";
+  EXPECT_EQ(row, (SharedRow{48, kNowUs, 50, 1000}));
+}
+
+// Checks under 50 per 1000 ms every 5 ms for 3 s, each batched with a read under a faster or a
+// slower policy: exactly as many admitted as by the checks alone, so reads neither raise the
+// checks' bound (capacity + rate * T) nor starve them.
+TEST(ApplyOnRowTest, InterleavedReadsUnderAnyPolicyAdmitExactlyTheChecksAlone) {
+  const Policy kChecks{50, 1000};
+  for (const Policy& read : {Policy{50, 100}, Policy{50, 100'000}, Policy{1, 1}, kChecks}) {
+    SCOPED_TRACE(PolicyName(read));
+    SharedRow row = FullRow(kChecks, kNowUs);
+    TokenBucket::State alone = TokenBucket::Fresh(kChecks, kNowUs);
+    int admitted = 0;
+    int admitted_alone = 0;
+    for (int64_t t = kNowUs; t <= kNowUs + 3'000'000; t += 5'000) {
+      const std::vector<StoreOp> batch =
+          t % 10'000 == 0 ? std::vector<StoreOp>{{"k", 1, kChecks}, {"k", 0, read}}
+                          : std::vector<StoreOp>{{"k", 0, read}, {"k", 1, kChecks}};
+      bool wrote = false;
+      const std::vector<CheckResult> results = Decide(row, batch, t, wrote);
+      admitted += results[t % 10'000 == 0 ? 0 : 1].allowed;
+      admitted_alone += TokenBucket::Decide(alone, kChecks, 1, t).allowed;
+      ASSERT_EQ(row.window_ms, kChecks.window_ms);
+    }
+    EXPECT_EQ(admitted, admitted_alone);
+    EXPECT_EQ(admitted, 50 + 150) << "capacity + rate * 3 s";
   }
 }
 
