@@ -87,6 +87,7 @@ Result<CleanConninfo> CheckDatabaseUrl(const Config& config) {
   Result<CleanConninfo> url = StripOrmParameters(config.database_url);
   if (!url.ok()) return url;
   if (Status valid = ValidateConninfo(url->conninfo); !valid.ok()) return valid;
+  url->conninfo = WithKeepalives(url->conninfo);  // As every session adds them.
   return url;
 }
 
