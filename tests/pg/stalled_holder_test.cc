@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,7 +39,7 @@ constexpr int64_t kDefaultLeaseTtlMs = 1000;
 constexpr int64_t kStatedBoundMs = 2 * kDefaultPgTimeoutMs + 1000;
 constexpr int kStallMs = 4000;  // Well past the bound: without a server-side end, all of it.
 constexpr int kWarmUpMs = 1000;
-constexpr int kCatchAttempts = 400;
+constexpr int64_t kCatchMs = 15000;
 constexpr int64_t kRecoveryWaitMs = 6000;  // For the continued one: reconnecting included.
 constexpr int64_t kStableMs = 500;
 
@@ -114,30 +113,45 @@ class StalledHolder : public testing::TestWithParam<std::string> {
 
   // Sessions of sidecar `i` idle inside a transaction: between its two pipelines, the rows of
   // the first locked (every transaction here is of the hot key).
-  int IdleInTransaction(int i) {
+  int IdleInTransaction(int i) { return SessionsIn(i, "{idle in transaction}"); }
+
+  // Sessions of sidecar `i` in one of `states` (an array literal).
+  int SessionsIn(int i, const std::string& states) {
     const std::string n = QueryValue(conn_.get(),
                                      "SELECT count(*) FROM pg_stat_activity WHERE "
-                                     "application_name = $1 AND state = 'idle in transaction'",
-                                     {App(i)});
+                                     "application_name = $1 AND state = ANY($2::text[])",
+                                     {App(i), states});
     return n.starts_with("ERROR") ? -1 : std::stoi(n);
   }
 
-  // Stops the sidecar at a moment one of its transactions holds the hot row, trying again
-  // (SIGCONT, a random pause, SIGSTOP) until it does. The time of the SIGSTOP that caught it;
-  // 0 when none did.
+  // Every session of the sidecars: what each is doing, for the record.
+  std::string Sessions() {
+    return QueryValue(conn_.get(),
+                      "SELECT string_agg(application_name || ' ' || coalesce(state, '') || ' ' || "
+                      "coalesce(wait_event, '') || ' ' || left(query, 30), E'\n') "
+                      "FROM pg_stat_activity WHERE application_name LIKE $1",
+                      {app_ + "_%"});
+  }
+
+  // Stops the sidecar at a moment one of its transactions holds the hot row: as soon as the
+  // server shows one of its sessions in a statement or idle in a transaction, then makes sure
+  // one is idle in a transaction (the sidecar may have sent its second pipeline meanwhile; then
+  // SIGCONT and watch again). The time of the SIGSTOP that caught it; 0 when none did within
+  // kCatchMs.
   int64_t StopWhileHoldingTheRow() {
-    std::mt19937 random(12345);
-    for (int attempt = 0; attempt < kCatchAttempts; ++attempt) {
+    const int64_t give_up_ns = NowNs() + kCatchMs * 1'000'000LL;
+    for (int attempt = 1; NowNs() < give_up_ns;) {
+      if (SessionsIn(kStopped, "{active,idle in transaction}") <= 0) continue;
       const int64_t stopped_ns = NowNs();
       sidecars_[kStopped]->Signal(SIGSTOP);
       // A pipeline the server was still running when the client stopped ends idle as well.
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       if (IdleInTransaction(kStopped) > 0) {
-        std::printf("stopped holding the row at attempt %d\n", attempt + 1);
+        std::printf("stopped holding the row at attempt %d\n", attempt);
         return stopped_ns;
       }
       sidecars_[kStopped]->Signal(SIGCONT);
-      std::this_thread::sleep_for(std::chrono::microseconds(random() % 20000));
+      ++attempt;
     }
     return 0;
   }
@@ -184,6 +198,7 @@ TEST_P(StalledHolder, TheOthersDecideAgainWithinTheBoundAndTheStoppedOneRecovers
   std::printf("row released by the server %.0f ms after the stop\n", Ms(NowNs() - stopped_ns));
   std::this_thread::sleep_for(
       std::chrono::nanoseconds(stopped_ns + kStallMs * 1'000'000LL - NowNs()));
+  std::printf("sessions just before the SIGCONT:\n%s\n", Sessions().c_str());
   const int64_t continued_ns = NowNs();
   sidecars_[kStopped]->Signal(SIGCONT);
   // The continued one reconnects and decides by the database again, for kStableMs.
@@ -208,7 +223,7 @@ TEST_P(StalledHolder, TheOthersDecideAgainWithinTheBoundAndTheStoppedOneRecovers
     const int64_t last = LastUndecidedEndNs(answers, target, stopped_ns);
     std::printf("sidecar %d: decided by the database again %.0f ms after the stop (bound %lld)\n",
                 target, Ms(last - stopped_ns), static_cast<long long>(kStatedBoundMs));
-    EXPECT_LE(Ms(last - stopped_ns), kStatedBoundMs);
+    EXPECT_LE(Ms(last - stopped_ns), kStatedBoundMs) << sidecars_[target]->Stderr();
     EXPECT_GT(DecidedBetween(answers, target, last, continued_ns), 0u)
         << "no check decided by the database between then and the SIGCONT";
   }
