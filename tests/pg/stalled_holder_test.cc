@@ -187,7 +187,8 @@ class StalledHolder : public testing::TestWithParam<std::string> {
   PgConnPtr conn_;
 };
 
-// The part before the SIGCONT: the row is released by the server and the others decide again.
+// Stopped holding the row for 4 s: the server releases it, the others decide again within the
+// bound, the continued one recovers, and no interval admits more than the bucket allows.
 TEST_P(StalledHolder, TheOthersDecideAgainWithinTheBoundAndTheStoppedOneRecovers) {
   StartLoad();
   std::this_thread::sleep_for(std::chrono::milliseconds(kWarmUpMs));
