@@ -80,13 +80,15 @@ void RaiseFdLimitForConnections(const Config& config) {
 }
 
 // DATABASE_URL as the store will use it: the ORM parameters taken out, the rest checked by
-// libpq's parser for the postgres store (an error is one line that never quotes the URL). The
-// memory store does not use it: it is only cleaned, when it can be, for the start-up line.
+// libpq's parser for the postgres store (an error is one line that never quotes the URL), with
+// the keepalives every session adds (WithKeepalives). The memory store does not use it: it is
+// only cleaned, when it can be, for the start-up line.
 Result<CleanConninfo> CheckDatabaseUrl(const Config& config) {
   if (config.store != StoreKind::kPostgres) return StripOrmParametersOrKeep(config.database_url);
   Result<CleanConninfo> url = StripOrmParameters(config.database_url);
   if (!url.ok()) return url;
   if (Status valid = ValidateConninfo(url->conninfo); !valid.ok()) return valid;
+  url->conninfo = WithKeepalives(url->conninfo);  // As every session adds them.
   return url;
 }
 

@@ -122,8 +122,9 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
         "PostgreSQL store: a libpq connection string or URI; libpq's `PG*` variables "
         "(`PGHOST`, `PGPASSWORD`, ...) apply as well. ORM parameters (Prisma's `schema`, "
         "`pgbouncer`, `connection_limit`, ...) are accepted; see [URLs from "
-        "ORMs](#database_url-as-orms-write-it). Logged without them, with every secret shown as "
-        "`***`.")),
+        "ORMs](#database_url-as-orms-write-it). TCP keepalives are added unless it sets them "
+        "(see [failure behaviour](#failure-behaviour)). Logged without the ORM parameters, "
+        "with the keepalives, every secret shown as `***`.")),
     MakeVariable("RATE_LIMIT_PG_TABLE", TableNameText{}, &Config::pg_table,
                  "PostgreSQL store: the table, optionally schema-qualified (`schema.table`); "
                  "without a schema, `DATABASE_URL`'s `schema` parameter names it, else the "

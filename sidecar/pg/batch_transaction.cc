@@ -144,10 +144,17 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
   q[LockPipeline::kBegin] = {"BEGIN", {}};
   // The server gives up a little before our deadline, on a lock or a slow statement: the
   // transaction then fails cleanly on a live session, and no orphaned backend stays behind
-  // waiting on a lock for a client that is gone.
+  // waiting on a lock for a client that is gone. A client that stalls between its two pipelines
+  // (stopped, throttled, cut off) while holding rows has its session ended by the server once
+  // it has been idle for our whole deadline, by which time we would have abandoned it anyway:
+  // no stalled pod holds a row longer than that. Set per transaction (is_local), so that it
+  // holds through a transaction pooler and never outlives the transaction.
   q[LockPipeline::kTimeouts] = Prepared(
-      "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
-      {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5))}, "rl_timeouts");
+      "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, "
+      "true), set_config('idle_in_transaction_session_timeout', $2, true)",
+      {std::to_string(std::max<uint64_t>(1, uint64_t{timeout_ms} * 4 / 5)),
+       std::to_string(std::max<uint32_t>(1, timeout_ms))},
+      "rl_timeouts_idle");
   q[LockPipeline::kInsert] =
       InsertQuery(plan, table_sql, keys, ArrayLiteral(capacities), ArrayLiteral(windows));
   // Columns in LockColumn order. A timestamp outside what int8 microseconds hold ('infinity',

@@ -369,6 +369,33 @@ CleanConninfo StripOrmParametersOrKeep(std::string_view url) {
   return whole;
 }
 
+std::string WithKeepalives(std::string_view conninfo) {
+  OptionsPtr options = Parse(std::string(conninfo));
+  if (options == nullptr && !conninfo.empty()) return std::string(conninfo);
+  const auto is_set = [&](std::string_view keyword) {
+    for (PQconninfoOption* o = options.get(); o != nullptr && o->keyword != nullptr; ++o) {
+      if (keyword == o->keyword) return o->val != nullptr;
+    }
+    return false;
+  };
+  const bool uri = UriPrefixLength(conninfo) > 0;
+  std::string out(conninfo);
+  // A URI's query may be absent ('?' to add), empty ("db?": nothing to add) or hold parameters.
+  const size_t query = uri ? UriQueryBegin(conninfo) : 0;
+  bool first =
+      uri ? query == std::string_view::npos || query == conninfo.size() || conninfo.back() == '&'
+          : out.empty();
+  if (uri && query == std::string_view::npos) out += '?';
+  for (const auto& [keyword, value] : kKeepaliveDefaults) {
+    if (is_set(keyword) || !IsLibpqParameter(std::string(keyword))) continue;
+    if (!first) out += uri ? '&' : ' ';
+    first = false;
+    out.append(keyword).append("=").append(value);
+  }
+  if (uri && out.back() == '?' && query == std::string_view::npos) out.pop_back();
+  return out;
+}
+
 TableName TableForUrl(const TableName& configured, const CleanConninfo& url) {
   TableName table = configured;
   if (table.schema.empty()) table.schema = url.schema;

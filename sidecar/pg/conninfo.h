@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "schema/status.h"
@@ -41,6 +42,24 @@ struct ConnParams {
 };
 // REQUIRES: ValidateConninfo(conninfo) is OK.
 ConnParams ParseConnParams(const std::string& conninfo);
+
+// The TCP settings every database connection gets unless the conninfo sets them itself: a
+// peer gone without a word (a partition, a dead node) is noticed on an idle connection within
+// keepalives_idle + keepalives_interval * keepalives_count = 25 s, and on one with data unsent
+// or unacknowledged within tcp_user_timeout. A transaction's own deadline is shorter still (see
+// LockQueries); these bound what no transaction is waiting on. libpq ignores them on a Unix
+// socket; a libpq that knows no tcp_user_timeout (before 12) does not get it.
+inline constexpr std::pair<std::string_view, std::string_view> kKeepaliveDefaults[] = {
+    {"keepalives", "1"},
+    {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"},
+    {"keepalives_count", "3"},
+    {"tcp_user_timeout", "10000"}};
+
+// `conninfo` with each of kKeepaliveDefaults that it does not set added: to a URI's query, or
+// as keyword=value pairs; everything it says is kept as written (an operator's value wins,
+// even an empty one). Text libpq cannot parse comes back unchanged, for ValidateConninfo.
+std::string WithKeepalives(std::string_view conninfo);
 
 // The parameters that Node stacks (Prisma, and the libraries that copy its URLs) keep in the
 // DATABASE_URL their application reads, and that libpq refuses as unknown:

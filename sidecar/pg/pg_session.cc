@@ -39,7 +39,7 @@ std::vector<PipelineEntry> PlanPipeline(std::span<const PgQuery> queries, Statem
 PgSession::PgSession(uv_loop_t* loop, std::string conninfo, const StatementMode& statements,
                      StateListener on_state)
     : loop_(loop),
-      conninfo_(std::move(conninfo)),
+      conninfo_(WithKeepalives(conninfo)),
       password_(ConninfoPassword(conninfo_)),
       params_(ParseConnParams(conninfo_)),
       statements_(statements),

@@ -90,7 +90,7 @@ class PgSession final : public DbSession {
   static void ResolvedTrampoline(uv_getaddrinfo_t* request, int status, addrinfo* result);
 
   uv_loop_t* loop_;
-  const std::string conninfo_;
+  const std::string conninfo_;  // With kKeepaliveDefaults added (WithKeepalives).
   const std::string password_;  // From conninfo_, to mask it in every message kept.
   const ConnParams params_;     // conninfo_ parsed once, for every connection attempt.
   const StatementMode& statements_;

@@ -67,7 +67,10 @@ TEST(LockQueries, EachStatementStandsAtThePlaceItsNameSays) {
   ASSERT_EQ(q.size(), size_t{LockPipeline::kStatements});
   EXPECT_EQ(q[LockPipeline::kBegin].sql, "BEGIN");
   EXPECT_NE(q[LockPipeline::kTimeouts].sql.find("lock_timeout"), std::string::npos);
-  EXPECT_EQ(q[LockPipeline::kTimeouts].params, (std::vector<std::string>{"200"}));  // 4/5.
+  EXPECT_NE(q[LockPipeline::kTimeouts].sql.find("idle_in_transaction_session_timeout"),
+            std::string::npos);
+  // Locks and statements at 4/5 of the deadline; idle in a transaction, the whole deadline.
+  EXPECT_EQ(q[LockPipeline::kTimeouts].params, (std::vector<std::string>{"200", "250"}));
   EXPECT_NE(q[LockPipeline::kInsert].sql.find("INSERT INTO \"t\""), std::string::npos);
   // A missing row starts with the policy of its key's first operation.
   EXPECT_EQ(q[LockPipeline::kInsert].params,
@@ -75,7 +78,8 @@ TEST(LockQueries, EachStatementStandsAtThePlaceItsNameSays) {
   EXPECT_NE(q[LockPipeline::kLock].sql.find("ORDER BY key FOR UPDATE"), std::string::npos);
   EXPECT_EQ(q[LockPipeline::kLock].params, (std::vector<std::string>{"{61,62}"}));
   EXPECT_NE(q[LockPipeline::kClock].sql.find("clock_timestamp()"), std::string::npos);
-  EXPECT_EQ(LockQueries(plan, kTable, 1)[LockPipeline::kTimeouts].params[0], "1");
+  EXPECT_EQ(LockQueries(plan, kTable, 1)[LockPipeline::kTimeouts].params,
+            (std::vector<std::string>{"1", "1"}));
 }
 
 TEST(LockQueries, AReservationShortOfTheKeysBoundsTheInsertToKeysWithoutARow) {

@@ -1,5 +1,6 @@
 // StripOrmParameters and TableForUrl (sidecar/pg/conninfo): DATABASE_URLs as Node stacks write
-// them, their ORM parameters taken out before libpq sees them.
+// them, their ORM parameters taken out before libpq sees them; the keepalives every connection
+// gets.
 #include "sidecar/pg/conninfo.h"
 
 #include <gmock/gmock.h>
@@ -164,6 +165,57 @@ TEST(TableForUrlTest, TheUrlsSchemaUnlessTheTableNamesOne) {
   EXPECT_EQ(TableForUrl(TableName{"", "buckets"}, url).Plain(), "app.buckets");
   EXPECT_EQ(TableForUrl(TableName{"rl", "buckets"}, url).Plain(), "rl.buckets");
   EXPECT_EQ(TableForUrl(TableName{"", "buckets"}, CleanConninfo{}).Plain(), "buckets");
+}
+
+constexpr const char* kKeepalives =
+    "keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 "
+    "tcp_user_timeout=10000";
+
+TEST(WithKeepalivesTest, AddsTheTcpSettingsToEveryFormOfConninfo) {
+  EXPECT_EQ(WithKeepalives(""), kKeepalives) << "libpq's PG* variables still give the rest";
+  EXPECT_EQ(WithKeepalives("host=db dbname=app"), std::string("host=db dbname=app ") + kKeepalives);
+  EXPECT_EQ(WithKeepalives("postgresql://db/app"),
+            "postgresql://db/app?keepalives=1&keepalives_idle=10&keepalives_interval=5&"
+            "keepalives_count=3&tcp_user_timeout=10000");
+  EXPECT_EQ(WithKeepalives("postgresql://db/app?"),
+            "postgresql://db/app?keepalives=1&keepalives_idle=10&keepalives_interval=5&"
+            "keepalives_count=3&tcp_user_timeout=10000");
+  EXPECT_EQ(WithKeepalives("postgres://u:p%3Fw@db/app?sslmode=disable&"),
+            "postgres://u:p%3Fw@db/app?sslmode=disable&keepalives=1&keepalives_idle=10&"
+            "keepalives_interval=5&keepalives_count=3&tcp_user_timeout=10000");
+}
+
+TEST(WithKeepalivesTest, WhatTheOperatorSetsWins) {
+  EXPECT_EQ(WithKeepalives("host=db keepalives_idle=60 tcp_user_timeout=0 keepalives_count="),
+            "host=db keepalives_idle=60 tcp_user_timeout=0 keepalives_count= keepalives=1 "
+            "keepalives_interval=5");
+  EXPECT_EQ(WithKeepalives("postgresql://db/app?keepalives=0&sslmode=require"),
+            "postgresql://db/app?keepalives=0&sslmode=require&keepalives_idle=10&"
+            "keepalives_interval=5&keepalives_count=3&tcp_user_timeout=10000");
+  const std::string all = std::string("host=db ") + kKeepalives;
+  EXPECT_EQ(WithKeepalives(all), all) << "adding them twice adds nothing";
+}
+
+TEST(WithKeepalivesTest, WhatLibpqGetsAndTheStartUpLineShow) {
+  for (const std::string url : {"", "host=db password=hunter2", "postgresql://u:hunter2@db/app"}) {
+    const std::string with = WithKeepalives(url);
+    EXPECT_TRUE(ValidateConninfo(with).ok()) << url;
+    EXPECT_EQ(ConninfoPassword(with), ConninfoPassword(url)) << url;
+    const std::string shown = RedactConninfo(with);
+    EXPECT_THAT(shown, Not(HasSubstr("hunter2")));
+    EXPECT_THAT(shown, HasSubstr("keepalives=1 keepalives_idle=10 keepalives_interval=5 "
+                                 "keepalives_count=3 tcp_user_timeout=10000"))
+        << "in libpq's order";
+    const ConnParams params = ParseConnParams(with);
+    for (const std::string keyword : {"keepalives_idle", "tcp_user_timeout"}) {
+      EXPECT_THAT(params.keywords, ::testing::Contains(keyword)) << url;
+    }
+  }
+}
+
+TEST(WithKeepalivesTest, LeavesTextLibpqCannotParseToValidateConninfo) {
+  EXPECT_EQ(WithKeepalives("host='unterminated"), "host='unterminated");
+  EXPECT_EQ(WithKeepalives("postgresql://db/app?nonsense=1"), "postgresql://db/app?nonsense=1");
 }
 
 }  // namespace

@@ -109,6 +109,11 @@ TEST_F(DatabaseUrl, PrismaStyleUrlIsAcceptedItsSchemaHoldsTheTableAndOneWarningN
   ASSERT_EQ(effective.size(), 1u) << err;
   EXPECT_NE(effective[0].find("password=***"), std::string::npos) << effective[0];
   EXPECT_EQ(effective[0].find("schema="), std::string::npos) << effective[0];
+  // The keepalives every session adds, as libpq gets them.
+  EXPECT_NE(effective[0].find("keepalives=1 keepalives_idle=10 keepalives_interval=5 "
+                              "keepalives_count=3 tcp_user_timeout=10000"),
+            std::string::npos)
+      << effective[0];
   EXPECT_EQ(LinesContaining(err, {"database ready", "rl_url_prisma." + table}).size(), 1u) << err;
 }
 
