@@ -21,7 +21,7 @@ Status StoreBatcher::Submit(StoreOp op, OpDone done) {
   if (queue_.size() >= kMaxQueued) return Status::Overloaded("too many operations waiting");
   queue_.push_back(std::move(op));
   waiting_.push_back(std::move(done));
-  Pump();
+  if (holds_ == 0) Pump();
   return Status::Ok();
 }
 
