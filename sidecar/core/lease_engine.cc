@@ -283,8 +283,15 @@ void LeaseEngine::DecideWaitersInStore(std::string_view key, KeyState& state) {
   state.waiters.clear();
   for (; !waiters.empty(); waiters.pop_front()) {
     const Waiter& w = waiters.front();
+    if (w.cost > state.policy.limit) {  // As in Serve: asked under an older, larger policy.
+      w.done->OnCheckDone(
+          w.tag, Refusal(CheckStatus::kCostExceedsLimit, state.policy.limit, Source::kLease));
+      continue;
+    }
     metrics_.decided_in_store.Add();
-    CheckInStore(batcher_, CheckQuery{key, w.cost, state.policy}, w.tag, *w.done, fallback_);
+    // Source Lease: as if leased exactly its cost and spent at once, which is what it is.
+    CheckInStore(batcher_, CheckQuery{key, w.cost, state.policy}, w.tag, *w.done, fallback_,
+                 Source::kLease);
   }
 }
 

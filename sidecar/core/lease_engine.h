@@ -80,7 +80,8 @@ struct LeaseMetrics {
 // half a lease is held, so steady traffic never waits). A check waits only while its key holds
 // too few tokens and a fetch is in flight; waiting checks are served in order when it lands,
 // and those its lease does not cover are each decided in the store at once (a kCheck, as in
-// strict mode), in the key's next transaction. So a check waits for at most two transactions of
+// strict mode; answered with source Lease, as a lease of exactly its cost spent at once), in the
+// key's next transaction. So a check waits for at most two transactions of
 // its key, the fetch in flight when it arrived and then its own, as a strict check queued behind
 // one: never for a chain of fetches, which a slow database would stretch past the timeout. Such
 // a check spends its tokens as it takes them, so it adds nothing to the bound below.

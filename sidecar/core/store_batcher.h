@@ -82,10 +82,11 @@ class StoreBatcher {
 CheckResult StoreRefusal(const Status& why, uint32_t limit);
 
 // Sends `query` to the store as one kCheck and answers done.OnCheckDone(tag, ...) with the
-// store's decision (source Database) or a StoreRefusal, resolved by `fallback` (when not null)
-// where the store could not decide. REQUIRES: as Engine::Check.
+// store's decision (source `source`: Database, or Lease for a lease engine's check) or a
+// StoreRefusal, resolved by `fallback` (when not null) where the store could not decide.
+// REQUIRES: as Engine::Check.
 void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag, CheckCallback& done,
-                  Fallback* fallback);
+                  Fallback* fallback, Source source = Source::kDatabase);
 
 }  // namespace ratelimit
 

@@ -506,13 +506,13 @@ TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndThoseTheLeaseMissesAreDe
   EXPECT_EQ(recorder_.answers[0].result.remaining, 5u) << "held 0, and the row kept 5";
   for (uint64_t tag = 1; tag < 3; ++tag) {
     EXPECT_TRUE(recorder_.answers[tag].result.allowed) << "tag " << tag;
-    EXPECT_EQ(recorder_.answers[tag].result.source, Source::kDatabase) << "tag " << tag;
+    EXPECT_EQ(recorder_.answers[tag].result.source, Source::kLease) << "tag " << tag;
   }
   const CheckResult& denied = recorder_.answers[3].result;
   EXPECT_FALSE(denied.allowed);
   EXPECT_EQ(denied.status, CheckStatus::kOk);
   EXPECT_EQ(denied.retry_after_ms, 210u) << "3.5 tokens at 1 per 60 ms";
-  EXPECT_EQ(denied.source, Source::kDatabase);
+  EXPECT_EQ(denied.source, Source::kLease) << "lease mode's answer, decided in the store";
   EXPECT_EQ(store_.take_count(), 2u) << "no further transaction for these checks";
   EXPECT_EQ(engine_.metrics().tokens_leased.value(), 1u);
 }
@@ -1167,6 +1167,24 @@ TEST_F(LeaseEngineTest, AWaitingCheckCostingMoreThanANewLimitIsRefusedAndLocksNo
   DecideAll();
   ASSERT_EQ(recorder_.answers.size(), 3u);
   EXPECT_TRUE(recorder_.answers[2].result.allowed) << "the key must not be locked out";
+}
+
+// The same for a check further back in the queue, when the checks the lease does not cover go
+// to the store: it is refused, not sent as a kCheck that could never be allowed.
+TEST_F(LeaseEngineTest, AWaitingCheckBehindOthersCostingMoreThanANewLimitIsRefused) {
+  constexpr Policy kBig{1000, 60'000};
+  constexpr Policy kSmall{10, 60'000};
+  Check(0, 1, kBig);  // Waits for its fetch.
+  Check(1, 500, kBig);
+  Check(2, 1, kSmall);  // The key's policy changes while the fetch is in flight.
+  DecideAll();
+  ASSERT_EQ(recorder_.tags(), (std::vector<uint64_t>{1, 0, 2}));
+  EXPECT_EQ(recorder_.answers[0].result.status, CheckStatus::kCostExceedsLimit);
+  EXPECT_EQ(recorder_.answers[0].result.limit, 10u);
+  for (size_t i = 1; i < 3; ++i) EXPECT_TRUE(recorder_.answers[i].result.allowed) << i;
+  for (const StoreOp& op : OpsOfKind(store_, Kind::kCheck)) {
+    EXPECT_LE(op.cost, op.policy.limit) << "a check asking for more than the bucket holds";
+  }
 }
 
 // Two policies taking turns on one key: each change gives the leases back and fetches anew, but
