@@ -216,6 +216,9 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
     MaybeFinishReturnAll();
     return;
   }
+  // What a landing sends (returns, the checks the lease does not cover, a prefetch) goes in
+  // one transaction: no check waits for more than the next one.
+  const StoreBatcher::Hold together(batcher_);
   if (returning_all_ || !(fetch.policy == state.policy)) {
     // Leased under a policy the key no longer has, or while giving everything back.
     if (answer->granted > 0) SendReturn(fetch.key, fetch.policy, answer->granted, answer->now_us);
@@ -270,14 +273,35 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
     } else if (state.denial.Denies(now)) {
       w.done->OnCheckDone(w.tag, Denied(state, now));
     } else {
-      // Granted less than the waiting checks need (or nothing yet, after a policy change):
-      // ask again for the first of them; the store either grants it or says until when not.
-      StartFetch(key, state, w.cost, now);
-      return;
+      // The fetch that landed does not cover this check (nor, then, those behind it): they
+      // have waited through one transaction of the key already. Another lease, which the row
+      // may cut to half of what it holds, could start a chain of fetches; instead each is
+      // decided in the store as in strict mode, all in the key's next transaction.
+      DecideWaitersInStore(key, state);
+      break;
     }
     state.waiters.pop_front();
   }
   MaybePrefetch(key, state, now);
+}
+
+void LeaseEngine::DecideWaitersInStore(std::string_view key, KeyState& state) {
+  // Moved out first: an answer (a refusal resolved at once) may start the next check of this
+  // key. Sent before any prefetch, which then leases only what they leave.
+  WaiterQueue waiters = std::move(state.waiters);
+  state.waiters.clear();
+  for (; !waiters.empty(); waiters.pop_front()) {
+    const Waiter& w = waiters.front();
+    if (w.cost > state.policy.limit) {  // As in Serve: asked under an older, larger policy.
+      w.done->OnCheckDone(
+          w.tag, Refusal(CheckStatus::kCostExceedsLimit, state.policy.limit, Source::kLease));
+      continue;
+    }
+    metrics_.decided_in_store.Add();
+    // Source Lease: as if leased exactly its cost and spent at once, which is what it is.
+    CheckInStore(batcher_, CheckQuery{key, w.cost, state.policy}, w.tag, *w.done, fallback_,
+                 Source::kLease);
+  }
 }
 
 void LeaseEngine::FailWaiters(std::string_view key, KeyState& state, const Status& why) {

@@ -62,6 +62,7 @@ struct LeaseMetrics {
   Gauge max_keys;             // LeaseOptions::max_keys; set at construction.
   Counter evictions;          // Keys forgotten to make room for a new key (leases given back).
   Counter new_keys_deferred;  // New keys answered by the fallback during a flood, unasked.
+  Counter decided_in_store;   // Waiting checks the lease that landed did not cover.
 };
 
 // Each key this sidecar sees holds up to a few leases: tokens debited from the key's shared row
@@ -77,7 +78,13 @@ struct LeaseMetrics {
 // The pure functions of lease_plan.h decide from them how large a fetch is (about R's demand,
 // capped at limit / kLeaseShare, at least R's refill) and whether to prefetch (when fewer than
 // half a lease is held, so steady traffic never waits). A check waits only while its key holds
-// too few tokens and a fetch is in flight; waiting checks are served in order.
+// too few tokens and a fetch is in flight; waiting checks are served in order when it lands,
+// and those its lease does not cover are each decided in the store at once (a kCheck, as in
+// strict mode; answered with source Lease, as a lease of exactly its cost spent at once), in the
+// key's next transaction. So a check waits for at most two transactions of
+// its key, the fetch in flight when it arrived and then its own, as a strict check queued behind
+// one: never for a chain of fetches, which a slow database would stretch past the timeout. Such
+// a check spends its tokens as it takes them, so it adds nothing to the bound below.
 //
 // Together: in any interval of length T the pods admit at most capacity + rate * (T + ttl).
 //
@@ -218,6 +225,8 @@ class LeaseEngine final : public Engine {
   int64_t DrawJitter(const Policy& policy, uint32_t min_grant, bool granted_last);
   // Answers every waiting check of the key with `why` (resolved by the fallback).
   void FailWaiters(std::string_view key, KeyState& state, const Status& why);
+  // Sends every waiting check of the key to the store as a kCheck of its own (strict mode).
+  void DecideWaitersInStore(std::string_view key, KeyState& state);
   void MaybePrefetch(std::string_view key, KeyState& state, int64_t now);
   // Gives back the leases that expire by `now` (all of them with `now` = INT64_MAX).
   void ExpireLeases(std::string_view key, KeyState& state, int64_t now);

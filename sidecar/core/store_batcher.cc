@@ -21,7 +21,7 @@ Status StoreBatcher::Submit(StoreOp op, OpDone done) {
   if (queue_.size() >= kMaxQueued) return Status::Overloaded("too many operations waiting");
   queue_.push_back(std::move(op));
   waiting_.push_back(std::move(done));
-  Pump();
+  if (holds_ == 0) Pump();
   return Status::Ok();
 }
 
@@ -101,15 +101,16 @@ CheckResult StoreRefusal(const Status& why, uint32_t limit) {
 }
 
 void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag, CheckCallback& done,
-                  Fallback* fallback) {
+                  Fallback* fallback, Source source) {
   const uint32_t cost = query.cost;
   const Policy policy = query.policy;
   Status queued = batcher.Submit(
       StoreOp{std::string(query.key), cost, policy},
-      [tag, &done, cost, policy, fallback](std::string_view key, Result<StoreAnswer> answer) {
+      [tag, &done, cost, policy, fallback, source](std::string_view key,
+                                                   Result<StoreAnswer> answer) {
         CheckResult result =
             answer.ok() ? answer->check : StoreRefusal(answer.status(), policy.limit);
-        result.source = Source::kDatabase;
+        result.source = source;
         done.OnCheckDone(tag, ResolveWith(fallback, CheckQuery{key, cost, policy}, result));
       });
   if (!queued.ok()) {

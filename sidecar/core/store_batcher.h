@@ -45,6 +45,21 @@ class StoreBatcher {
   // down), Overloaded when kMaxQueued operations are waiting.
   [[nodiscard]] Status Submit(StoreOp op, OpDone done);
 
+  // While a Hold lives, Submit only queues: the operations submitted under it start together,
+  // in one transaction, when the last Hold ends (a first one would otherwise go alone).
+  class Hold {
+   public:
+    explicit Hold(StoreBatcher& batcher) : batcher_(batcher) { ++batcher_.holds_; }
+    ~Hold() {
+      if (--batcher_.holds_ == 0) batcher_.Pump();
+    }
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+
+   private:
+    StoreBatcher& batcher_;
+  };
+
   const SharedStore& store() const { return store_; }
   size_t queued() const { return queue_.size(); }
 
@@ -59,6 +74,7 @@ class StoreBatcher {
   std::deque<OpDone> waiting_;  // Parallel to queue_.
   // Keys in some Take of this batcher that has not completed.
   std::unordered_set<std::string> in_flight_keys_;
+  int holds_ = 0;  // Live Holds.
 };
 
 // The answer to a check that the store could not decide: StoreUnavailable, or Overloaded when
@@ -66,10 +82,11 @@ class StoreBatcher {
 CheckResult StoreRefusal(const Status& why, uint32_t limit);
 
 // Sends `query` to the store as one kCheck and answers done.OnCheckDone(tag, ...) with the
-// store's decision (source Database) or a StoreRefusal, resolved by `fallback` (when not null)
-// where the store could not decide. REQUIRES: as Engine::Check.
+// store's decision (source `source`: Database, or Lease for a lease engine's check) or a
+// StoreRefusal, resolved by `fallback` (when not null) where the store could not decide.
+// REQUIRES: as Engine::Check.
 void CheckInStore(StoreBatcher& batcher, const CheckQuery& query, uint64_t tag, CheckCallback& done,
-                  Fallback* fallback);
+                  Fallback* fallback, Source source = Source::kDatabase);
 
 }  // namespace ratelimit
 

@@ -422,21 +422,20 @@ TEST(LeaseEngineSizeTest, AFetchAsksForRsDemandCappedAtAnEighthAndAtLeastRsRefil
   }
 }
 
-// Waiting checks add what they need to the demand, up to the cap; the least worth having is
-// still R's refill (or all that is wanted, when that is less).
-TEST(LeaseEngineSizeTest, WaitingChecksAddWhatTheyNeedToTheFetch) {
+// Checks waiting behind a fetch that covers only the first are decided in the store, each for
+// what it needs and all in the next Take, however much they need together (before, they started
+// a second lease, capped at limit / 8 and cut to half the row, and a third...).
+TEST(LeaseEngineSizeTest, ChecksWaitingBeyondTheLeaseAreDecidedTogetherInTheNextTake) {
   struct Case {
     const char* name;
     Policy policy;
     std::vector<uint32_t> waiting;  // Costs of the checks that wait behind the first.
-    uint32_t want;
-    uint32_t min_grant;
   };
   const Case kCases[] = {
-      {"three small checks, plenty of refill", {1000, 1000}, {2, 3, 4}, 9, 9},
-      {"three small checks, little refill", {1000, 60'000}, {2, 3, 4}, 9, 5},
-      {"more than the cap of 125", {1000, 1000}, {100, 50, 50}, 125, 125},
-      {"one check above the cap of 2", {10, 1000}, {7, 1}, 7, 7},
+      {"three small checks, plenty of refill", {1000, 1000}, {2, 3, 4}},
+      {"three small checks, little refill", {1000, 60'000}, {2, 3, 4}},
+      {"more than the cap of 125", {1000, 1000}, {100, 50, 50}},
+      {"one check above the cap of 2", {10, 1000}, {7, 1}},
   };
   for (const Case& c : kCases) {
     SCOPED_TRACE(c.name);
@@ -450,24 +449,32 @@ TEST(LeaseEngineSizeTest, WaitingChecksAddWhatTheyNeedToTheFetch) {
     }
     ASSERT_EQ(store.take_count(), 1u) << "checks waiting behind a fetch start no other";
     store.Decide(0, kDbOffsetUs);  // Grants the first check's 1 token.
-    ASSERT_EQ(store.take_count(), 2u) << "the next waiting check needs another fetch";
-    const StoreOp& fetch = store.batch(1).front();
-    EXPECT_EQ(fetch.kind, Kind::kLease);
-    EXPECT_EQ(fetch.want, c.want);
-    EXPECT_EQ(fetch.cost, c.min_grant);
+    ASSERT_EQ(store.take_count(), 2u) << "the waiting checks go to the store together";
+    const std::vector<StoreOp>& batch = store.batch(1);
+    ASSERT_GE(batch.size(), c.waiting.size());
+    for (size_t i = 0; i < c.waiting.size(); ++i) {
+      EXPECT_EQ(batch[i].kind, Kind::kCheck);
+      EXPECT_EQ(batch[i].cost, c.waiting[i]);
+    }
     store.Decide(1, kDbOffsetUs);
-    ASSERT_GE(done.answers.size(), 2u);
-    EXPECT_EQ(done.answers[1].tag, 1u);
-    EXPECT_TRUE(done.answers[1].result.allowed);
+    ASSERT_EQ(done.answers.size(), c.waiting.size() + 1);
+    for (size_t i = 0; i < done.answers.size(); ++i) {
+      EXPECT_EQ(done.answers[i].tag, i);
+      EXPECT_TRUE(done.answers[i].result.allowed) << "tag " << i;
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Waiting checks
 
-TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndAShortGrantFetchesForTheFirstLeft) {
-  // 1000 per minute: R refills 4.2 tokens, so a fetch accepts 5 of what it wants. The row has
-  // 6.5 tokens.
+// Checks that the lease landing does not cover have waited through one transaction of their
+// key: each is then decided in the store (a kCheck, as in strict mode), all in the next Take,
+// rather than through more leases, which the row cuts to half of what it holds (issue 22: a
+// chain of fetches made a burst wait several transaction times). Before, check 1 started a
+// second lease and check 3 a third.
+TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndThoseTheLeaseMissesAreDecidedInOneTake) {
+  // 1000 per minute: R refills 4.2 tokens. The row has 6.5 tokens.
   const Policy kMinute{1000, 60'000};
   store_.rows()[kKey] = SharedRow{6.5, DbNow(), 1000, 60'000};
   Check(0, 1, kMinute);
@@ -479,32 +486,68 @@ TEST_F(LeaseEngineTest, WaitingChecksAreServedInOrderAndAShortGrantFetchesForThe
 
   Decide(0);  // Grants 1: check 0 only.
   EXPECT_EQ(recorder_.tags(), std::vector<uint64_t>{0});
-  ASSERT_EQ(store_.take_count(), 2u) << "check 1 needs another fetch";
-  EXPECT_EQ(OnlyOp(1).kind, Kind::kLease);
-  EXPECT_EQ(OnlyOp(1).cost, 5u) << "at least what check 1 needs; R's refill rounded up";
-  EXPECT_EQ(OnlyOp(1).want, 9u) << "all the waiting checks need";
-
-  Decide(1);  // The row has 5.5: grants 5, enough for checks 1 and 2, not 3.
-  EXPECT_EQ(recorder_.tags(), (std::vector<uint64_t>{0, 1, 2}));
-  ASSERT_EQ(store_.take_count(), 3u) << "check 3 needs another fetch";
-  EXPECT_EQ(OnlyOp(2).kind, Kind::kLease);
-  EXPECT_EQ(OnlyOp(2).cost, 4u);
-  EXPECT_EQ(OnlyOp(2).want, 4u);
-
-  Decide(2);  // 0.5 tokens: denied until 4 are there, 3.5 / (1 per 60 ms) = 210 ms.
-  ASSERT_EQ(recorder_.tags(), (std::vector<uint64_t>{0, 1, 2, 3}));
-  for (uint64_t tag = 0; tag < 3; ++tag) {
-    EXPECT_TRUE(recorder_.answers[tag].result.allowed) << "tag " << tag;
-    EXPECT_EQ(recorder_.answers[tag].result.source, Source::kLease);
+  ASSERT_EQ(store_.take_count(), 2u) << "checks 1 to 3 go to the store together";
+  const std::vector<StoreOp>& batch = store_.batch(1);
+  ASSERT_GE(batch.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(batch[i].kind, Kind::kCheck) << "op " << i;
+    EXPECT_EQ(batch[i].cost, i + 2) << "op " << i;
+    EXPECT_EQ(batch[i].policy, kMinute) << "op " << i;
   }
+  for (size_t i = 3; i < batch.size(); ++i) {
+    EXPECT_EQ(batch[i].kind, Kind::kLease) << "only a prefetch may follow them";
+  }
+  EXPECT_EQ(engine_.metrics().decided_in_store.value(), 3u);
+
+  Decide(1);  // The row has 5.5: checks 1 and 2 take 5; 0.5 is left for check 3, which needs 4.
+  ASSERT_EQ(recorder_.tags(), (std::vector<uint64_t>{0, 1, 2, 3}));
+  EXPECT_TRUE(recorder_.answers[0].result.allowed);
+  EXPECT_EQ(recorder_.answers[0].result.source, Source::kLease);
   EXPECT_EQ(recorder_.answers[0].result.remaining, 5u) << "held 0, and the row kept 5";
+  for (uint64_t tag = 1; tag < 3; ++tag) {
+    EXPECT_TRUE(recorder_.answers[tag].result.allowed) << "tag " << tag;
+    EXPECT_EQ(recorder_.answers[tag].result.source, Source::kLease) << "tag " << tag;
+  }
   const CheckResult& denied = recorder_.answers[3].result;
   EXPECT_FALSE(denied.allowed);
   EXPECT_EQ(denied.status, CheckStatus::kOk);
-  EXPECT_EQ(denied.retry_after_ms, 210u);
-  EXPECT_EQ(denied.source, Source::kLease);
-  EXPECT_EQ(store_.take_count(), 3u);
-  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 6u);
+  EXPECT_EQ(denied.retry_after_ms, 210u) << "3.5 tokens at 1 per 60 ms";
+  EXPECT_EQ(denied.source, Source::kLease) << "lease mode's answer, decided in the store";
+  EXPECT_EQ(store_.take_count(), 2u) << "no further transaction for these checks";
+  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 1u);
+}
+
+// A burst of 100 on one key of 50 per second, against a slow database (each transaction takes
+// 150 ms): the first fetch and one transaction after it answer the whole burst, so no check
+// waits longer than two transactions (before: a chain of fetches of at most limit / 8 each, 9
+// transactions). The admissions stay within capacity + rate * (T + ttl), T the time the burst's
+// transactions took: the checks beyond the lease spend their tokens as they take them.
+TEST_F(LeaseEngineTest, ABurstOnASlowStoreIsAnsweredByTheFetchInFlightAndOneTransactionMore) {
+  constexpr Policy kFifty{50, 1000};
+  constexpr int64_t kTransactionUs = 150 * kMs;
+  constexpr int kBurst = 100;
+  const int64_t start = clock_.NowMicros();
+  for (int i = 0; i < kBurst; ++i) Check(static_cast<uint64_t>(i), 1, kFifty);
+  ASSERT_EQ(store_.take_count(), 1u);
+  // The database answers one transaction at a time, each kTransactionUs after it started.
+  for (size_t index = 0; index < store_.take_count(); ++index) {
+    clock_.AdvanceMicros(kTransactionUs);
+    Decide(index);
+  }
+  const int64_t took = clock_.NowMicros() - start;
+  ASSERT_EQ(recorder_.answers.size(), size_t{kBurst});
+  EXPECT_EQ(store_.take_count(), 2u) << "the fetch, and one transaction for the rest";
+  EXPECT_LE(took, 2 * kTransactionUs);
+  uint32_t admitted = 0;
+  for (const Recorder::Answer& a : recorder_.answers) {
+    EXPECT_EQ(a.result.status, CheckStatus::kOk);
+    admitted += a.result.allowed ? 1 : 0;
+  }
+  // capacity + rate * (T + ttl) = 50 + 50 * (0.3 + 1) = 115. The lease took 1 of the 50; the
+  // row was full again (capped at 50) when the rest were decided: 51, as strict mode would.
+  EXPECT_LE(admitted, 50 + 50 * (took + kTtlUs) / 1'000'000);
+  EXPECT_EQ(admitted, 51u) << "every token the row had was admitted";
+  EXPECT_EQ(store_.rows().at(kKey).tokens, 0) << "and none was left behind in a lease";
 }
 
 TEST_F(LeaseEngineTest, AFailedFetchAnswersEveryWaitingCheckWithStoreUnavailable) {
@@ -841,22 +884,26 @@ TEST_F(LeaseEngineTest, AGrantForTheOldPolicyLandingAfterAChangeIsReturnedNotSpe
   const int64_t landed = DbNow();
   Decide(0);
   EXPECT_TRUE(recorder_.answers.empty()) << "served from a grant of the old policy";
+  ASSERT_EQ(store_.take_count(), 2u) << "the return and both checks in one transaction";
   DecideAll();
   const std::vector<StoreOp> ops = AllOps(store_);
-  ASSERT_EQ(ops.size(), 3u);
+  ASSERT_GE(ops.size(), 4u);
   EXPECT_EQ(ops[1].kind, Kind::kReturn);
   EXPECT_EQ(ops[1].policy, kPolicy);
   EXPECT_EQ(ops[1].cost, 1u);
   EXPECT_EQ(ops[1].debit_us, landed);
-  EXPECT_EQ(ops[2].kind, Kind::kLease);
-  EXPECT_EQ(ops[2].policy, kOther);
-  EXPECT_EQ(ops[2].want, 2u) << "for both waiting checks";
+  // The grant covered neither waiting check under the new policy: each is decided in the store
+  // (before, a lease for both followed the return).
+  for (size_t i = 2; i < 4; ++i) {
+    EXPECT_EQ(ops[i].kind, Kind::kCheck);
+    EXPECT_EQ(ops[i].policy, kOther);
+  }
   ASSERT_EQ(recorder_.tags(), (std::vector<uint64_t>{0, 1}));
   for (const Recorder::Answer& a : recorder_.answers) {
     EXPECT_TRUE(a.result.allowed);
     EXPECT_EQ(a.result.limit, 500u);
   }
-  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 2u) << "the returned grant was not counted";
+  EXPECT_EQ(engine_.metrics().tokens_leased.value(), 0u) << "the returned grant was not counted";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1079,18 +1126,15 @@ TEST_F(LeaseEngineTest, TickKeepsAKeyWhoseFetchIsInFlightHoweverLongItTakes) {
   }
   EXPECT_EQ(engine_.key_count(), 1u);
   // The grant lands ten ttls after it was asked for: too late to spend. It goes back, and the
-  // waiting check (still waiting, not lost) is served by the next lease, which waits for the
-  // return since a key is in one transaction at a time.
+  // waiting check (still waiting, not lost) is decided in the store, in the same transaction
+  // as the return and after it (before, a second lease waited for the return's transaction).
   Decide(0);
   EXPECT_TRUE(recorder_.answers.empty());
   ASSERT_EQ(store_.take_count(), 2u);
-  ASSERT_EQ(store_.batch(1).size(), 1u);
+  ASSERT_GE(store_.batch(1).size(), 2u);
   EXPECT_EQ(store_.batch(1)[0].kind, StoreOp::Kind::kReturn);
+  EXPECT_EQ(store_.batch(1)[1].kind, StoreOp::Kind::kCheck);
   Decide(1);
-  ASSERT_EQ(store_.take_count(), 3u);
-  ASSERT_EQ(store_.batch(2).size(), 1u);
-  EXPECT_EQ(store_.batch(2)[0].kind, StoreOp::Kind::kLease);
-  Decide(2);
   ASSERT_EQ(recorder_.tags(), std::vector<uint64_t>{0});
   EXPECT_TRUE(recorder_.answers[0].result.allowed);
 }
@@ -1123,6 +1167,24 @@ TEST_F(LeaseEngineTest, AWaitingCheckCostingMoreThanANewLimitIsRefusedAndLocksNo
   DecideAll();
   ASSERT_EQ(recorder_.answers.size(), 3u);
   EXPECT_TRUE(recorder_.answers[2].result.allowed) << "the key must not be locked out";
+}
+
+// The same for a check further back in the queue, when the checks the lease does not cover go
+// to the store: it is refused, not sent as a kCheck that could never be allowed.
+TEST_F(LeaseEngineTest, AWaitingCheckBehindOthersCostingMoreThanANewLimitIsRefused) {
+  constexpr Policy kBig{1000, 60'000};
+  constexpr Policy kSmall{10, 60'000};
+  Check(0, 1, kBig);  // Waits for its fetch.
+  Check(1, 500, kBig);
+  Check(2, 1, kSmall);  // The key's policy changes while the fetch is in flight.
+  DecideAll();
+  ASSERT_EQ(recorder_.tags(), (std::vector<uint64_t>{1, 0, 2}));
+  EXPECT_EQ(recorder_.answers[0].result.status, CheckStatus::kCostExceedsLimit);
+  EXPECT_EQ(recorder_.answers[0].result.limit, 10u);
+  for (size_t i = 1; i < 3; ++i) EXPECT_TRUE(recorder_.answers[i].result.allowed) << i;
+  for (const StoreOp& op : OpsOfKind(store_, Kind::kCheck)) {
+    EXPECT_LE(op.cost, op.policy.limit) << "a check asking for more than the bucket holds";
+  }
 }
 
 // Two policies taking turns on one key: each change gives the leases back and fetches anew, but
