@@ -288,18 +288,21 @@ void LeaseEngine::Serve(std::string_view key, KeyState& state, int64_t now) {
 void LeaseEngine::DecideWaitersInStore(std::string_view key, KeyState& state) {
   // Moved out first: an answer (a refusal resolved at once) may start the next check of this
   // key. Sent before any prefetch, which then leases only what they leave.
+  // The policy is copied: once its waiters are gone the key may be evicted by a check that an
+  // answer starts.
   WaiterQueue waiters = std::move(state.waiters);
   state.waiters.clear();
+  const Policy policy = state.policy;
   for (; !waiters.empty(); waiters.pop_front()) {
     const Waiter& w = waiters.front();
-    if (w.cost > state.policy.limit) {  // As in Serve: asked under an older, larger policy.
-      w.done->OnCheckDone(
-          w.tag, Refusal(CheckStatus::kCostExceedsLimit, state.policy.limit, Source::kLease));
+    if (w.cost > policy.limit) {  // As in Serve: asked under an older, larger policy.
+      w.done->OnCheckDone(w.tag,
+                          Refusal(CheckStatus::kCostExceedsLimit, policy.limit, Source::kLease));
       continue;
     }
     metrics_.decided_in_store.Add();
     // Source Lease: as if leased exactly its cost and spent at once, which is what it is.
-    CheckInStore(batcher_, CheckQuery{key, w.cost, state.policy}, w.tag, *w.done, fallback_,
+    CheckInStore(batcher_, CheckQuery{key, w.cost, policy}, w.tag, *w.done, fallback_,
                  Source::kLease);
   }
 }
