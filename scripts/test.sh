@@ -4,7 +4,7 @@
 # sidecar; the soak runs in the next stage only), the same suite built by clang under ASan+UBSan
 # (but for the tests of deadlines at shipped speed), and a short libFuzzer run of the
 # connection-input target from its committed corpus (scripts/fuzz.sh runs a long one). Exits
-# non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets the fuzz run's length (default 30).
+# non-zero on any failure. RATE_LIMIT_FUZZ_SECONDS sets the fuzz run's length (default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -87,7 +87,7 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=
 cmake --build build-fuzz -j"$jobs" --target connection_input_fuzz
 # New inputs go to the first corpus directory, a temporary one: the committed corpus is only read.
 mkdir "$logs/found"
-if build-fuzz/bin/connection_input_fuzz -max_total_time="${RATE_LIMIT_FUZZ_SECONDS:-30}" \
+if build-fuzz/bin/connection_input_fuzz -max_total_time="${RATE_LIMIT_FUZZ_SECONDS:-15}" \
   -max_len=8192 -artifact_prefix=build-fuzz/ -print_final_stats=1 "$logs/found" \
   tests/fuzz/corpus 2>"$logs/fuzz.log"; then
   grep -E "^stat::number_of_executed_units" "$logs/fuzz.log" || true
