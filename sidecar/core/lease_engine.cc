@@ -40,9 +40,10 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
     return;
   }
   const int64_t now = clock_.NowMicros();
-  KeyState* found = keys_.Find(query.key);
+  const KeyDigest digest = keys_.DigestOf(query.key);  // Once per check.
+  KeyState* found = keys_.Find(digest);
   if (found == nullptr && now < flood_until_us_) {
-    AnswerDuringFlood(query, now, tag, done);
+    AnswerDuringFlood(query, digest, now, tag, done);
     return;
   }
   if (query.cost == 0) {
@@ -51,7 +52,7 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   }
   KeyState* const known = found != nullptr && found->policy == query.policy
                               ? found
-                              : StateOf(query.key, query.policy, now);
+                              : StateOf(query.key, digest, query.policy, now);
   if (known == nullptr) {  // No room to hold the key: the store decides this check alone.
     CheckInStore(batcher_, query, tag, done, fallback_);
     return;
@@ -94,9 +95,8 @@ void LeaseEngine::Read(const CheckQuery& query, KeyState* found, int64_t now, ui
   }
 }
 
-LeaseEngine::KeyState* LeaseEngine::StateOf(std::string_view key, const Policy& policy,
-                                            int64_t now) {
-  const KeyDigest digest = keys_.DigestOf(key);
+LeaseEngine::KeyState* LeaseEngine::StateOf(std::string_view key, const KeyDigest& digest,
+                                            const Policy& policy, int64_t now) {
   KeyState* state = keys_.Find(digest);
   if (state == nullptr) {
     if (!MakeRoom(KeyBytes(key))) return nullptr;
@@ -141,13 +141,13 @@ bool LeaseEngine::MakeRoom(size_t key_bytes) {
   return true;
 }
 
-void LeaseEngine::AnswerDuringFlood(const CheckQuery& query, int64_t now, uint64_t tag,
-                                    CheckCallback& done) {
+void LeaseEngine::AnswerDuringFlood(const CheckQuery& query, const KeyDigest& digest, int64_t now,
+                                    uint64_t tag, CheckCallback& done) {
   metrics_.new_keys_deferred.Add();
   if (query.cost > 0 && TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) {
     // One of the store's new rows per second: a lease for this key's next checks, fetched in
     // the background. This check does not wait for it.
-    if (KeyState* state = StateOf(query.key, query.policy, now); state != nullptr) {
+    if (KeyState* state = StateOf(query.key, digest, query.policy, now); state != nullptr) {
       state->last_asked_us = now;
       state->demand.Ask(query.cost);
       StartFetch(query.key, *state, query.cost, now);

@@ -203,12 +203,15 @@ class LeaseEngine final : public Engine {
   };
 
   // The key's state under `policy`; null when the table is full of keys waiting for fetches.
-  KeyState* StateOf(std::string_view key, const Policy& policy, int64_t now);
+  // `digest` is the key's (KeyedDigest), computed once by the caller.
+  KeyState* StateOf(std::string_view key, const KeyDigest& digest, const Policy& policy,
+                    int64_t now);
   // Makes room for a key of `key_bytes` bytes; false when no key could be evicted.
   bool MakeRoom(size_t key_bytes);
   // During a flood (see the class comment): the fallback's answer to a check of a key without
   // state, and at the store's rate of new rows, a lease fetched for the key's next checks.
-  void AnswerDuringFlood(const CheckQuery& query, int64_t now, uint64_t tag, CheckCallback& done);
+  void AnswerDuringFlood(const CheckQuery& query, const KeyDigest& digest, int64_t now,
+                         uint64_t tag, CheckCallback& done);
   // Forgets the key's state (its leases must have gone back).
   void Forget(const KeyDigest& digest, const KeyState& state);
   static size_t KeyBytes(std::string_view key) { return key.size(); }

@@ -44,7 +44,8 @@ class MemoryEngineImpl final : public MemoryEngine {
   // Inlined into Check, the hot path, which then costs no call more than deciding in place.
   [[gnu::always_inline]] CheckResult DecideHere(const CheckQuery& query) {
     const int64_t now = clock_.NowMicros();
-    typename Algo::State* stored = table_.Find(query.key);
+    const KeyDigest digest = table_.DigestOf(query.key);  // Once: Find and Insert share it.
+    typename Algo::State* stored = table_.Find(digest);
     CheckResult result;
     if (stored != nullptr && query.cost > 0) {
       result = Algo::Decide(*stored, query.policy, query.cost, now);
@@ -53,7 +54,7 @@ class MemoryEngineImpl final : public MemoryEngine {
       result = Algo::Decide(state, query.policy, query.cost, now);
       if (stored == nullptr && query.cost > 0) {
         if (table_.full()) Evict(now);
-        table_.Insert(query.key, state);
+        table_.Insert(digest, state);
         metrics_.buckets.Set(static_cast<int64_t>(table_.size()));
       }
     }
