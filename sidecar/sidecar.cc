@@ -31,7 +31,11 @@ Sidecar::Sidecar(uv_loop_t* loop, const Config& config, const EngineSecrets& sec
       admin_addr_(config.admin_addr),
       health_(config.store == StoreKind::kPostgres ? "postgres" : "memory",
               config.store == StoreKind::kPostgres && config.fallback != FallbackPolicy::kDeny),
-      engines_(BuildEngines(loop, config, clock_, secrets)),
+      test_clock_(config.test_clock == TestClock::kManual
+                      ? std::make_unique<ManualClock>(clock_.NowMicros())
+                      : nullptr),
+      engine_clock_(test_clock_ != nullptr ? static_cast<Clock&>(*test_clock_) : clock_),
+      engines_(BuildEngines(loop, config, engine_clock_, secrets)),
       limiter_(config.default_policy, *engines_.engine),
       server_(
           loop,
@@ -72,10 +76,16 @@ Status Sidecar::Start() {
   }
   if (engines_.pg_store != nullptr) engines_.pg_store->Start();  // Connects in the background.
   if (Status started = server_.Start(); !started.ok()) return started;
+  WarnOfTestClock();
   if (admin_addr_.has_value()) {
     admin_ = std::make_unique<AdminServer>(registry_, health_);
-    Status started = admin_->Start(
-        AdminServerOptions{admin_addr_->host, admin_addr_->port, &AppendProcessMetrics});
+    AdminServerOptions options{admin_addr_->host, admin_addr_->port, &AppendProcessMetrics};
+    if (test_clock_ != nullptr) {
+      options.advance_test_clock = [clock = test_clock_.get()](int64_t ms) {
+        clock->AdvanceMicros(ms * 1000);
+      };
+    }
+    Status started = admin_->Start(options);
     if (!started.ok()) return started;
     Log(LogLevel::kInfo, "admin server listening")
         .Str("host", admin_addr_->host)
@@ -85,6 +95,15 @@ Status Sidecar::Start() {
   uv_timer_start(&status_timer_, &StatusTrampoline, Health::kBeatIntervalMs,
                  Health::kBeatIntervalMs);
   return Status::Ok();
+}
+
+void Sidecar::WarnOfTestClock() const {
+  if (test_clock_ == nullptr) return;
+  Log(LogLevel::kWarn,
+      "RATE_LIMIT_TEST_CLOCK=manual: buckets and windows follow a test clock that moves only "
+      "when told (POST /test/clock/advance?ms=N on the admin server); never run this in "
+      "production")
+      .Str("admin_server", admin_addr_.has_value() ? "on" : "off: the clock never moves");
 }
 
 void Sidecar::StopAdmin() {

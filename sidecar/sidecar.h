@@ -13,6 +13,7 @@
 #include "sidecar/admin/health.h"
 #include "sidecar/config/config.h"
 #include "sidecar/core/limiter.h"
+#include "sidecar/core/manual_clock.h"
 #include "sidecar/engines.h"
 #include "sidecar/metrics/prometheus.h"
 #include "sidecar/server/server.h"
@@ -65,6 +66,8 @@ class Sidecar {
   // Logs one warning when a key table starts evicting (full), and again only after a beat
   // without evictions.
   void WarnOfEvictions();
+  // Logs one warning at start-up when RATE_LIMIT_TEST_CLOCK=manual.
+  void WarnOfTestClock() const;
 
   static void StatusTrampoline(uv_timer_t* timer);
   static void SignalTrampoline(uv_signal_t* signal, int signum);
@@ -74,7 +77,11 @@ class Sidecar {
   const uint32_t shutdown_grace_ms_;
   const std::optional<AdminAddress> admin_addr_;
   Health health_;
-  SteadyClock clock_;  // Declared before the engines that read it.
+  SteadyClock clock_;
+  // RATE_LIMIT_TEST_CLOCK=manual only: the engines read it instead of clock_, and the admin
+  // server advances it.
+  std::unique_ptr<ManualClock> test_clock_;
+  Clock& engine_clock_;  // One of the two above. Declared before the engines that read it.
   Engines engines_;
   Limiter limiter_;
   Server server_;

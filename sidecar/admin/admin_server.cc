@@ -6,10 +6,13 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <optional>
+#include <string>
 
 #include "sidecar/log/log.h"
 
@@ -35,16 +38,30 @@ MHD_Result Handle(void* cls, MHD_Connection* connection, const char* url, const 
   // A body is never read: every endpoint answers at once; a body sent anyway is dropped with
   // the connection once the answer is out.
   *upload_data_size = 0;
-  const AdminServer::Reply reply = server->Route(url, method);
+  const AdminServer::Reply reply = server->Route(
+      url, method, MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "ms"));
   MHD_Response* response = MHD_create_response_from_buffer(
       reply.body.size(), const_cast<char*>(reply.body.data()), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;  // Out of memory: MHD closes the connection.
   MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type.c_str());
   MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-  if (reply.allow_header) MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+  if (reply.allow != nullptr) MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, reply.allow);
   const MHD_Result queued = MHD_queue_response(connection, reply.status, response);
   MHD_destroy_response(response);
   return queued;
+}
+
+// `text` as a whole number of milliseconds a test clock may advance by: decimal digits only.
+std::optional<int64_t> ParseAdvanceMs(const char* text) {
+  if (text == nullptr) return std::nullopt;
+  const std::string_view digits(text);
+  uint64_t ms = 0;
+  const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), ms);
+  if (digits.empty() || error != std::errc() || end != digits.data() + digits.size() ||
+      ms > static_cast<uint64_t>(AdminServer::kMaxClockAdvanceMs)) {
+    return std::nullopt;
+  }
+  return static_cast<int64_t>(ms);
 }
 
 }  // namespace
@@ -56,6 +73,7 @@ AdminServer::~AdminServer() { Stop(); }
 
 Status AdminServer::Start(const AdminServerOptions& options) {
   extra_metrics_ = options.extra_metrics;
+  advance_test_clock_ = options.advance_test_clock;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -95,9 +113,11 @@ void AdminServer::Stop() {
   daemon_ = nullptr;
 }
 
-AdminServer::Reply AdminServer::Route(std::string_view path, std::string_view method) const {
+AdminServer::Reply AdminServer::Route(std::string_view path, std::string_view method,
+                                      const char* ms) const {
+  if (path == kClockAdvancePath && advance_test_clock_) return AdvanceTestClock(method, ms);
   if (method != MHD_HTTP_METHOD_GET && method != MHD_HTTP_METHOD_HEAD) {
-    return {MHD_HTTP_METHOD_NOT_ALLOWED, kTextType, "only GET and HEAD are served\n", true};
+    return {MHD_HTTP_METHOD_NOT_ALLOWED, kTextType, "only GET and HEAD are served\n", "GET, HEAD"};
   }
   if (path == "/metrics") {
     Reply reply{MHD_HTTP_OK, kMetricsType, registry_.Render()};
@@ -111,6 +131,22 @@ AdminServer::Reply AdminServer::Route(std::string_view path, std::string_view me
             answer.body};
   }
   return {MHD_HTTP_NOT_FOUND, kTextType, "not found; try /metrics, /healthz or /readyz\n"};
+}
+
+AdminServer::Reply AdminServer::AdvanceTestClock(std::string_view method, const char* ms) const {
+  if (method != MHD_HTTP_METHOD_POST) {
+    return {MHD_HTTP_METHOD_NOT_ALLOWED, kTextType, "the test clock advances on POST only\n",
+            MHD_HTTP_METHOD_POST};
+  }
+  const std::optional<int64_t> advance = ParseAdvanceMs(ms);
+  if (!advance.has_value()) {
+    // The value is not echoed: an admin port's answers should not carry what anyone sent.
+    return {MHD_HTTP_BAD_REQUEST, kTextType,
+            "ms must be an integer from 0 to " + std::to_string(kMaxClockAdvanceMs) +
+                " (milliseconds), as in POST " + kClockAdvancePath + "?ms=1000\n"};
+  }
+  advance_test_clock_(*advance);
+  return {MHD_HTTP_OK, kTextType, "test clock advanced by " + std::to_string(*advance) + " ms\n"};
 }
 
 }  // namespace ratelimit

@@ -23,6 +23,13 @@ Status CheckCombinations(const Config& config, const EnvLookup& env) {
     return Invalid("RATE_LIMIT_ALGORITHM", raw ? raw : "",
                    "token_bucket with RATE_LIMIT_STORE=postgres (fixed_window is memory-only)");
   }
+  // The shared store's time is the database's clock, which no sidecar can hold still.
+  if (config.store == StoreKind::kPostgres && config.test_clock == TestClock::kManual) {
+    const char* raw = env("RATE_LIMIT_TEST_CLOCK");
+    return Invalid("RATE_LIMIT_TEST_CLOCK", raw ? raw : "",
+                   "real (or unset) with RATE_LIMIT_STORE=postgres (the manual test clock drives "
+                   "the memory store only; the database's clock decides for the shared store)");
+  }
   return Status::Ok();
 }
 

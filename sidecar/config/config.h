@@ -24,6 +24,8 @@ enum class StoreKind { kMemory, kPostgres };
 enum class StoreMode { kLease, kStrict };
 // RATE_LIMIT_PG_STATEMENTS: how the PostgreSQL store sends its SQL; BuildEngines resolves kAuto.
 enum class PgStatements { kAuto, kPrepared, kUnnamed };
+// RATE_LIMIT_TEST_CLOCK: the memory store's time source; kManual is for tests only.
+enum class TestClock { kReal, kManual };
 
 // RATE_LIMIT_ADMIN_ADDR: where the admin HTTP server (metrics, health) listens. The host is an
 // IPv4 literal, a bracketed IPv6 literal or a name resolved once at start-up; port 0 takes a
@@ -62,7 +64,8 @@ struct Config {
   PgStatements pg_statements = PgStatements::kAuto;
   uint32_t pg_new_keys_per_sec = 1000;  // 0: no bound.
   LogLevel log_level = LogLevel::kInfo;
-  std::optional<AdminAddress> admin_addr;  // Empty: no admin server.
+  std::optional<AdminAddress> admin_addr;   // Empty: no admin server.
+  TestClock test_clock = TestClock::kReal;  // kManual: memory store only, tests only.
 };
 
 // One environment variable the sidecar reads: the one row from which LoadConfig, EffectiveConfig,

@@ -28,6 +28,8 @@ constexpr Word<LogLevel> kLogLevels[] = {{"debug", LogLevel::kDebug},
                                          {"info", LogLevel::kInfo},
                                          {"warn", LogLevel::kWarn},
                                          {"error", LogLevel::kError}};
+constexpr Word<TestClock> kTestClocks[] = {{"real", TestClock::kReal},
+                                           {"manual", TestClock::kManual}};
 
 // One row: `parser` reads the variable's text into `member` and writes it back as text, and its
 // bounds give the allowed text. `member` is whatever makes `std::invoke(member, config)` a
@@ -172,6 +174,13 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "[Operating](#operating)); a host name is resolved once at start-up, and port "
                  "`0` takes a free one (logged). Empty: no admin server, no TCP port opened. "
                  "In Kubernetes set `0.0.0.0:9464`."),
+    // Tests only.
+    MakeVariable("RATE_LIMIT_TEST_CLOCK", OneOf<TestClock>{kTestClocks}, &Config::test_clock,
+                 "Tests only, never in production. `manual`: the memory store's clock "
+                 "starts at the real time and then stands still, moving only when `POST "
+                 "/test/clock/advance?ms=N` on the admin server says so (see [a test clock]"
+                 "(#a-test-clock-for-tests-of-a-real-sidecar)); refused with "
+                 "`RATE_LIMIT_STORE=postgres`, whose time is the database's."),
 };
 
 }  // namespace
