@@ -45,7 +45,16 @@ TokenBucket::State TokenBucket::Fresh(const Policy& policy, int64_t now_us) {
 
 CheckResult TokenBucket::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   Refill(state, now_us);
-  if (!(state.policy == policy)) Rescale(state, policy);
+  if (!(state.policy == policy)) {
+    // A full bucket means the same as none, and the memory store's sweep forgets it at a time
+    // of its own: it starts over full under the new policy, as a forgotten one would, so that
+    // the answer never depends on whether the sweep came first.
+    if (state.level == Capacity(state.policy)) {
+      state = Fresh(policy, now_us);
+    } else {
+      Rescale(state, policy);
+    }
+  }
 
   const uint128_t window_us = WindowMicros(policy);
   const uint128_t need = cost * window_us;

@@ -128,6 +128,28 @@ TEST_P(MemoryEngineTest, FullBucketIsForgottenBySweep) {
 }
 
 // The gauge /metrics shows is the engine's own, set whenever a key is stored or swept away.
+// The sweep runs on a timer of its own: whether it forgot a full bucket before the next check
+// must not change that check's answer, whatever policy the check brings.
+TEST_P(MemoryEngineTest, AnswersDoNotDependOnWhetherTheSweepForgotAFullBucket) {
+  const Policy kOthers[] = {kPolicy, {8, 1000}, {2, 1000}, {4, 3000}, {8, 250}};
+  for (const Policy& next : kOthers) {
+    SCOPED_TRACE(std::to_string(next.limit) + "/" + std::to_string(next.window_ms));
+    auto swept = NewMemoryEngine(GetParam(), clock_, HashKey{5, 6}, kMaxKeys);
+    auto kept = NewMemoryEngine(GetParam(), clock_, HashKey{5, 6}, kMaxKeys);
+    for (MemoryEngine* engine : {swept.get(), kept.get()}) {
+      EXPECT_TRUE(engine->Decide(CheckQuery{"k", 3, kPolicy}).allowed);
+    }
+    clock_.AdvanceMillis(1000);  // Full again, window over: both mean no bucket now.
+    ASSERT_EQ(swept->Sweep(swept->slot_count()), 1u);
+    ASSERT_EQ(kept->size(), 1u);
+    for (const uint32_t cost : {1u, 0u, 2u}) {
+      EXPECT_EQ(swept->Decide(CheckQuery{"k", cost, next}),
+                kept->Decide(CheckQuery{"k", cost, next}))
+          << "cost " << cost;
+    }
+  }
+}
+
 TEST_P(MemoryEngineTest, TheBucketsGaugeIsTheNumberOfKeysHeldAtEveryStep) {
   EXPECT_EQ(engine_->metrics().buckets.value(), 0);
   Check("a", 1);

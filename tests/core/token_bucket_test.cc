@@ -245,6 +245,15 @@ TEST(TokenBucketTest, PolicyChangeRescalesKeepingTokens) {
       {"refill before the change uses the old rate", {10, 1000}, 10, 500'000, {100, 1000}, 5, 950},
       {"largest to smallest", {kMaxU32, kMaxU32}, 7, 0, {1, 1}, 1, 0},
       {"smallest to largest", {1, 1}, 1, 0, {kMaxU32, kMaxU32}, 0, kMaxU32},
+      // As the memory store's sweep would have forgotten it: the answer must not depend on
+      // whether the sweep came first.
+      {"a bucket refilled to full starts full at a larger capacity",
+       {5, 1000},
+       2,
+       400'000,
+       {10, 1000},
+       10,
+       0},
   };
   for (const Case& c : kCases) {
     SCOPED_TRACE(c.name);
