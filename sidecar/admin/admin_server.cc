@@ -64,6 +64,10 @@ std::optional<int64_t> ParseAdvanceMs(const char* text) {
   return static_cast<int64_t>(ms);
 }
 
+AdminServer::Reply NotFound() {
+  return {MHD_HTTP_NOT_FOUND, kTextType, "not found; try /metrics, /healthz or /readyz\n"};
+}
+
 }  // namespace
 
 AdminServer::AdminServer(const MetricsRegistry& registry, const Health& health)
@@ -115,7 +119,11 @@ void AdminServer::Stop() {
 
 AdminServer::Reply AdminServer::Route(std::string_view path, std::string_view method,
                                       const char* ms) const {
-  if (path == kClockAdvancePath && advance_test_clock_) return AdvanceTestClock(method, ms);
+  // Without the test clock the path does not exist for any method: a test that finds 404
+  // knows the sidecar was started without RATE_LIMIT_TEST_CLOCK=manual.
+  if (path == kClockAdvancePath) {
+    return advance_test_clock_ ? AdvanceTestClock(method, ms) : NotFound();
+  }
   if (method != MHD_HTTP_METHOD_GET && method != MHD_HTTP_METHOD_HEAD) {
     return {MHD_HTTP_METHOD_NOT_ALLOWED, kTextType, "only GET and HEAD are served\n", "GET, HEAD"};
   }
@@ -130,7 +138,7 @@ AdminServer::Reply AdminServer::Route(std::string_view path, std::string_view me
     return {answer.ok ? unsigned{MHD_HTTP_OK} : unsigned{MHD_HTTP_SERVICE_UNAVAILABLE}, kTextType,
             answer.body};
   }
-  return {MHD_HTTP_NOT_FOUND, kTextType, "not found; try /metrics, /healthz or /readyz\n"};
+  return NotFound();
 }
 
 AdminServer::Reply AdminServer::AdvanceTestClock(std::string_view method, const char* ms) const {

@@ -46,7 +46,8 @@ std::string Describe(const Config& c) {
       << " lease_ttl_ms=" << c.lease_ttl_ms << " fallback=" << static_cast<int>(c.fallback)
       << " expected_replicas=" << c.expected_replicas << " pg_timeout_ms=" << c.pg_timeout_ms
       << " admin_addr="
-      << (c.admin_addr ? c.admin_addr->host + ":" + std::to_string(c.admin_addr->port) : "none");
+      << (c.admin_addr ? c.admin_addr->host + ":" + std::to_string(c.admin_addr->port) : "none")
+      << " test_clock=" << static_cast<int>(c.test_clock);
   return out.str();
 }
 
@@ -82,6 +83,7 @@ TEST(ConfigTest, NothingSetGivesTheDocumentedDefaults) {
   EXPECT_EQ(config->pg_new_keys_per_sec, 1000u);
   EXPECT_EQ(config->pg_statements, PgStatements::kAuto);
   EXPECT_FALSE(config->admin_addr.has_value());
+  EXPECT_EQ(config->test_clock, TestClock::kReal);
 }
 
 // The documentation (ConfigVariables()) and the code's defaults must not drift apart: setting each
@@ -248,6 +250,10 @@ std::vector<GoodCase> GoodCases() {
        [](const Config& c) {
          EXPECT_EQ(c.admin_addr, (AdminAddress{"localhost", 9464}));
        }},
+      {"RATE_LIMIT_TEST_CLOCK", "manual",
+       [](const Config& c) { EXPECT_EQ(c.test_clock, TestClock::kManual); }},
+      {"RATE_LIMIT_TEST_CLOCK", "real",
+       [](const Config& c) { EXPECT_EQ(c.test_clock, TestClock::kReal); }},
   };
 }
 
@@ -456,12 +462,38 @@ TEST(ConfigTest, ErrorMessagesAreByteForByteTheDocumentedOnes) {
       {{{"RATE_LIMIT_STORE", "postgres"}, {"RATE_LIMIT_ALGORITHM", "fixed_window"}},
        "RATE_LIMIT_ALGORITHM=\"fixed_window\" is invalid: expected token_bucket with "
        "RATE_LIMIT_STORE=postgres (fixed_window is memory-only)"},
+      {{{"RATE_LIMIT_TEST_CLOCK", "fake"}},
+       "RATE_LIMIT_TEST_CLOCK=\"fake\" is invalid: expected one of real, manual"},
   };
   for (const auto& [env, message] : cases) {
     Result<Config> config = Load(env);
     ASSERT_FALSE(config.ok()) << message;
     EXPECT_EQ(config.status().message(), message);
   }
+}
+
+// The manual test clock drives the memory store; the shared store's time is the database's,
+// which it cannot hold still, so asking for both stops start-up (exit 2 in main).
+TEST(ConfigTest, TheManualTestClockIsRefusedWithThePostgresStore) {
+  Result<Config> refused =
+      Load({{"RATE_LIMIT_STORE", "postgres"}, {"RATE_LIMIT_TEST_CLOCK", "manual"}});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(refused.status().message(),
+            "RATE_LIMIT_TEST_CLOCK=\"manual\" is invalid: expected real (or unset) with "
+            "RATE_LIMIT_STORE=postgres (the manual test clock drives the memory store only; the "
+            "database's clock decides for the shared store)");
+  for (const char* clock : {"", "real"}) {
+    SCOPED_TRACE(clock);
+    Result<Config> accepted =
+        Load({{"RATE_LIMIT_STORE", "postgres"}, {"RATE_LIMIT_TEST_CLOCK", clock}});
+    ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
+    EXPECT_EQ(accepted->test_clock, TestClock::kReal);
+  }
+  Result<Config> memory =
+      Load({{"RATE_LIMIT_STORE", "memory"}, {"RATE_LIMIT_TEST_CLOCK", "manual"}});
+  ASSERT_TRUE(memory.ok()) << memory.status().ToString();
+  EXPECT_EQ(memory->test_clock, TestClock::kManual);
 }
 
 // Of several bad values, the first in the rows' order is the one reported.
