@@ -19,3 +19,8 @@ export { rateLimitMiddleware } from './middleware';
 export type { RateLimitMiddleware, RateLimitMiddlewareOptions } from './middleware';
 export type { CheckOptions, CheckResult, DecisionSource, PingResult } from './types';
 export { MAX_KEY_BYTES } from './validate';
+export {
+  createLocalRateLimiter,
+  type LocalRateLimiter,
+  type LocalRateLimiterOptions,
+} from './local_limiter';
