@@ -19,3 +19,15 @@ export { rateLimitMiddleware } from './middleware';
 export type { RateLimitMiddleware, RateLimitMiddlewareOptions } from './middleware';
 export type { CheckOptions, CheckResult, DecisionSource, PingResult } from './types';
 export { MAX_KEY_BYTES } from './validate';
+export { createRateLimiter, createRateLimiterStore } from './gateway_store';
+export type {
+  RateLimitChecker,
+  RateLimiter,
+  RateLimiterOptions,
+  RateLimiterStore,
+  RateLimiterStoreCheckOptions,
+  RateLimiterStoreOptions,
+  RateLimiterStoreResult,
+} from './gateway_store';
+export { UNAVAILABLE_RETRY_AFTER_MS } from './unavailable';
+export type { OnUnavailable } from './unavailable';
