@@ -90,6 +90,14 @@ async function use(): Promise<number> {
   await store.check('k', { limit: 3, windowMs: 60_000 });
   // @ts-expect-error: onUnavailable is 'allow', 'deny' or 'throw'.
   createRateLimiterStore({ client, onUnavailable: 'open' });
+  // The gateway's own interfaces, declared as it declares them: ours fit them.
+  interface RateLimitResult { allowed: boolean; retryAfterMs?: number }
+  interface GatewayStoreOptions { maxRequests: number; now: number; windowMs: number }
+  interface GatewayStore { check(bucketKey: string, options: GatewayStoreOptions): Promise<RateLimitResult> }
+  interface GatewayLimiter { check(apiKey: string): Promise<RateLimitResult> }
+  const gatewayStore: GatewayStore = store;
+  const gatewayLimiter: GatewayLimiter = limiter;
+  void [gatewayStore, gatewayLimiter];
   const o: OnUnavailable = 'throw';
   void [s, source, bad, o];
   return r.allowed ? 0 : r.retryAfterMs;
