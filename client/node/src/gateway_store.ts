@@ -1,9 +1,8 @@
 // createRateLimiterStore and createRateLimiter: the sidecar behind the store and limiter
 // interfaces of the Node gateway this product replaces, so its routes and tests keep their code.
-import { RateLimitInvalidRequestError } from './errors';
 import { CheckOptions, CheckResult } from './types';
 import { OnUnavailable, checkOnUnavailable, unavailableResult } from './unavailable';
-import { MAX_UINT32, integerOption } from './validate';
+import { MAX_UINT32, integerOption, positiveUint32 } from './validate';
 
 // Anything with RateLimitClient's check(): the client, or the in-process stand-in
 // (createLocalRateLimiter) in tests. Declared by shape so that neither has to be a class of
@@ -98,14 +97,4 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
 function requiredInteger(name: string, value: unknown): number {
   if (value === undefined) throw new TypeError(`${name} is required`);
   return integerOption(name, value, 0, 1, MAX_UINT32);
-}
-
-// A policy number the wire carries and that names a policy (0 would mean the sidecar's default).
-function positiveUint32(name: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_UINT32) {
-    throw new RateLimitInvalidRequestError(
-      `${name} must be an integer from 1 to ${MAX_UINT32}, got ${String(value)}`,
-    );
-  }
-  return value;
 }
