@@ -14,6 +14,34 @@ import { startSidecar } from './helpers/sidecar.mjs';
 
 const HTTP_TIMEOUT_MS = 5000;
 
+// `app` on a free port of 127.0.0.1.
+async function serve(app) {
+  const server = app.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    close() {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}
+
+// GET base + path: the status, the body and the rate-limit header fields.
+async function getFrom(base, path, headers = {}) {
+  const res = await fetch(`${base}${path}`, {
+    headers,
+    signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
+  });
+  return {
+    status: res.status,
+    body: await res.text(),
+    policy: res.headers.get('ratelimit-policy'),
+    limit: res.headers.get('ratelimit'),
+    retryAfter: res.headers.get('retry-after'),
+  };
+}
+
 // An Express app with one limiter per route prefix, and an error handler that shows what the
 // middleware passed on: 400 for RateLimitInvalidRequestError, 500 for anything else.
 function makeApp(client) {
@@ -69,19 +97,7 @@ describe('rateLimitMiddleware', () => {
   let server;
   let base;
 
-  async function get(path, headers = {}) {
-    const res = await fetch(`${base}${path}`, {
-      headers,
-      signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
-    });
-    return {
-      status: res.status,
-      body: await res.text(),
-      policy: res.headers.get('ratelimit-policy'),
-      limit: res.headers.get('ratelimit'),
-      retryAfter: res.headers.get('retry-after'),
-    };
-  }
+  const get = (path, headers) => getFrom(base, path, headers);
 
   before(async () => {
     sidecar = await startSidecar({
@@ -253,26 +269,10 @@ function makeGatewayApp(client, unreachable) {
 }
 
 describe('rateLimitMiddleware after authentication, with skip and onDenied', () => {
-  let sidecar;
-  let client;
-  let unreachable;
-  let server;
-  let base;
   let checks = 0;
-
-  async function get(path, headers = {}) {
-    const res = await fetch(`${base}${path}`, {
-      headers,
-      signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
-    });
-    return {
-      status: res.status,
-      body: await res.text(),
-      policy: res.headers.get('ratelimit-policy'),
-      limit: res.headers.get('ratelimit'),
-      retryAfter: res.headers.get('retry-after'),
-    };
-  }
+  // The sidecar, the counting client, the clients of no sidecar, and the app's HTTP server.
+  let sidecar, client, unreachable, http;
+  const get = (path, headers) => getFrom(http.base, path, headers);
 
   before(async () => {
     sidecar = await startSidecar();
@@ -288,13 +288,10 @@ describe('rateLimitMiddleware after authentication, with skip and onDenied', () 
     const nowhere = `${sidecar.dir}/nobody.sock`;
     unreachable = new RateLimitClient({ socketPath: nowhere });
     unreachable.denying = new RateLimitClient({ socketPath: nowhere, onUnavailable: 'deny' });
-    server = makeGatewayApp(client, unreachable).listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    base = `http://127.0.0.1:${server.address().port}`;
+    http = await serve(makeGatewayApp(client, unreachable));
   });
   after(async () => {
-    server?.closeAllConnections();
-    server?.close();
+    http?.close();
     await client?.close();
     await unreachable?.close();
     await unreachable?.denying.close();
