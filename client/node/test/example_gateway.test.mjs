@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 
 import { configFromEnv, createGateway, createLimiter } from '../examples/gateway/gateway.mjs';
 import { RateLimitClient } from '../dist/index.js';
@@ -133,17 +134,21 @@ describe('the example gateway, memory store, fixed windows', () => {
   });
 
   test('runs as a process configured by the gateway variables: 401, 403, then 3 per 60 s and a 429 with Retry-After 60', async () => {
-    const child = spawn(process.execPath, ['examples/gateway/server.mjs'], {
-      env: {
-        PATH: process.env.PATH,
-        PORT: '0',
-        RATE_LIMIT_SOCKET: sidecar.socketPath,
-        RATE_LIMIT_MAX_REQUESTS: '3',
-        RATE_LIMIT_WINDOW_MS: '60000',
-        GATEWAY_API_KEYS: API_KEYS,
+    const child = spawn(
+      process.execPath,
+      [fileURLToPath(new URL('../examples/gateway/server.mjs', import.meta.url))],
+      {
+        env: {
+          PATH: process.env.PATH,
+          PORT: '0',
+          RATE_LIMIT_SOCKET: sidecar.socketPath,
+          RATE_LIMIT_MAX_REQUESTS: '3',
+          RATE_LIMIT_WINDOW_MS: '60000',
+          GATEWAY_API_KEYS: API_KEYS,
+        },
+        stdio: ['ignore', 'pipe', 'inherit'],
       },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    );
     const exited = once(child, 'exit');
     try {
       child.stdout.setEncoding('utf8');
