@@ -207,20 +207,22 @@ const NO_PG =
   ': run the tests through scripts/with-postgres.sh, e.g. ' +
   '`scripts/with-postgres.sh ctest --test-dir build -R node_client_example_gateway`';
 
-// Whether this sidecar keeps fixed windows in PostgreSQL. Until it does it refuses them at
-// start-up (exit 2, naming fixed_window); the cases below then run with the token bucket, and
-// only the Retry-After they expect differs. Any other start-up failure fails the suite.
-async function pgAlgorithm(env) {
-  const probe = new Sidecar({ env: { ...env, RATE_LIMIT_ALGORITHM: 'fixed_window' } });
+// Starts a sidecar with fixed windows in PostgreSQL. Until the sidecar keeps them there it
+// refuses them at start-up (exit 2, naming fixed_window); the cases below then run with the
+// token bucket, and only the Retry-After they expect differs. Any other start-up failure fails
+// the suite. Resolves with the sidecar and the algorithm it runs.
+async function startFirstPgSidecar(env) {
+  const first = new Sidecar({ env: { ...env, RATE_LIMIT_ALGORITHM: 'fixed_window' } });
   try {
-    await probe.start();
-    return 'fixed_window';
+    await first.start();
+    return { sidecar: first, algorithm: 'fixed_window' };
   } catch (error) {
-    if (probe.child?.exitCode === 2 && /fixed_window/.test(probe.stderr)) return 'token_bucket';
-    throw error;
-  } finally {
-    await probe.dispose();
+    const refused = first.child?.exitCode === 2 && /fixed_window/.test(first.stderr);
+    await first.dispose();
+    if (!refused) throw error;
   }
+  const env2 = { ...env, RATE_LIMIT_ALGORITHM: 'token_bucket' };
+  return { sidecar: await startSidecar({ env: env2 }), algorithm: 'token_bucket' };
 }
 
 // Polls ping until the sidecar reports its store ready, for at most 10 s.
@@ -261,18 +263,19 @@ for (const mode of ['strict', 'lease']) {
           DATABASE_URL: pgUrl,
           RATE_LIMIT_PG_TABLE: `example_gateway_${mode}_${process.pid}`,
         };
-        algorithm = await pgAlgorithm(env);
+        const first = await startFirstPgSidecar(env);
+        sidecars.push(first.sidecar);
+        algorithm = first.algorithm;
         if (algorithm !== 'fixed_window') {
           console.log(
             `# ${mode}: this sidecar refuses fixed_window with the PostgreSQL store; ` +
               'running with token_bucket (Retry-After 20 instead of 60)',
           );
         }
-        for (let i = 0; i < 3; i++) {
-          sidecars.push(await startSidecar({ env: { ...env, RATE_LIMIT_ALGORITHM: algorithm } }));
-        }
+        const more = { env: { ...env, RATE_LIMIT_ALGORITHM: algorithm } };
+        sidecars.push(...(await Promise.all([startSidecar(more), startSidecar(more)])));
         // Each is ready once it reached the database (and made the table).
-        for (const s of sidecars) await waitReady(s.socketPath);
+        await Promise.all(sidecars.map((s) => waitReady(s.socketPath)));
       });
       after(async () => {
         await Promise.all(gateways.map((g) => g.close()));
