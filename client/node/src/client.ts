@@ -4,6 +4,7 @@ import { Connection, ReplyKind, ReplyOf } from './connection';
 import { RateLimitUnavailableError } from './errors';
 import { checkResult } from './status';
 import { CheckOptions, CheckResult, PingResult } from './types';
+import { OnUnavailable, checkOnUnavailable, unavailableResult } from './unavailable';
 import { integerOption, keyBytes, uint32 } from './validate';
 
 // The sidecar's own default socket, used when neither the options nor RATE_LIMIT_SOCKET name one.
@@ -28,6 +29,11 @@ export interface RateLimitClientOptions {
   timeoutMs?: number;
   // Connections opened (lazily) and used in turn; default DEFAULT_CONNECTIONS, at most 64.
   connections?: number;
+  // What check() does when no decision can be had: 'throw' (default) rejects with the error;
+  // 'allow' resolves allowed, 'deny' resolves denied with retryAfterMs
+  // UNAVAILABLE_RETRY_AFTER_MS (1000), both with source 'unavailable'. A check's own
+  // onUnavailable option overrides it.
+  onUnavailable?: OnUnavailable;
 }
 
 // Asks the sidecar "may this key spend this many tokens?".
@@ -40,7 +46,8 @@ export interface RateLimitClientOptions {
 // RateLimitUnavailableError when no decision could be had (no sidecar, connection lost, the
 // sidecar cannot decide now), its subclass RateLimitTimeoutError after timeoutMs,
 // RateLimitInvalidRequestError for a request that can never pass, RateLimitProtocolError for an
-// answer that cannot be read.
+// answer that cannot be read. With onUnavailable 'allow' or 'deny' (the client's or the
+// check's), the no-decision cases (all but RateLimitInvalidRequestError) resolve instead.
 //
 // Connections are opened on first use and shared by all calls: concurrent calls are pipelined,
 // and answers are matched to requests by id, in whatever order they come. A connection that
@@ -51,6 +58,7 @@ export interface RateLimitClientOptions {
 export class RateLimitClient {
   readonly socketPath: string;
   readonly timeoutMs: number;
+  readonly onUnavailable: OnUnavailable;
   private readonly slots: (Connection | null)[];
   // Every connection whose socket is not closed yet, including replaced ones still finishing.
   private readonly live = new Set<Connection>();
@@ -83,19 +91,27 @@ export class RateLimitClient {
       MAX_CONNECTIONS,
     );
     this.slots = new Array<Connection | null>(connections).fill(null);
+    this.onUnavailable = checkOnUnavailable(options.onUnavailable) ?? 'throw';
   }
 
   // Spends `cost` tokens of `key`'s bucket if it holds that many. The key is 1 to 512 bytes of
-  // UTF-8; cost, limit and windowMs are integers from 0 to 2^32 - 1.
+  // UTF-8; cost, limit and windowMs are integers from 0 to 2^32 - 1. An invalid argument
+  // rejects with RateLimitInvalidRequestError (an invalid onUnavailable with TypeError) whatever
+  // onUnavailable says: it is the caller's mistake, not an outage.
   async check(key: string, options: CheckOptions = {}): Promise<CheckResult> {
     const bytes = keyBytes(key);
     const cost = uint32('cost', options.cost, 1);
     const limit = uint32('limit', options.limit, 0);
     const windowMs = uint32('windowMs', options.windowMs, 0);
-    const reply = await this.roundTrip('check', (id) =>
-      this.encoder.check(id, bytes, cost, limit, windowMs),
-    );
-    return checkResult(reply.status, reply.result);
+    const onUnavailable = checkOnUnavailable(options.onUnavailable) ?? this.onUnavailable;
+    try {
+      const reply = await this.roundTrip('check', (id) =>
+        this.encoder.check(id, bytes, cost, limit, windowMs),
+      );
+      return checkResult(reply.status, reply.result);
+    } catch (error) {
+      return unavailableResult(onUnavailable, limit, error);
+    }
   }
 
   // Whether the sidecar answers, and whether its store is ready.

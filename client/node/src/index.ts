@@ -24,3 +24,15 @@ export {
   type LocalRateLimiter,
   type LocalRateLimiterOptions,
 } from './local_limiter';
+export { createRateLimiter, createRateLimiterStore } from './gateway_store';
+export type {
+  RateLimitChecker,
+  RateLimiter,
+  RateLimiterOptions,
+  RateLimiterStore,
+  RateLimiterStoreCheckOptions,
+  RateLimiterStoreOptions,
+  RateLimiterStoreResult,
+} from './gateway_store';
+export { UNAVAILABLE_RETRY_AFTER_MS } from './unavailable';
+export type { OnUnavailable } from './unavailable';

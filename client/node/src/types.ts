@@ -1,7 +1,10 @@
 // Public types of the client: what a check asks and what the sidecar answers.
 
-// Where the sidecar's answer came from (schema Source, lower case).
-export type DecisionSource = 'memory' | 'lease' | 'database' | 'fallback';
+import type { OnUnavailable } from './unavailable';
+
+// Where the answer came from: the sidecar's (schema Source, lower case), or 'unavailable' when
+// the sidecar gave none and the check's onUnavailable policy answered instead.
+export type DecisionSource = 'memory' | 'lease' | 'database' | 'fallback' | 'unavailable';
 
 export interface CheckOptions {
   // Tokens to spend; default 1. 0 only reads the bucket.
@@ -10,6 +13,10 @@ export interface CheckOptions {
   // the sidecar's default policy (RATE_LIMIT_MAX_REQUESTS per RATE_LIMIT_WINDOW_MS).
   limit?: number;
   windowMs?: number;
+  // When no decision can be had (the sidecar unreachable, timed out, unable to decide now, or an
+  // unreadable answer): 'throw' rejects, 'allow' and 'deny' resolve with source 'unavailable'.
+  // Default: the client's onUnavailable option, whose default is 'throw'.
+  onUnavailable?: OnUnavailable;
 }
 
 // A decision. Denied checks are results too, not errors.

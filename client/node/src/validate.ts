@@ -43,6 +43,18 @@ export function uint32(name: string, value: unknown, fallback: number): number {
   return checked;
 }
 
+// `value` when it is an integer from 1 to 2^32 - 1: a policy number that must be given, since
+// 0 (or nothing) would select the sidecar's default policy.
+export function positiveUint32(name: string, value: unknown): number {
+  const checked = value === undefined ? null : integerInRange(value, 0, 1, MAX_UINT32);
+  if (checked === null) {
+    throw new RateLimitInvalidRequestError(
+      `${name} must be an integer from 1 to ${MAX_UINT32}, got ${String(value)}`,
+    );
+  }
+  return checked;
+}
+
 // An option that must be an integer from `min` to `max`: a wrong one is a programming error,
 // found when the client or middleware is created.
 export function integerOption(

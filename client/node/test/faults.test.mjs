@@ -8,6 +8,7 @@ import { describe, test } from 'node:test';
 
 import {
   RateLimitClient,
+  RateLimitInvalidRequestError,
   RateLimitProtocolError,
   RateLimitTimeoutError,
   RateLimitUnavailableError,
@@ -22,7 +23,13 @@ import {
 import { makeTempDir } from './helpers/sidecar.mjs';
 import { waitFor } from './helpers/wait.mjs';
 
-const STATUS = { InvalidRequest: 1, StoreUnavailable: 3, Overloaded: 4, ShuttingDown: 5 };
+const STATUS = {
+  InvalidRequest: 1,
+  CostExceedsLimit: 2,
+  StoreUnavailable: 3,
+  Overloaded: 4,
+  ShuttingDown: 5,
+};
 
 // A fake sidecar whose every connection is served by `serve`, and a client of it; both closed
 // after the test.
@@ -291,5 +298,38 @@ describe('refusals and broken connections', () => {
     await waitFor(() => fake.connections() === 0, 'the broken connection to close');
     assert.equal((await client.check('k')).limit, 7);
     assert.equal(connection, 2);
+  });
+});
+
+describe("onUnavailable answers for the sidecar's no-decision answers, never for refusals", () => {
+  // Per request key: what the fake sidecar answers.
+  const answers = {
+    garbage: () => rawFrame(16, Buffer.alloc(16, 0xab)),
+    'store-unavailable': (id) =>
+      checkResponseFrame(id, { allowed: false, status: STATUS.StoreUnavailable }),
+    'cost-exceeds-limit': (id) =>
+      checkResponseFrame(id, { allowed: false, status: STATUS.CostExceedsLimit }),
+  };
+  const serve = async (socket, requests) => {
+    for await (const request of requests) socket.write(answers[request.key](request.id));
+  };
+
+  test("an unreadable answer and StoreUnavailable are answered by 'allow' and 'deny'", async (t) => {
+    const { client } = await setUp(t, serve, { onUnavailable: 'allow' });
+    for (const key of ['garbage', 'store-unavailable']) {
+      const allowed = await client.check(key, { limit: 5, windowMs: 1000 });
+      assert.deepEqual([allowed.allowed, allowed.source], [true, 'unavailable'], key);
+      const denied = await client.check(key, { limit: 5, windowMs: 1000, onUnavailable: 'deny' });
+      assert.deepEqual([denied.allowed, denied.retryAfterMs], [false, 1000], key);
+    }
+    await assert.rejects(
+      client.check('garbage', { onUnavailable: 'throw' }),
+      RateLimitProtocolError,
+    );
+  });
+
+  test('CostExceedsLimit still rejects: a wrong request is not an outage', async (t) => {
+    const { client } = await setUp(t, serve, { onUnavailable: 'allow' });
+    await assert.rejects(client.check('cost-exceeds-limit'), RateLimitInvalidRequestError);
   });
 });
