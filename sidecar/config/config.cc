@@ -16,16 +16,6 @@ Status Invalid(std::string_view name, std::string_view value, std::string_view a
   return Status::InvalidArgument(std::move(msg));
 }
 
-// Settings that are each valid but not together.
-Status CheckCombinations(const Config& config, const EnvLookup& env) {
-  if (config.store == StoreKind::kPostgres && config.algorithm == Algorithm::kFixedWindow) {
-    const char* raw = env("RATE_LIMIT_ALGORITHM");
-    return Invalid("RATE_LIMIT_ALGORITHM", raw ? raw : "",
-                   "token_bucket with RATE_LIMIT_STORE=postgres (fixed_window is memory-only)");
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 Result<Config> LoadConfig(const EnvLookup& env) {
@@ -37,7 +27,6 @@ Result<Config> LoadConfig(const EnvLookup& env) {
       return Invalid(variable.name, raw, parsed.message());
     }
   }
-  if (Status combined = CheckCombinations(config, env); !combined.ok()) return combined;
   return config;
 }
 
