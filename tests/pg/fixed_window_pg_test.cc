@@ -185,18 +185,35 @@ TEST(FixedWindowPgLease, DenialsUntilTheWindowsEndCostNoTransaction) {
   EXPECT_TRUE(next->allowed) << "a new window";
 }
 
+// A connection to the test database on which `table` was just created afresh with `columns`;
+// null, with a failure recorded, when that failed.
+PgConnPtr FreshTable(const std::string& table, const std::string& columns) {
+  DropTable(table);
+  PgConnPtr conn = ConnectToTestDatabase();
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    ADD_FAILURE() << PQerrorMessage(conn.get());
+    return nullptr;
+  }
+  const std::string created = Command(conn.get(), "CREATE TABLE " + table + " " + columns);
+  if (!created.empty()) {
+    ADD_FAILURE() << created;
+    return nullptr;
+  }
+  return conn;
+}
+
+// The columns of the table's first version, without `algorithm`.
+constexpr char kFirstColumns[] =
+    "(key bytea PRIMARY KEY, tokens double precision, updated_at timestamptz, capacity bigint,"
+    " window_ms bigint";
+
 // An old table without the algorithm column gets it; a token bucket row asked for as a fixed
 // window is converted (counted, logged); damaged fixed window rows are repaired.
 TEST(FixedWindowPgTable, AnOldTableGetsTheColumnAndOtherOrDamagedRowsAreHandled) {
   REQUIRE_TEST_DATABASE();
   const std::string table = "t_fixed_old";
-  DropTable(table);
-  PgConnPtr conn = ConnectToTestDatabase();
-  ASSERT_EQ(PQstatus(conn.get()), CONNECTION_OK) << PQerrorMessage(conn.get());
-  ASSERT_EQ(Command(conn.get(), "CREATE TABLE " + table +
-                                    " (key bytea PRIMARY KEY, tokens double precision,"
-                                    " updated_at timestamptz, capacity bigint, window_ms bigint)"),
-            "");
+  PgConnPtr conn = FreshTable(table, std::string(kFirstColumns) + ")");
+  ASSERT_TRUE(conn);
   const auto insert = [&](const std::string& key, const std::string& values) {
     EXPECT_EQ(
         Command(conn.get(),
@@ -251,14 +268,9 @@ TEST(FixedWindowPgTable, AnOldTableGetsTheColumnAndOtherOrDamagedRowsAreHandled)
 TEST(FixedWindowPgTable, TheCollectorTakesRowsOfEndedWindowsOnly) {
   REQUIRE_TEST_DATABASE();
   const std::string table = "t_fixed_gc";
-  DropTable(table);
-  PgConnPtr conn = ConnectToTestDatabase();
-  ASSERT_EQ(PQstatus(conn.get()), CONNECTION_OK) << PQerrorMessage(conn.get());
-  ASSERT_EQ(Command(conn.get(), "CREATE TABLE " + table +
-                                    " (key bytea PRIMARY KEY, tokens double precision,"
-                                    " updated_at timestamptz, capacity bigint, window_ms bigint,"
-                                    " algorithm smallint NOT NULL DEFAULT 0)"),
-            "");
+  PgConnPtr conn =
+      FreshTable(table, std::string(kFirstColumns) + ", algorithm smallint NOT NULL DEFAULT 0)");
+  ASSERT_TRUE(conn);
   ASSERT_EQ(Command(conn.get(), "INSERT INTO " + table +
                                     " VALUES ('ended', 0, now() - interval '3 s', 10, 1000, 1),"
                                     " ('holds_full', 10, now() - interval '3 s', 10, 60000, 1),"
