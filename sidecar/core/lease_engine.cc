@@ -222,7 +222,9 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   const StoreBatcher::Hold together(batcher_);
   if (returning_all_ || !(fetch.policy == state.policy)) {
     // Leased under a policy the key no longer has, or while giving everything back.
-    if (answer->granted > 0) SendReturn(fetch.key, fetch.policy, answer->granted, answer->now_us);
+    if (answer->granted > 0) {
+      SendReturn(fetch.key, fetch.policy, answer->granted, DebitOf(*answer));
+    }
   } else {
     Record(fetch, state, *answer, now);
   }
@@ -240,14 +242,12 @@ void LeaseEngine::Record(const Fetch& fetch, KeyState& state, const StoreAnswer&
   if (answer.granted > 0) {
     metrics_.tokens_leased.Add(answer.granted);
     int64_t expires = fetch.sent_us + ttl_us_;
-    int64_t debit_us = answer.now_us;
     if (fixed_window_) {
       // Never past its window: the rest of the window at the debit, counted from before the
-      // fetch was sent. Its return names the window.
+      // fetch was sent.
       expires = std::min(expires, fetch.sent_us + (answer.window_end_us - answer.now_us));
-      debit_us = answer.window_start_us;
     }
-    state.ledger.Add(answer.granted, fetch.size.want, expires, debit_us);
+    state.ledger.Add(answer.granted, fetch.size.want, expires, DebitOf(answer));
     state.denial.OnGranted();
     ScheduleRevisit(fetch.key, state, expires);
   } else {
@@ -255,6 +255,10 @@ void LeaseEngine::Record(const Fetch& fetch, KeyState& state, const StoreAnswer&
         now + std::max<int64_t>(1, row.retry_after_ms) * 1000 +
         DrawJitter(fetch.policy, fetch.size.min_grant, state.denial.granted_last()));
   }
+}
+
+int64_t LeaseEngine::DebitOf(const StoreAnswer& answer) const {
+  return fixed_window_ ? answer.window_start_us : answer.now_us;
 }
 
 int64_t LeaseEngine::DrawJitter(const Policy& policy, uint32_t min_grant, bool granted_last) {

@@ -239,6 +239,9 @@ class LeaseEngine final : public Engine {
   // Records a decided fetch's grant (a lease) or denial in the key's parts.
   void Record(const Fetch& fetch, KeyState& state, const StoreAnswer& answer, int64_t now);
   int64_t DrawJitter(const Policy& policy, uint32_t min_grant, bool granted_last);
+  // What a grant's return is dated by (StoreOp::debit_us): its debit's database time, or for a
+  // fixed window its window's start.
+  int64_t DebitOf(const StoreAnswer& answer) const;
   // Answers every waiting check of the key with `why` (resolved by the fallback).
   void FailWaiters(std::string_view key, KeyState& state, const Status& why);
   // Sends every waiting check of the key to the store as a kCheck of its own (strict mode).

@@ -46,14 +46,14 @@ struct StoreAnswer {
   CheckResult check;
   uint32_t granted = 0;  // kLease: tokens debited for the lease. kReturn: whole tokens put back.
   int64_t now_us = 0;    // Database time the operation was decided at (a lease's debit time).
+  // Refused (StoreUnavailable) only because its key has no row and the store had reached its
+  // bound on new rows: a sign of a flood of new keys.
+  bool new_key_deferred = false;
   // Fixed window only (0 for a token bucket): the database times at which the row's window,
   // as it stands after the operation, started and ends. A lease of it is spent at most until
   // window_end_us - now_us after its fetch was sent, and its return names window_start_us.
   int64_t window_start_us = 0;
   int64_t window_end_us = 0;
-  // Refused (StoreUnavailable) only because its key has no row and the store had reached its
-  // bound on new rows: a sign of a flood of new keys.
-  bool new_key_deferred = false;
 };
 
 // The answers to one Take, in the order of its batch; or why the store could not decide.

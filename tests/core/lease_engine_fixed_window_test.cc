@@ -124,6 +124,26 @@ TEST_F(LeaseFixedWindowTest, AReturnAfterItsWindowEndedGivesNothingToTheNextWind
   EXPECT_DOUBLE_EQ(store_.rows().at(kKey).tokens, 90) << "nothing given to the newer window";
 }
 
+// A grant that lands after its key changed policy goes straight back, also naming its window.
+TEST_F(LeaseFixedWindowTest, AGrantForAnOldPolicyGoesBackNamingItsWindow) {
+  Check(1);
+  Decide(0);  // The window opens at local 0.
+  clock_.AdvanceMillis(100);
+  Check(2);  // Holds nothing: a fetch.
+  ASSERT_EQ(store_.take_count(), 2u);
+  Check(3, 1, Policy{100, 2000});  // Another policy while the fetch is in flight.
+  clock_.AdvanceMillis(50);
+  Decide(1);
+  ASSERT_EQ(store_.take_count(), 3u);
+  bool returned = false;
+  for (const StoreOp& op : store_.batch(2)) {
+    if (op.kind != Kind::kReturn) continue;
+    returned = true;
+    EXPECT_EQ(op.debit_us, kDbOffsetUs) << "the window's start, not the debit's time";
+  }
+  EXPECT_TRUE(returned);
+}
+
 // A denial is cached until the window's end, with no random extra even with jitter on: every
 // denied check until then is answered in memory (no Take) with retry_after_ms counting down
 // to the window's end; the first check after it fetches from the next window.
