@@ -173,7 +173,8 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
   state.demand.OnFetch(now, refresh_us_);
   const uint64_t waiting = state.waiters.total_cost();
   Fetch fetch{std::string(key), state.policy, now,
-              SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting)};
+              SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting,
+                        fixed_window_ ? Algorithm::kFixedWindow : Algorithm::kTokenBucket)};
   StoreOp op{fetch.key, fetch.size.min_grant, fetch.policy, StoreOp::Kind::kLease, fetch.size.want};
   // In flight before Submit: a store may answer (fail) the fetch before Submit returns.
   state.ledger.set_fetching(true);
