@@ -181,7 +181,7 @@ TEST_F(LeaseFixedWindowWithJitterTest, ADenialLastsExactlyUntilTheWindowsEndAndC
 // random checks: every admission lies in one database window, and no window admits more than
 // its limit across the three.
 TEST(LeaseFixedWindowBound, ThreeSidecarsNeverAdmitMoreThanTheLimitInAnyWindow) {
-  constexpr Policy kTen{10, 200};
+  constexpr Policy kPolicy{100, 200};
   Rng rng(42);
   FakeClock clock(0);
   FakeStore store(1000);
@@ -201,10 +201,10 @@ TEST(LeaseFixedWindowBound, ThreeSidecarsNeverAdmitMoreThanTheLimitInAnyWindow) 
   for (int step = 0; step < 20000; ++step) {
     clock.AdvanceMicros(static_cast<int64_t>(rng.UpTo(400)));
     const int64_t db_now = clock.NowMicros() + kDbOffsetUs;
-    // Demand that comes and goes (busy a third of each 300 ms), so that leases are sometimes
-    // left unspent when their window ends.
+    // Demand that comes and goes (checks only in the first 100 ms of each 300 ms), so that
+    // leases landing after a busy spell are left unspent when their window ends.
     const bool busy = clock.NowMicros() % 300'000 < 100'000;
-    if (busy ? rng.UpTo(1) == 0 : rng.UpTo(7) != 0) {
+    if (!busy || rng.UpTo(1) == 0) {
       // A pending Take reaches the database now (its delay was the time it waited).
       for (size_t i = answered; i < store.take_count(); ++i) {
         if (!store.answered(i)) {
@@ -215,7 +215,7 @@ TEST(LeaseFixedWindowBound, ThreeSidecarsNeverAdmitMoreThanTheLimitInAnyWindow) 
       while (answered < store.take_count() && store.answered(answered)) ++answered;
     } else {
       const size_t e = rng.UpTo(2);
-      engines[e]->Check(CheckQuery{kKey, 1, kTen}, static_cast<uint64_t>(step), recorders[e]);
+      engines[e]->Check(CheckQuery{kKey, 1, kPolicy}, static_cast<uint64_t>(step), recorders[e]);
     }
     for (auto& engine : engines) engine->Tick();
     // An admission answered now spends a lease of the window the table holds, or of one that
@@ -226,15 +226,15 @@ TEST(LeaseFixedWindowBound, ThreeSidecarsNeverAdmitMoreThanTheLimitInAnyWindow) 
         if (!recorders[e].answers[answers_seen[e]].result.allowed) continue;
         const int64_t start = window_now();
         ASSERT_GE(start, 0);
-        ASSERT_LT(db_now, start + int64_t{kTen.window_ms} * 1000)
+        ASSERT_LT(db_now, start + int64_t{kPolicy.window_ms} * 1000)
             << "an admission after its window ended, step " << step;
         ++admitted_by_window[start];
       }
     }
   }
-  ASSERT_GE(admitted_by_window.size(), 15u);
+  ASSERT_GE(admitted_by_window.size(), 10u);
   for (const auto& [start, admitted] : admitted_by_window) {
-    EXPECT_LE(admitted, kTen.limit) << "window starting at " << start;
+    EXPECT_LE(admitted, kPolicy.limit) << "window starting at " << start;
   }
 }
 
