@@ -33,7 +33,8 @@ constexpr size_t kLeaseKeyBytes = 64;
 std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
                                      const EngineSecrets& secrets, Engines& engines) {
   if (config.mode == StoreMode::kStrict) {
-    return std::make_unique<StrictEngine>(*engines.pg_store, engines.fallback.get());
+    return std::make_unique<StrictEngine>(*engines.pg_store, engines.fallback.get(),
+                                          config.algorithm);
   }
   auto lease = std::make_unique<LeaseEngine>(
       *engines.pg_store, clock, secrets.hash_key,
@@ -41,7 +42,8 @@ std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
                    .jitter_seed = secrets.jitter_seed,
                    .max_keys = LeaseKeys(config.max_keys),
                    .max_key_bytes = LeaseKeys(config.max_keys) * kLeaseKeyBytes,
-                   .new_keys_per_sec = config.pg_new_keys_per_sec},
+                   .new_keys_per_sec = config.pg_new_keys_per_sec,
+                   .algorithm = config.algorithm},
       engines.fallback.get());
   engines.lease = lease.get();
   return lease;
@@ -86,7 +88,7 @@ Engines BuildEngines(uv_loop_t* loop, const Config& config, Clock& clock,
   engines.fallback = std::make_unique<Fallback>(
       config.fallback,
       config.fallback == FallbackPolicy::kLocal
-          ? NewMemoryEngine(Algorithm::kTokenBucket, clock, secrets.hash_key, config.max_keys)
+          ? NewMemoryEngine(config.algorithm, clock, secrets.hash_key, config.max_keys)
           : nullptr,
       config.expected_replicas);
   engines.engine = SharedEngine(config, clock, secrets, engines);

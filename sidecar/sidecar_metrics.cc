@@ -145,6 +145,10 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
     registry.AddCounter("ratelimit_db_repaired_rows_total",
                         "Malformed rows found and repaired (each is also logged).",
                         db.repaired_rows);
+    registry.AddCounter("ratelimit_db_algorithm_switched_rows_total",
+                        "Rows recording the other algorithm (token bucket or fixed window) than "
+                        "the check's, converted to it (each is also logged).",
+                        db.switched_rows);
     registry.AddCounter("ratelimit_db_collected_rows_total",
                         "Rows of full buckets deleted by garbage collection.", db.collected_rows);
     registry.AddCounter("ratelimit_db_new_keys_total",

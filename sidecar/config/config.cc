@@ -18,11 +18,6 @@ Status Invalid(std::string_view name, std::string_view value, std::string_view a
 
 // Settings that are each valid but not together.
 Status CheckCombinations(const Config& config, const EnvLookup& env) {
-  if (config.store == StoreKind::kPostgres && config.algorithm == Algorithm::kFixedWindow) {
-    const char* raw = env("RATE_LIMIT_ALGORITHM");
-    return Invalid("RATE_LIMIT_ALGORITHM", raw ? raw : "",
-                   "token_bucket with RATE_LIMIT_STORE=postgres (fixed_window is memory-only)");
-  }
   // The shared store's time is the database's clock, which no sidecar can hold still.
   if (config.store == StoreKind::kPostgres && config.test_clock == TestClock::kManual) {
     const char* raw = env("RATE_LIMIT_TEST_CLOCK");

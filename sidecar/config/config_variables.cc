@@ -97,7 +97,9 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
         "Default policy: window in milliseconds. Same meaning as in the older Node gateway."),
     MakeVariable("RATE_LIMIT_ALGORITHM", OneOf<Algorithm>{kAlgorithms}, &Config::algorithm,
                  "`token_bucket` or `fixed_window` (the older gateway's limiter, reproduced "
-                 "exactly; memory store only); see [what a check "
+                 "exactly; with `RATE_LIMIT_STORE=postgres` too, one window per key shared by "
+                 "all sidecars, see [fixed windows in "
+                 "PostgreSQL](#fixed-windows-in-postgresql)); see [what a check "
                  "means](#what-a-check-means)."),
     MakeVariable("RATE_LIMIT_MAX_KEYS", IntegerIn{1, 100000000, "keys"}, &Config::max_keys,
                  "The most keys held in memory by each table (the memory store's buckets, the "

@@ -6,8 +6,6 @@
 namespace ratelimit {
 namespace {
 
-int64_t FloorMillis(int64_t us) { return us >= 0 ? us / 1000 : -((-us + 999) / 1000); }
-
 // Milliseconds of the current window still to run, within [0, window_ms].
 uint32_t MillisLeft(const FixedWindow::State& state, int64_t now_ms) {
   const int64_t left = state.policy.window_ms - (now_ms - state.window_start_ms);
@@ -15,6 +13,8 @@ uint32_t MillisLeft(const FixedWindow::State& state, int64_t now_ms) {
 }
 
 }  // namespace
+
+int64_t FixedWindow::FloorMillis(int64_t us) { return us >= 0 ? us / 1000 : -((-us + 999) / 1000); }
 
 FixedWindow::State FixedWindow::Fresh(const Policy& policy, int64_t now_us) {
   return State{FloorMillis(now_us), policy.limit, policy, now_us};

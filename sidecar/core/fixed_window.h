@@ -39,6 +39,14 @@ struct FixedWindow {
   static double ForgetCost(const State& state, int64_t now_us);
 
   static int64_t LastUsedUs(const State& state) { return state.used_us; }
+
+  // `us` in whole milliseconds, rounded down (also before the epoch): the gateway's clock.
+  static int64_t FloorMillis(int64_t us);
+  // The first time, in microseconds, at which a check opens the next window: until then the
+  // window of `state` holds.
+  static int64_t WindowEndUs(const State& state) {
+    return (state.window_start_ms + int64_t{state.policy.window_ms}) * 1000;
+  }
 };
 
 }  // namespace ratelimit

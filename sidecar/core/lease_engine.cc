@@ -20,11 +20,12 @@ uint32_t MillisUntil(int64_t at, int64_t now) {
 
 LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_key,
                          const LeaseOptions& options, Fallback* fallback)
-    : batcher_(store),
+    : batcher_(store, options.algorithm),
       clock_(clock),
       ttl_us_(static_cast<int64_t>(options.ttl_ms) * 1000),
       refresh_us_(std::max<int64_t>(1, ttl_us_ / 4)),
       jitter_denials_(options.jitter_denials),
+      fixed_window_(options.algorithm == Algorithm::kFixedWindow),
       rng_(static_cast<std::minstd_rand::result_type>(options.jitter_seed)),
       keys_(hash_key, options.max_keys),
       max_key_bytes_(options.max_key_bytes),
@@ -172,7 +173,8 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
   state.demand.OnFetch(now, refresh_us_);
   const uint64_t waiting = state.waiters.total_cost();
   Fetch fetch{std::string(key), state.policy, now,
-              SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting)};
+              SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting,
+                        fixed_window_ ? Algorithm::kFixedWindow : Algorithm::kTokenBucket)};
   StoreOp op{fetch.key, fetch.size.min_grant, fetch.policy, StoreOp::Kind::kLease, fetch.size.want};
   // In flight before Submit: a store may answer (fail) the fetch before Submit returns.
   state.ledger.set_fetching(true);
@@ -221,7 +223,9 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   const StoreBatcher::Hold together(batcher_);
   if (returning_all_ || !(fetch.policy == state.policy)) {
     // Leased under a policy the key no longer has, or while giving everything back.
-    if (answer->granted > 0) SendReturn(fetch.key, fetch.policy, answer->granted, answer->now_us);
+    if (answer->granted > 0) {
+      SendReturn(fetch.key, fetch.policy, answer->granted, DebitOf(*answer));
+    }
   } else {
     Record(fetch, state, *answer, now);
   }
@@ -238,8 +242,13 @@ void LeaseEngine::Record(const Fetch& fetch, KeyState& state, const StoreAnswer&
   state.row = RowView{true, row.remaining, now + int64_t{row.reset_after_ms} * 1000};
   if (answer.granted > 0) {
     metrics_.tokens_leased.Add(answer.granted);
-    const int64_t expires = fetch.sent_us + ttl_us_;
-    state.ledger.Add(answer.granted, fetch.size.want, expires, answer.now_us);
+    int64_t expires = fetch.sent_us + ttl_us_;
+    if (fixed_window_) {
+      // Never past its window: the rest of the window at the debit, counted from before the
+      // fetch was sent.
+      expires = std::min(expires, fetch.sent_us + (answer.window_end_us - answer.now_us));
+    }
+    state.ledger.Add(answer.granted, fetch.size.want, expires, DebitOf(answer));
     state.denial.OnGranted();
     ScheduleRevisit(fetch.key, state, expires);
   } else {
@@ -249,8 +258,13 @@ void LeaseEngine::Record(const Fetch& fetch, KeyState& state, const StoreAnswer&
   }
 }
 
+int64_t LeaseEngine::DebitOf(const StoreAnswer& answer) const {
+  return fixed_window_ ? answer.window_start_us : answer.now_us;
+}
+
 int64_t LeaseEngine::DrawJitter(const Policy& policy, uint32_t min_grant, bool granted_last) {
-  if (!jitter_denials_) return 0;
+  // A fixed window is denied until its end exactly: the next window is all there at once.
+  if (!jitter_denials_ || fixed_window_) return 0;
   const JitterRange range = DenialJitter(policy, min_grant, refresh_us_, granted_last);
   if (range.span == 0) return 0;
   return static_cast<int64_t>(rng_() % (range.span + 1) + range.low);

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "sidecar/core/algorithm.h"
 #include "sidecar/core/bucket_table.h"
 #include "sidecar/core/clock.h"
 #include "sidecar/core/demand_estimate.h"
@@ -46,6 +47,8 @@ struct LeaseOptions {
   // store defers a new key, keys this sidecar holds no state for are, for a second, fetched at
   // most at this rate; the others are answered by the fallback at once (see LeaseEngine).
   uint32_t new_keys_per_sec = 0;
+  // RATE_LIMIT_ALGORITHM: what every fetch, check and return asks of the rows (see below).
+  Algorithm algorithm = Algorithm::kTokenBucket;
 };
 
 // What the lease engine counts, for /metrics; written on the loop thread, read from any.
@@ -87,6 +90,16 @@ struct LeaseMetrics {
 // a check spends its tokens as it takes them, so it adds nothing to the bound below.
 //
 // Together: in any interval of length T the pods admit at most capacity + rate * (T + ttl).
+//
+// Fixed windows (options.algorithm): a lease is debited from its row's window, and spent only
+// until min(ttl, the rest of that window) after its fetch was sent, the rest being the
+// database's window_end_us - now_us at the debit. The fetch is sent before the debit, so on a
+// local clock that runs no faster than the database's (see the README's proof) the lease
+// expires no later than its window ends. Its return names the window's start, and the store
+// gives the tokens back only to that window while it holds. Every admission then lies in one
+// window whose debits, less what went back to it, are at most `limit`: at most limit admissions
+// per window across the pods, exactly, with no ttl term. A denial is cached until the window's
+// end, with no random extra (every sidecar may ask again at once when a window opens).
 //
 // When the store cannot decide (a fetch or a read refused or failed with StoreUnavailable), the
 // checks concerned get the fallback's answer instead, when there is one. A key whose fetch was
@@ -226,6 +239,9 @@ class LeaseEngine final : public Engine {
   // Records a decided fetch's grant (a lease) or denial in the key's parts.
   void Record(const Fetch& fetch, KeyState& state, const StoreAnswer& answer, int64_t now);
   int64_t DrawJitter(const Policy& policy, uint32_t min_grant, bool granted_last);
+  // What a grant's return is dated by (StoreOp::debit_us): its debit's database time, or for a
+  // fixed window its window's start.
+  int64_t DebitOf(const StoreAnswer& answer) const;
   // Answers every waiting check of the key with `why` (resolved by the fallback).
   void FailWaiters(std::string_view key, KeyState& state, const Status& why);
   // Sends every waiting check of the key to the store as a kCheck of its own (strict mode).
@@ -244,6 +260,7 @@ class LeaseEngine final : public Engine {
   const int64_t ttl_us_;
   const int64_t refresh_us_;  // R = ttl / 4.
   const bool jitter_denials_;
+  const bool fixed_window_;  // options.algorithm is kFixedWindow.
   std::minstd_rand rng_;
   BucketTable<KeyState> keys_;
   const size_t max_key_bytes_;

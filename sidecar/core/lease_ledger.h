@@ -2,6 +2,7 @@
 #ifndef RATELIMIT_SIDECAR_CORE_LEASE_LEDGER_H_
 #define RATELIMIT_SIDECAR_CORE_LEASE_LEDGER_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -25,7 +26,7 @@ class LeaseLedger {
   struct Lease {
     uint32_t tokens;
     int64_t expires_us;  // Local clock.
-    int64_t debit_us;    // Database clock.
+    int64_t debit_us;    // Database clock (a fixed window's: its window's start).
   };
 
   // Tokens in all leases.
@@ -43,9 +44,12 @@ class LeaseLedger {
   // A new policy: what the row said under the old one no longer holds.
   void ForgetScarcity() { scarce_ = false; }
 
-  // Adds a lease of `granted` tokens (of `wanted` asked for), spent until `expires_us`.
-  // REQUIRES: granted > 0; expires_us is not before any lease held.
+  // Adds a lease of `granted` tokens (of `wanted` asked for), spent until `expires_us`. Leases
+  // held that would expire later expire with it instead: expiry times stay in order, and no
+  // lease lasts longer than it was given. (Only a fixed window's lease, cut to the rest of its
+  // window, can expire before an older one.) REQUIRES: granted > 0.
   void Add(uint32_t granted, uint32_t wanted, int64_t expires_us, int64_t debit_us) {
+    for (Lease& lease : leases_) lease.expires_us = std::min(lease.expires_us, expires_us);
     leases_.push_back(Lease{granted, expires_us, debit_us});
     held_ += granted;
     scarce_ = granted < wanted;

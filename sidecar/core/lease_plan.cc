@@ -26,9 +26,10 @@ uint32_t Want(const Policy& policy, double demand_per_us, int64_t refresh_us, ui
 }  // namespace
 
 FetchSize SizeFetch(const Policy& policy, double demand_per_us, int64_t refresh_us, uint32_t need,
-                    uint64_t waiting) {
+                    uint64_t waiting, Algorithm algorithm) {
   need = std::clamp<uint32_t>(need, 1, policy.limit);
   const uint32_t want = Want(policy, demand_per_us, refresh_us, need, waiting);
+  if (algorithm == Algorithm::kFixedWindow) return FetchSize{need, want};
   const double refill_per_refresh =
       double(policy.limit) * static_cast<double>(refresh_us) / (double(policy.window_ms) * 1000);
   return FetchSize{std::max(need, std::min(want, CeilToTokens(refill_per_refresh, policy.limit))),

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "schema/check.h"
+#include "sidecar/core/algorithm.h"
 #include "sidecar/core/demand_estimate.h"
 #include "sidecar/core/denial_cache.h"
 #include "sidecar/core/lease_ledger.h"
@@ -32,8 +33,11 @@ struct FetchSize {
 // bucket at once; and a drained hot bucket is taken in chunks of up to R's refill, not token by
 // token, which keeps the database's work per key to a few transactions per R however many
 // checks arrive.
+//
+// A fixed window does not refill within its window: min_grant = need, so that its last tokens
+// are granted (in halves, as the row cuts them) rather than stranded until the window ends.
 FetchSize SizeFetch(const Policy& policy, double demand_per_us, int64_t refresh_us, uint32_t need,
-                    uint64_t waiting);
+                    uint64_t waiting, Algorithm algorithm = Algorithm::kTokenBucket);
 
 // Prefetch: after a check is served, when fewer than half a lease, min(ceil(d * R), cap) / 2,
 // are held and no fetch is in flight, the next lease is fetched; steady traffic never waits, and

@@ -5,14 +5,13 @@
 #include <cstddef>
 #include <memory>
 
+#include "sidecar/core/algorithm.h"
 #include "sidecar/core/clock.h"
 #include "sidecar/core/engine.h"
 #include "sidecar/core/keyed_hash.h"
 #include "sidecar/metrics/metrics.h"
 
 namespace ratelimit {
-
-enum class Algorithm { kTokenBucket, kFixedWindow };
 
 // What a memory engine counts, for /metrics.
 struct MemoryEngineMetrics {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "schema/check.h"
+#include "sidecar/core/algorithm.h"
 #include "sidecar/core/shared_store.h"
 
 namespace ratelimit {
@@ -20,14 +21,20 @@ struct RawRow {
   std::optional<int64_t> updated_us;  // Database time, microseconds since the Unix epoch.
   std::optional<int64_t> capacity;
   std::optional<int64_t> window_ms;
+  std::optional<int64_t> algorithm = 0;  // Algorithm's value; NULL or unknown is repaired.
 };
 
-// A well-formed token bucket row: 0 <= tokens <= capacity, capacity and window_ms in [1, 2^32).
+// A well-formed row: 0 <= tokens <= capacity, capacity and window_ms in [1, 2^32).
+//   token bucket: tokens (fractional) at updated_us, refilling at capacity / window_ms.
+//   fixed window: tokens = the admissions left in the window (whole), updated_us = when the
+//                 window started; it ends window_ms later, and the next check after that opens
+//                 a new one of `capacity`.
 struct SharedRow {
   double tokens = 0;
   int64_t updated_us = 0;
   uint32_t capacity = 1;
   uint32_t window_ms = 1;
+  Algorithm algorithm = Algorithm::kTokenBucket;
 
   friend bool operator==(const SharedRow&, const SharedRow&) = default;
 };
@@ -40,7 +47,11 @@ struct SharedRow {
 //   database clock that stepped back: kept, so refill waits until the clock catches up.)
 //   updated_at more than an hour in the future, further than any database clock steps back,
 //   whatever the row's window: a full bucket of `policy`, now.
-std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row);
+//   algorithm NULL or unknown: `algorithm` (the operation's), the rest of the row kept.
+//   a fixed window's tokens fractional: rounded down.
+// The same rules hold for both algorithms: for a fixed window, updated_at is the window's start.
+std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row,
+                      Algorithm algorithm = Algorithm::kTokenBucket);
 
 // Applies `ops` of one key, in order, to `row` at database time `now_us`, with the same exact
 // token bucket arithmetic as the memory store, and appends one answer per operation to
@@ -56,6 +67,19 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
 // full row would have stayed full; without that deduction, a return landing after the refill
 // was spent would create tokens, and the pods' bound would grow by up to a whole capacity. A
 // return at a time before its debit (a clock that stepped back) gives back nothing.
+//
+// A fixed window row is decided with FixedWindow's arithmetic, the memory store's, in the same
+// way (a copy for reads and denials, a lease halved for the next sidecar). Answers name the
+// window (StoreAnswer::window_start_us, window_end_us). A kReturn gives back its tokens only to
+// the window it names (its debit_us), while that window holds, never above capacity: unused
+// tokens of an ended window are gone, and a return that finds a newer window gives nothing.
+//
+// The algorithm is the operations' (REQUIRES: all of `ops` ask for the same one). A row that
+// records the other one is converted first, and the row takes the operations' algorithm when
+// they change it (so, as for a policy, the last writer's algorithm wins; a denial or a read
+// leaves the row as it is). Never more to admit than the row had: a token bucket becomes a
+// window opening now with the whole tokens it holds now; a fixed window becomes a bucket holding
+// the admissions its window has left (full once the window has ended), refilling from now.
 bool ApplyOnRow(SharedRow& row, std::span<const StoreOp* const> ops, int64_t now_us,
                 std::vector<StoreAnswer>& answers);
 

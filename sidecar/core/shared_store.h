@@ -11,6 +11,7 @@
 
 #include "schema/check.h"
 #include "schema/status.h"
+#include "sidecar/core/algorithm.h"
 
 namespace ratelimit {
 
@@ -21,7 +22,11 @@ namespace ratelimit {
 //            `cost` needs more), but only if at least `cost` are: a lease this sidecar then
 //            spends from memory.
 //   kReturn: give back `cost` unused tokens of a lease debited at database time `debit_us`, less
-//            what the bucket has refilled since (see ApplyOnRow), never above capacity.
+//            what the bucket has refilled since (see ApplyOnRow), never above capacity. For a
+//            fixed window, `debit_us` is the start of the lease's window instead: the tokens go
+//            back only while that window is still the row's, else they are gone.
+// `algorithm` is the arithmetic the operation asks for; a row that records the other one is
+// converted when the operation changes it (see ApplyOnRow).
 struct StoreOp {
   enum class Kind : uint8_t { kCheck, kLease, kReturn };
 
@@ -31,6 +36,7 @@ struct StoreOp {
   Kind kind = Kind::kCheck;
   uint32_t want = 0;     // kLease only.
   int64_t debit_us = 0;  // kReturn only.
+  Algorithm algorithm = Algorithm::kTokenBucket;
 };
 
 // The store's answer to one StoreOp.
@@ -43,6 +49,11 @@ struct StoreAnswer {
   // Refused (StoreUnavailable) only because its key has no row and the store had reached its
   // bound on new rows: a sign of a flood of new keys.
   bool new_key_deferred = false;
+  // Fixed window only (0 for a token bucket): the database times at which the row's window,
+  // as it stands after the operation, started and ends. A lease of it is spent at most until
+  // window_end_us - now_us after its fetch was sent, and its return names window_start_us.
+  int64_t window_start_us = 0;
+  int64_t window_end_us = 0;
 };
 
 // The answers to one Take, in the order of its batch; or why the store could not decide.

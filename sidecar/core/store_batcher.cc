@@ -10,7 +10,8 @@
 
 namespace ratelimit {
 
-StoreBatcher::StoreBatcher(SharedStore& store) : store_(store) {
+StoreBatcher::StoreBatcher(SharedStore& store, Algorithm algorithm)
+    : store_(store), algorithm_(algorithm) {
   store_.set_on_capacity([this] { Pump(); });
 }
 
@@ -19,6 +20,7 @@ StoreBatcher::~StoreBatcher() { store_.set_on_capacity(nullptr); }
 Status StoreBatcher::Submit(StoreOp op, OpDone done) {
   if (!store_.ready()) return Status::Unavailable("store not ready");
   if (queue_.size() >= kMaxQueued) return Status::Overloaded("too many operations waiting");
+  op.algorithm = algorithm_;
   queue_.push_back(std::move(op));
   waiting_.push_back(std::move(done));
   if (holds_ == 0) Pump();

@@ -37,7 +37,8 @@ class StoreBatcher {
   // and the operation's key (valid during the call: the batcher owns it, not the caller).
   using OpDone = std::function<void(std::string_view key, Result<StoreAnswer> answer)>;
 
-  explicit StoreBatcher(SharedStore& store);
+  // Every operation submitted asks for `algorithm` (StoreOp::algorithm): a sidecar has one.
+  explicit StoreBatcher(SharedStore& store, Algorithm algorithm = Algorithm::kTokenBucket);
   ~StoreBatcher();
 
   // Queues `op`; `done` runs later, on the loop thread. Refuses, without calling `done`:
@@ -70,6 +71,7 @@ class StoreBatcher {
   void FailQueued();
 
   SharedStore& store_;
+  const Algorithm algorithm_;
   std::deque<StoreOp> queue_;
   std::deque<OpDone> waiting_;  // Parallel to queue_.
   // Keys in some Take of this batcher that has not completed.

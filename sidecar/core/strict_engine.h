@@ -12,7 +12,8 @@
 namespace ratelimit {
 
 // Each check is one kCheck operation sent through a StoreBatcher (see there for how checks are
-// batched), so the global bucket is exact. Refusals without touching the store:
+// batched), so the global bucket is exact: a token bucket, or a fixed window of at most `limit`
+// admissions, across all sidecars. Refusals without touching the store:
 // StoreUnavailable while the store is not ready (checks never queue behind a database that is
 // down), Overloaded past StoreBatcher::kMaxQueued waiting checks. Answers carry source Database,
 // except that every StoreUnavailable answer is the fallback's, when there is one.
@@ -21,8 +22,10 @@ namespace ratelimit {
 // the engine; the store must finish (or fail) every Take before either is destroyed.
 class StrictEngine final : public Engine {
  public:
-  explicit StrictEngine(SharedStore& store, Fallback* fallback = nullptr)
-      : batcher_(store), fallback_(fallback) {}
+  // `algorithm`: RATE_LIMIT_ALGORITHM, which every row this engine changes then records.
+  explicit StrictEngine(SharedStore& store, Fallback* fallback = nullptr,
+                        Algorithm algorithm = Algorithm::kTokenBucket)
+      : batcher_(store, algorithm), fallback_(fallback) {}
 
   void Check(const CheckQuery& query, uint64_t tag, CheckCallback& done) override;
   std::string_view store_name() const override { return batcher_.store().name(); }

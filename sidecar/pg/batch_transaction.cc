@@ -62,7 +62,8 @@ std::map<std::string, RawRow> ReadRows(PGresult* rows) {
   for (int i = 0; i < PQntuples(rows); ++i) {
     raw_rows[PQgetvalue(rows, i, C::kKey)] =
         RawRow{DoubleField(rows, i, C::kTokens), IntField(rows, i, C::kUpdatedUs),
-               IntField(rows, i, C::kCapacity), IntField(rows, i, C::kWindowMs)};
+               IntField(rows, i, C::kCapacity), IntField(rows, i, C::kWindowMs),
+               IntField(rows, i, C::kAlgorithm)};
   }
   return raw_rows;
 }
@@ -71,24 +72,41 @@ std::map<std::string, RawRow> ReadRows(PGresult* rows) {
 void DecideKey(const std::string& key, const RawRow& raw, std::span<const StoreOp* const> ops,
                int64_t now_us, TransactionDecision& decision, std::vector<StoreAnswer>& decided) {
   SharedRow row;
-  const std::string problems = RepairRow(raw, ops[0]->policy, now_us, row);
+  const std::string problems = RepairRow(raw, ops[0]->policy, now_us, row, ops[0]->algorithm);
+  // Named by its key's SHA-256 digest whatever RATE_LIMIT_PG_KEY_HASH says: with none, the row
+  // key is the API key itself, a secret that must not reach the log.
+  const auto row_key_prefix = [&] {
+    return RowKeyHex(ops[0]->key, KeyHashing::kSha256).substr(0, 16);
+  };
   if (!problems.empty()) {
     ++decision.repaired_rows;
-    // Named by its key's SHA-256 digest whatever RATE_LIMIT_PG_KEY_HASH says: with none, the
-    // row key is the API key itself, a secret that must not reach the log.
     Log(LogLevel::kWarn, "repaired a malformed rate limit row")
-        .Str("row_key_prefix", RowKeyHex(ops[0]->key, KeyHashing::kSha256).substr(0, 16))
+        .Str("row_key_prefix", row_key_prefix())
         .Str("problems", problems);
   }
+  const Algorithm recorded = row.algorithm;
   decided.clear();
   const bool changed = ApplyOnRow(row, ops, now_us, decided);
+  if (changed && row.algorithm != recorded) {
+    // Sidecars of both algorithms on one table: each conversion is counted and logged.
+    ++decision.switched_rows;
+    Log(LogLevel::kWarn, "a rate limit row of the other algorithm was converted")
+        .Str("row_key_prefix", row_key_prefix())
+        .Str("to", row.algorithm == Algorithm::kFixedWindow ? "fixed_window" : "token_bucket");
+  }
   if (changed || !problems.empty()) {
     decision.keys.push_back(key);
     decision.tokens.push_back(DoubleText(row.tokens));
     decision.updated_us.push_back(std::to_string(row.updated_us));
     decision.capacities.push_back(std::to_string(row.capacity));
     decision.windows.push_back(std::to_string(row.window_ms));
+    decision.algorithms.push_back(row.algorithm);
   }
+}
+
+// The value of `algorithm` in the table (schema/postgres.sql).
+std::string AlgorithmValue(Algorithm algorithm) {
+  return std::to_string(static_cast<int>(algorithm));
 }
 
 // The INSERT of the rows missing: every one, or, when the plan's reservation is short of its
@@ -96,10 +114,18 @@ void DecideKey(const std::string& key, const RawRow& raw, std::span<const StoreO
 // of the key index per key, so it is used only then: the normal path stays as cheap as before.
 PgQuery InsertQuery(const TransactionPlan& plan, const std::string& table_sql, std::string keys,
                     std::string capacities, std::string windows) {
-  const std::string insert = "INSERT INTO " + table_sql +
-                             " (key, tokens, updated_at, capacity, window_ms)"
-                             " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w"
-                             " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)";
+  // A token bucket's row leaves `algorithm` to its default (0), as before the column existed.
+  // A fixed window's starts with its window ended (see LockPipeline).
+  const bool window = plan.batch.front().algorithm == Algorithm::kFixedWindow;
+  const std::string insert =
+      "INSERT INTO " + table_sql +
+      (window ? " (key, tokens, updated_at, capacity, window_ms, algorithm)"
+                " SELECT decode(k, 'hex'), c, clock_timestamp() - w * interval '1 millisecond',"
+                " c, w, " +
+                    AlgorithmValue(Algorithm::kFixedWindow)
+              : std::string(" (key, tokens, updated_at, capacity, window_ms)"
+                            " SELECT decode(k, 'hex'), c, clock_timestamp(), c, w")) +
+      " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS n(k, c, w)";
   if (!plan.insert_bounded()) {
     return Prepared(insert + " ORDER BY 1 ON CONFLICT (key) DO NOTHING",
                     {std::move(keys), std::move(capacities), std::move(windows)}, "rl_insert");
@@ -163,7 +189,7 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
       "SELECT encode(key, 'hex'), tokens,"
       " CASE WHEN updated_at BETWEEN '1900-01-01' AND '9999-12-31'"
       " THEN floor(extract(epoch FROM updated_at) * 1000000)::int8 END,"
-      " capacity, window_ms FROM " +
+      " capacity, window_ms, algorithm FROM " +
           table_sql +
           " WHERE key = ANY(ARRAY(SELECT decode(k, 'hex') FROM unnest($1::text[]) AS k))"
           " ORDER BY key FOR UPDATE",
@@ -212,18 +238,33 @@ Result<TransactionDecision> Decide(const TransactionPlan& plan,
 std::vector<PgQuery> FinishQueries(const TransactionDecision& decision,
                                    const std::string& table_sql) {
   if (decision.keys.empty()) return {{"ROLLBACK", {}}};  // Denials and reads write nothing.
+  std::vector<std::string> params = {
+      ArrayLiteral(decision.keys), ArrayLiteral(decision.tokens), ArrayLiteral(decision.updated_us),
+      ArrayLiteral(decision.capacities), ArrayLiteral(decision.windows)};
+  const bool one_algorithm =
+      std::all_of(decision.algorithms.begin(), decision.algorithms.end(),
+                  [&](Algorithm a) { return a == decision.algorithms.front(); });
+  std::string algorithm = "u.alg";
+  std::string arrays = "$1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[]";
+  std::string columns = "k, tokens, us, cap, win";
+  if (one_algorithm) {
+    algorithm = AlgorithmValue(decision.algorithms.front());
+  } else {
+    std::vector<std::string> values;
+    for (Algorithm a : decision.algorithms) values.push_back(AlgorithmValue(a));
+    params.push_back(ArrayLiteral(values));
+    arrays += ", $6::int2[]";
+    columns += ", alg";
+  }
   std::vector<PgQuery> q(FinishPipeline::kStatements);
   q[FinishPipeline::kUpdate] =
       Prepared("UPDATE " + table_sql +
                    " AS t SET tokens = u.tokens,"
                    " updated_at = 'epoch'::timestamptz + u.us * interval '1 microsecond',"
-                   " capacity = u.cap, window_ms = u.win"
-                   " FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[])"
-                   " AS u(k, tokens, us, cap, win) WHERE t.key = decode(u.k, 'hex')",
-               {ArrayLiteral(decision.keys), ArrayLiteral(decision.tokens),
-                ArrayLiteral(decision.updated_us), ArrayLiteral(decision.capacities),
-                ArrayLiteral(decision.windows)},
-               "rl_update");
+                   " capacity = u.cap, window_ms = u.win, algorithm = " +
+                   algorithm + " FROM unnest(" + arrays + ") AS u(" + columns +
+                   ") WHERE t.key = decode(u.k, 'hex')",
+               std::move(params), "rl_update");
   q[FinishPipeline::kCommit] = {"COMMIT", {}};
   return q;
 }
@@ -267,6 +308,7 @@ void BatchTransaction::OnLocked(Result<std::vector<PgResultPtr>> results) {
   Result<TransactionDecision> decision = Decide(plan_, *results);
   if (!decision.ok()) return Fail(decision.status());
   context_.metrics.repaired_rows.Add(decision->repaired_rows);
+  context_.metrics.switched_rows.Add(decision->switched_rows);
   context_.metrics.new_keys_deferred.Add(decision->deferred);
   inserted_ = std::strtoull(PQcmdTuples((*results)[LockPipeline::kInsert].get()), nullptr, 10);
   commits_ = !decision->keys.empty();  // Else FinishQueries rolls back: nothing is inserted.

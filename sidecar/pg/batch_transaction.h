@@ -40,6 +40,9 @@ TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashi
 //   BEGIN; the transaction's timeouts; INSERT the missing rows (full buckets, with the policy of
 //   the key's first operation) ON CONFLICT DO NOTHING, in key order; SELECT all the rows ORDER
 //   BY key FOR UPDATE; read clock_timestamp() once the locks are held.
+// A batch asks for one algorithm (its batcher's): a fixed window's missing row is inserted
+// full with its window already ended, so that its first check opens the window at the time it
+// is decided (kClock), not at the INSERT, which may run long before the locks are granted.
 // With plan.insert_bounded(), the INSERT is bounded instead: only keys that have no row, at most
 // plan.new_keys of them (none for 0), in key order; the pipeline keeps its shape either way.
 // Locking every row of a transaction in one statement, in key order, is what keeps sidecars
@@ -48,7 +51,7 @@ TransactionPlan PlanTransaction(std::vector<StoreOp> batch, KeyHashing key_hashi
 struct LockPipeline {
   enum Statement : size_t { kBegin, kTimeouts, kInsert, kLock, kClock, kStatements };
   // Columns of kLock's rows.
-  enum LockColumn : int { kKey, kTokens, kUpdatedUs, kCapacity, kWindowMs };
+  enum LockColumn : int { kKey, kTokens, kUpdatedUs, kCapacity, kWindowMs, kAlgorithm };
 };
 
 // The server is asked to give up the transaction's lock waits and statements at 4/5 of
@@ -62,8 +65,11 @@ std::vector<PgQuery> LockQueries(const TransactionPlan& plan, const std::string&
 struct TransactionDecision {
   std::vector<StoreAnswer> answers;
   std::vector<std::string> keys, tokens, updated_us, capacities, windows;
-  size_t repaired_rows = 0;  // Malformed rows repaired (and logged).
-  size_t deferred = 0;       // Operations refused because the bounded INSERT left their key out.
+  std::vector<Algorithm> algorithms;  // What each row written records.
+  size_t repaired_rows = 0;           // Malformed rows repaired (and logged).
+  // Rows that recorded the other algorithm than their operations', converted (see ApplyOnRow).
+  size_t switched_rows = 0;
+  size_t deferred = 0;  // Operations refused because the bounded INSERT left their key out.
 };
 
 // Decides each key's operations in batch order on its locked row (RepairRow, then ApplyOnRow of
@@ -75,7 +81,9 @@ Result<TransactionDecision> Decide(const TransactionPlan& plan,
                                    std::span<const PgResultPtr> lock_results);
 
 // The second pipeline: UPDATE the rows that changed, then COMMIT; or just ROLLBACK when nothing
-// changed (denials and reads write nothing).
+// changed (denials and reads write nothing). The rows' algorithm is written as a constant of the
+// statement when they all record one (always, but for a repaired row of the other algorithm),
+// else as one more array.
 struct FinishPipeline {
   enum Statement : size_t { kUpdate, kCommit, kStatements };
 };

@@ -48,18 +48,23 @@ PgQuery GarbageCollector::DeleteQuery(const std::string& table_sql) {
   // and its SELECT (see the class comment), and for its window up to kKeepMs: a key that comes
   // back within that long finds its row instead of inserting it again (an insert counts against
   // RATE_LIMIT_PG_NEW_KEYS_PER_SEC), while a flood's rows of a long window go once full rather
-  // than after a whole window. Malformed rows are left to RepairRow when next used.
-  return {"DELETE FROM " + table_sql + " WHERE key IN (SELECT key FROM " + table_sql +
-              " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
-              " AND updated_at <= clock_timestamp()"
-              "   - greatest(least(window_ms, " +
-              std::to_string(kKeepMs) +
-              "), 1000) * interval '1 millisecond'"
-              " AND tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
-              " * capacity / window_ms >= capacity"
-              " LIMIT " +
-              std::to_string(kBatch) + " FOR UPDATE SKIP LOCKED)",
-          {}};
+  // than after a whole window. Malformed rows are left to RepairRow when next used. A fixed
+  // window's row (algorithm 1) goes once its window has ended, a second ago: updated_at is the
+  // window's start, and any check taking from the key since would have opened a new window.
+  return {
+      "DELETE FROM " + table_sql + " WHERE key IN (SELECT key FROM " + table_sql +
+          " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
+          " AND updated_at <= clock_timestamp()"
+          "   - greatest(least(window_ms, " +
+          std::to_string(kKeepMs) +
+          "), 1000) * interval '1 millisecond'"
+          " AND CASE WHEN algorithm = 1"
+          " THEN updated_at <= clock_timestamp() - (window_ms + 1000) * interval '1 millisecond'"
+          " ELSE tokens + extract(epoch FROM clock_timestamp() - updated_at) * 1000"
+          " * capacity / window_ms >= capacity END"
+          " LIMIT " +
+          std::to_string(kBatch) + " FOR UPDATE SKIP LOCKED)",
+      {}};
 }
 
 void GarbageCollector::Collect() {

@@ -22,6 +22,7 @@ struct PgStoreMetrics {
   Counter transactions;         // Check, lease and return transactions started.
   Counter failed_transactions;  // Failed or timed out; each is also one of `transactions`.
   Counter repaired_rows;        // Malformed rows repaired (and logged).
+  Counter switched_rows;        // Rows of the other algorithm converted (and logged).
   Counter collected_rows;       // Full buckets deleted by garbage collection.
   Counter new_keys;             // Rows inserted (committed) for keys that had none.
   Counter new_keys_deferred;    // Operations on new keys refused beyond the insert bound.

@@ -120,13 +120,51 @@ void TableKeeper::OnChecked(SessionPool::Slot& slot, bool created, PGresult* r) 
                   Finding::kTableProblem);
   }
   // A table of another shape is refused, never altered: it may be someone else's.
-  if (const std::string problems = TableShapeProblems(ReadColumns(r)); !problems.empty()) {
+  const std::vector<ColumnFact> columns = ReadColumns(r);
+  if (const std::string problems = TableShapeProblems(columns); !problems.empty()) {
     return Failed(slot,
                   "the table does not have the columns of schema/postgres.sql (" + problems +
                       "); the sidecar never alters or drops an existing table",
                   Finding::kTableProblem);
   }
+  // Our table of an older version: the columns added since are added, when DDL is allowed.
+  if (const std::vector<std::string> missing = MissingAddedColumns(columns); !missing.empty()) {
+    if (!options_.create_table || created) {
+      return Failed(slot, AddColumnsAdvice(missing), Finding::kTableProblem);
+    }
+    return AddColumns(slot, missing);
+  }
   TransitionTo(State::kReady);
+}
+
+std::string TableKeeper::AddColumnsAdvice(const std::vector<std::string>& missing) const {
+  std::string advice = "the table lacks column " + missing.front() +
+                       " (added by this version); as a role that may alter it, run: ";
+  for (size_t i = 0; i < missing.size(); ++i) {
+    advice += (i > 0 ? "; " : "") + AddColumnSql(options_.table, missing[i]);
+  }
+  return advice;
+}
+
+void TableKeeper::AddColumns(SessionPool::Slot& slot, const std::vector<std::string>& missing) {
+  // Under the lock of table creation: sidecars that start together alter the table one at a
+  // time, and IF NOT EXISTS makes the later ones do nothing. Adding a column with a constant
+  // default rewrites no row (PostgreSQL 11 and later).
+  std::vector<PgQuery> queries = {
+      {"BEGIN", {}},
+      {"SELECT pg_advisory_xact_lock(hashtext($1))", {"ratelimit:" + options_.table.Plain()}},
+  };
+  for (const std::string& column : missing) {
+    queries.push_back({AddColumnSql(options_.table, column), {}});
+  }
+  queries.push_back({"COMMIT", {}});
+  Log(LogLevel::kInfo, "adding columns to the rate limit table")
+      .Str("table", options_.table.Plain())
+      .Str("column", missing.front());
+  RunWork(
+      slot, std::move(queries),
+      [this, &slot](std::vector<PgResultPtr>) { Check(slot, /*created=*/true); },
+      AddColumnsAdvice(missing));
 }
 
 void TableKeeper::Create(SessionPool::Slot& slot) {
@@ -144,23 +182,26 @@ void TableKeeper::Create(SessionPool::Slot& slot) {
 }
 
 void TableKeeper::RunWork(SessionPool::Slot& slot, std::vector<PgQuery> queries,
-                          std::function<void(std::vector<PgResultPtr>)> next) {
+                          std::function<void(std::vector<PgResultPtr>)> next, std::string advice) {
   pool_.Lend(slot, SessionPool::Work::kBackground);
-  slot.session().Run(std::move(queries), [this, &slot, next = std::move(next)](
-                                             Result<std::vector<PgResultPtr>> r) {
-    pool_.Return(slot);
-    if (!r.ok()) {
-      // A failed BEGIN ... COMMIT leaves the transaction aborted on a live session: end it.
-      if (slot.free()) {
-        pool_.Lend(slot, SessionPool::Work::kBackground);
-        slot.session().Run({{"ROLLBACK", {}}},
-                           [this, &slot](Result<std::vector<PgResultPtr>>) { pool_.Return(slot); });
-      }
-      Failed(slot, r.status().message(), Finding::kNoAnswer);
-      return;
-    }
-    next(std::move(*r));
-  });
+  slot.session().Run(
+      std::move(queries), [this, &slot, next = std::move(next),
+                           advice = std::move(advice)](Result<std::vector<PgResultPtr>> r) {
+        pool_.Return(slot);
+        if (!r.ok()) {
+          // A failed BEGIN ... COMMIT leaves the transaction aborted on a live session: end it.
+          if (slot.free()) {
+            pool_.Lend(slot, SessionPool::Work::kBackground);
+            slot.session().Run({{"ROLLBACK", {}}}, [this, &slot](Result<std::vector<PgResultPtr>>) {
+              pool_.Return(slot);
+            });
+          }
+          if (advice.empty()) return Failed(slot, r.status().message(), Finding::kNoAnswer);
+          Failed(slot, r.status().message() + "; " + advice, Finding::kTableProblem);
+          return;
+        }
+        next(std::move(*r));
+      });
 }
 
 void TableKeeper::Failed(SessionPool::Slot& slot, const std::string& why, Finding finding) {

@@ -23,10 +23,14 @@ namespace ratelimit {
 // statement (existence, privileges, and its columns found by its OID in the catalog); created
 // when missing and create_table allows (DDL serialized between sidecars by an advisory lock),
 // then checked again. A table that exists is never altered nor dropped, whatever its shape and
-// create_table: it may be someone else's. A failure is logged once at error level, naming the
-// table and what is wrong, and retried on that session with its backoff, or on the next
-// session that connects; retries log it again only when the problem found changes, so a table
-// of another shape gives one line, not one per retry, until the operator fixes it.
+// create_table: it may be someone else's. The one exception is our own table of an older
+// version (all the columns of its first version, with their types) that lacks a column added
+// since (kAddedColumns): when create_table allows, the column is added (ALTER TABLE ... ADD
+// COLUMN IF NOT EXISTS, under the same advisory lock); otherwise, or when the ALTER fails (a
+// role without the privilege), the error line gives the statement to run. A failure is logged once
+// at error level, naming the table and what is wrong, and retried on that session with its backoff,
+// or on the next session that connects; retries log it again only when the problem found changes,
+// so a table of another shape gives one line, not one per retry, until the operator fixes it.
 //
 // A transaction failing because the table is gone or no longer usable (dropped, its schema
 // dropped, a column missing or retyped, a privilege revoked: OnTransactionFailed) makes
@@ -80,8 +84,13 @@ class TableKeeper {
   void Check(SessionPool::Slot& slot, bool created);
   void OnChecked(SessionPool::Slot& slot, bool created, PGresult* result);
   void Create(SessionPool::Slot& slot);
+  void AddColumns(SessionPool::Slot& slot, const std::vector<std::string>& missing);
+  // What the error line says of `missing` added columns: the statements to run.
+  std::string AddColumnsAdvice(const std::vector<std::string>& missing) const;
+  // Runs `queries` on `slot`, then `next`; a failure is logged with `advice` when there is one
+  // (and is then a table problem).
   void RunWork(SessionPool::Slot& slot, std::vector<PgQuery> queries,
-               std::function<void(std::vector<PgResultPtr>)> next);
+               std::function<void(std::vector<PgResultPtr>)> next, std::string advice = "");
   // What a failed check found: no answer (a statement or the session failed), or an answer
   // that says the table cannot be used.
   enum class Finding { kNoAnswer, kTableProblem };

@@ -2,6 +2,7 @@
 #include "sidecar/pg/table_shape.h"
 
 #include <algorithm>
+#include <span>
 
 namespace ratelimit {
 namespace {
@@ -29,12 +30,13 @@ bool Required(std::string_view name) {
                      [name](const RequiredColumn& c) { return c.name == name; });
 }
 
-}  // namespace
-
-std::string TableShapeProblems(const std::vector<ColumnFact>& columns) {
+// Appends to `problems` the columns of `expected` that `columns` has with another type; returns
+// the names of those it lacks.
+std::vector<std::string> CheckTypes(const std::vector<ColumnFact>& columns,
+                                    std::span<const RequiredColumn> expected,
+                                    std::string& problems) {
   std::vector<std::string> missing;
-  std::string problems;
-  for (const RequiredColumn& required : kRequiredColumns) {
+  for (const RequiredColumn& required : expected) {
     const ColumnFact* column = Find(columns, required.name);
     if (column == nullptr) {
       missing.emplace_back(required.name);
@@ -43,6 +45,19 @@ std::string TableShapeProblems(const std::vector<ColumnFact>& columns) {
                            std::string(required.type));
     }
   }
+  return missing;
+}
+
+}  // namespace
+
+std::vector<std::string> MissingAddedColumns(const std::vector<ColumnFact>& columns) {
+  std::string ignored;
+  return CheckTypes(columns, kAddedColumns, ignored);
+}
+
+std::string TableShapeProblems(const std::vector<ColumnFact>& columns) {
+  std::string problems;
+  const std::vector<std::string> missing = CheckTypes(columns, kRequiredColumns, problems);
   if (!missing.empty()) {
     problems.insert(0, (missing.size() == 1 ? "missing column " : "missing columns ") +
                            List(missing) + (problems.empty() ? "" : "; "));
@@ -51,6 +66,7 @@ std::string TableShapeProblems(const std::vector<ColumnFact>& columns) {
   if (key != nullptr && !key->unique_alone) {
     Append(problems, "no primary key or unique index on key alone");
   }
+  CheckTypes(columns, kAddedColumns, problems);  // Missing ones are added, not refused.
   std::vector<std::string> need_values;
   for (const ColumnFact& column : columns) {
     if (column.needs_value && !Required(column.name)) need_values.push_back(column.name);

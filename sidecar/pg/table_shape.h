@@ -31,9 +31,20 @@ inline constexpr RequiredColumn kRequiredColumns[] = {
     {"window_ms", "bigint"},
 };
 
+// Columns added to the table after its first version, which a table of an older version lacks:
+// the table keeper adds them (TableKeeper), with schema/postgres.sql's definition. One that is
+// there must have its type.
+inline constexpr RequiredColumn kAddedColumns[] = {
+    {"algorithm", "smallint"},
+};
+
+// The names of the kAddedColumns that `columns` lacks, in kAddedColumns' order.
+std::vector<std::string> MissingAddedColumns(const std::vector<ColumnFact>& columns);
+
 // What keeps the sidecar from using a table of `columns`, as one line for the log: required
 // columns missing or of another type, no unique index on key alone, and columns of the
-// operator's that an INSERT would have to fill. Empty when the table fits. Other columns are
+// operator's that an INSERT would have to fill, and added columns of another type. Empty when
+// the table fits (an added column missing is not a problem here: it is added). Other columns are
 // fine as long as they may stay NULL or default.
 std::string TableShapeProblems(const std::vector<ColumnFact>& columns);
 

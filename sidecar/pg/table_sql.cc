@@ -18,4 +18,15 @@ std::string CreateTableSql(const TableName& table) {
   return sql;
 }
 
+std::string AddColumnSql(const TableName& table, std::string_view column) {
+  const std::string_view sql = kPostgresSql;
+  const std::string line_start = "\n  " + std::string(column) + " ";
+  const size_t at = sql.find(line_start);
+  if (at == std::string_view::npos) abort();  // Not in schema/postgres.sql: a build bug.
+  const size_t begin = at + 3;                // After "\n  ".
+  const size_t end = sql.find_first_of(",\n", begin);
+  return "ALTER TABLE " + table.Quoted() + " ADD COLUMN IF NOT EXISTS " +
+         std::string(sql.substr(begin, end - begin));
+}
+
 }  // namespace ratelimit

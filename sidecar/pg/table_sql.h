@@ -3,6 +3,7 @@
 #define RATELIMIT_SIDECAR_PG_TABLE_SQL_H_
 
 #include <string>
+#include <string_view>
 
 #include "sidecar/pg/table_name.h"
 
@@ -12,6 +13,11 @@ namespace ratelimit {
 // default rate_limit_buckets. The file is embedded at build time, so what operators apply and
 // what the sidecar creates cannot drift apart.
 std::string CreateTableSql(const TableName& table);
+
+// ALTER TABLE `table` ADD COLUMN IF NOT EXISTS `column` with its definition in
+// schema/postgres.sql: how a table of an older version gets a column added since. REQUIRES:
+// `column` is defined there (one of kAddedColumns).
+std::string AddColumnSql(const TableName& table, std::string_view column);
 
 }  // namespace ratelimit
 

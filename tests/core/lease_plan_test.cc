@@ -124,5 +124,18 @@ TEST(LeasePlanTest, ADenialsJitterSpansHalfMinGrantsRefillAtMostHalfRInTheHalfBy
   }
 }
 
+// A fixed window has no refill to wait for: the least worth having is what the check needs, so
+// a window's last tokens are granted instead of left until its end.
+TEST(SizeFetchTest, AFixedWindowsLeaseIsWorthHavingFromWhatTheCheckNeeds) {
+  const Policy kFifty{50, 1000};
+  const double demand = DemandOf(100).per_us();  // 100 tokens per R: want is the cap, 7.
+  const FetchSize bucket = SizeFetch(kFifty, demand, kRefreshUs, 1, 0);
+  const FetchSize window = SizeFetch(kFifty, demand, kRefreshUs, 1, 0, Algorithm::kFixedWindow);
+  EXPECT_EQ(bucket.min_grant, 7u) << "a token bucket waits for R's refill, capped by want";
+  EXPECT_EQ(window.min_grant, 1u);
+  EXPECT_EQ(window.want, bucket.want);
+  EXPECT_EQ(SizeFetch(kFifty, demand, kRefreshUs, 3, 0, Algorithm::kFixedWindow).min_grant, 3u);
+}
+
 }  // namespace
 }  // namespace ratelimit

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "sidecar/core/fixed_window.h"
 #include "sidecar/core/token_bucket.h"
 #include "tests/testing/bucket_steps.h"
 #include "tests/testing/recorder.h"
@@ -22,7 +23,8 @@ namespace ratelimit {
 // Lets gtest print rows in failure messages instead of dumping their bytes.
 void PrintTo(const SharedRow& row, std::ostream* os) {
   *os << "{tokens=" << row.tokens << " updated_us=" << row.updated_us
-      << " capacity=" << row.capacity << " window_ms=" << row.window_ms << "}";
+      << " capacity=" << row.capacity << " window_ms=" << row.window_ms
+      << " algorithm=" << static_cast<int>(row.algorithm) << "}";
 }
 
 namespace {
@@ -845,6 +847,182 @@ TEST(ApplyOnRowTest, AMixedBatchOfOneKeyIsAppliedInOrder) {
   EXPECT_EQ(answers[2].check.retry_after_ms, 100u);
   EXPECT_TRUE(wrote);
   EXPECT_DOUBLE_EQ(row.tokens, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed windows
+
+constexpr Algorithm kWindow = Algorithm::kFixedWindow;
+
+StoreOp WindowCheck(uint32_t cost, const Policy& policy) {
+  StoreOp op{"k", cost, policy};
+  op.algorithm = kWindow;
+  return op;
+}
+
+StoreOp WindowLease(uint32_t cost, uint32_t want, const Policy& policy) {
+  StoreOp op = LeaseOp(cost, want, policy);
+  op.algorithm = kWindow;
+  return op;
+}
+
+StoreOp WindowReturn(uint32_t tokens, int64_t window_start_us, const Policy& policy) {
+  StoreOp op = ReturnOp(tokens, window_start_us, policy);
+  op.algorithm = kWindow;
+  return op;
+}
+
+// A fixed window row as the INSERT creates it: full, and its window already over, so that the
+// first check opens the window at its own (database) time.
+SharedRow NewWindowRow(const Policy& policy, int64_t now_us) {
+  return SharedRow{static_cast<double>(policy.limit), now_us - int64_t{policy.window_ms} * 1000,
+                   policy.limit, policy.window_ms, kWindow};
+}
+
+// Random checks and clock steps, each in a transaction of its own on a row written back only
+// when ApplyOnRow says so, answer exactly as the memory store's FixedWindow (which starts with
+// no state at the first check).
+TEST(FixedWindowRowTest, ChecksOnTheRowAnswerExactlyAsTheMemoryStoresFixedWindow) {
+  Rng rng(17);
+  for (int run = 0; run < 50; ++run) {
+    const Policy policy{static_cast<uint32_t>(1 + rng.UpTo(9)),
+                        static_cast<uint32_t>(1 + rng.UpTo(2000))};
+    int64_t now = kNowUs + static_cast<int64_t>(rng.UpTo(999));
+    SharedRow row = NewWindowRow(policy, now);
+    std::optional<FixedWindow::State> memory;
+    for (int step = 0; step < 200; ++step) {
+      now += static_cast<int64_t>(rng.UpTo(uint64_t{policy.window_ms} * 400));
+      const uint32_t cost = static_cast<uint32_t>(rng.UpTo(std::min<uint32_t>(policy.limit, 3)));
+      const std::optional<FixedWindow::State> before = memory;
+      if (!memory) memory = FixedWindow::Fresh(policy, now);
+      CheckResult expected = FixedWindow::Decide(*memory, policy, cost, now);
+      if (cost == 0) memory = before;  // A read stores nothing, in memory as in the table.
+      expected.source = Source::kDatabase;
+      bool wrote = false;
+      const StoreAnswer answer = Apply(row, {WindowCheck(cost, policy)}, now, wrote)[0];
+      ASSERT_EQ(answer.check, expected) << "run " << run << " step " << step;
+      EXPECT_EQ(wrote, expected.allowed && cost > 0);
+      EXPECT_EQ(answer.window_end_us - answer.window_start_us, int64_t{policy.window_ms} * 1000);
+      EXPECT_EQ(row.algorithm, kWindow);
+    }
+  }
+}
+
+TEST(FixedWindowRowTest, TheRowHoldsAdmissionsLeftAndTheWindowsStart) {
+  const Policy kFive{5, 1000};
+  SharedRow row = NewWindowRow(kFive, kNowUs);
+  bool wrote = false;
+  const std::vector<StoreAnswer> answers =
+      Apply(row, {WindowCheck(2, kFive), WindowCheck(3, kFive), WindowCheck(1, kFive)},
+            kNowUs + 1500, wrote);
+  EXPECT_TRUE(wrote);
+  EXPECT_EQ(row, (SharedRow{0, kNowUs + 1000, 5, 1000, kWindow})) << "opened at its first check";
+  EXPECT_FALSE(answers[2].check.allowed);
+  EXPECT_EQ(answers[2].check.retry_after_ms, 1000u) << "the rest of the window";
+  EXPECT_EQ(answers[2].window_start_us, kNowUs + 1000);
+  EXPECT_EQ(answers[2].window_end_us, kNowUs + 1'001'000);
+  // A window opens at the first check after the previous one ended, not on a grid.
+  const StoreAnswer later = Apply(row, {WindowCheck(1, kFive)}, kNowUs + 1'401'000, wrote)[0];
+  EXPECT_TRUE(later.check.allowed);
+  EXPECT_EQ(later.check.reset_after_ms, 1000u);
+  EXPECT_EQ(row, (SharedRow{4, kNowUs + 1'401'000, 5, 1000, kWindow}));
+}
+
+// Leases are debited from the window's count: whatever is leased, checked and returned, the
+// admissions a window's leases and checks can make never exceed its limit.
+TEST(FixedWindowRowTest, LeasesAndChecksOfOneWindowNeverTakeMoreThanItsLimit) {
+  const Policy kTen{10, 1000};
+  SharedRow row = NewWindowRow(kTen, kNowUs);
+  bool wrote = false;
+  const std::vector<StoreAnswer> answers =
+      Apply(row,
+            {WindowLease(1, 8, kTen), WindowLease(1, 8, kTen), WindowCheck(1, kTen),
+             WindowLease(1, 8, kTen), WindowLease(1, 8, kTen), WindowLease(1, 8, kTen),
+             WindowLease(1, 8, kTen)},
+            kNowUs + 10'000, wrote);
+  uint32_t taken = 0;
+  for (const StoreAnswer& a : answers) taken += a.granted + (a.granted == 0 && a.check.allowed);
+  EXPECT_EQ(taken, 10u) << "the whole window, in halves for the next sidecar, and no more";
+  EXPECT_EQ(answers[0].granted, 5u);
+  EXPECT_EQ(answers[1].granted, 2u);
+  EXPECT_FALSE(answers.back().check.allowed);
+  EXPECT_EQ(answers.back().check.retry_after_ms, 1000u);
+  EXPECT_EQ(answers.back().window_end_us, kNowUs + 1'010'000);
+  EXPECT_DOUBLE_EQ(row.tokens, 0);
+}
+
+TEST(FixedWindowRowTest, AReturnGivesBackOnlyToItsOwnWindowWhileItHolds) {
+  const Policy kTen{10, 1000};
+  const int64_t start = kNowUs;
+  SharedRow row{2, start, 10, 1000, kWindow};  // 8 of this window taken.
+  bool wrote = false;
+  // To its own window: back, never above the limit.
+  StoreAnswer back = Apply(row, {WindowReturn(20, start, kTen)}, start + 500'000, wrote)[0];
+  EXPECT_EQ(back.granted, 8u);
+  EXPECT_TRUE(wrote);
+  EXPECT_DOUBLE_EQ(row.tokens, 10);
+  // To an older window (a newer one has opened): gone.
+  row = SharedRow{2, start, 10, 1000, kWindow};
+  back = Apply(row, {WindowReturn(3, start - 1'000'000, kTen)}, start + 500'000, wrote)[0];
+  EXPECT_EQ(back.granted, 0u);
+  EXPECT_FALSE(wrote);
+  // After its window ended: gone, and the row is not touched.
+  back = Apply(row, {WindowReturn(3, start, kTen)}, start + 1'000'000, wrote)[0];
+  EXPECT_EQ(back.granted, 0u);
+  EXPECT_FALSE(wrote);
+  EXPECT_EQ(row, (SharedRow{2, start, 10, 1000, kWindow}));
+}
+
+TEST(FixedWindowRowTest, ARowOfTheOtherAlgorithmIsConvertedWhenTakenFromNeverWithMore) {
+  const Policy kTen{10, 1000};
+  bool wrote = false;
+  // A token bucket of 2.5 tokens, refilled by 3 over 300 ms: a window of 5 opening now.
+  SharedRow bucket{2.5, kNowUs, 10, 1000};
+  const int64_t now = kNowUs + 300'000;
+  StoreAnswer a = Apply(bucket, {WindowCheck(0, kTen)}, now, wrote)[0];
+  EXPECT_FALSE(wrote) << "a read converts nothing";
+  EXPECT_EQ(bucket.algorithm, Algorithm::kTokenBucket);
+  EXPECT_EQ(a.check.remaining, 5u);
+  a = Apply(bucket, {WindowCheck(1, kTen)}, now, wrote)[0];
+  EXPECT_TRUE(wrote);
+  EXPECT_EQ(bucket, (SharedRow{4, now, 10, 1000, kWindow}));
+  // A fixed window with 4 left, back to a token bucket: 4 tokens refilling from now.
+  SharedRow window = bucket;
+  a = Apply(window, {StoreOp{"k", 1, kTen}}, now + 1000, wrote)[0];
+  EXPECT_TRUE(a.check.allowed);
+  EXPECT_EQ(window.algorithm, Algorithm::kTokenBucket);
+  EXPECT_DOUBLE_EQ(window.tokens, 3);
+  EXPECT_EQ(window.updated_us, now + 1000);
+  // Once its window has ended, it is a full bucket.
+  window = bucket;
+  a = Apply(window, {StoreOp{"k", 1, kTen}}, now + 1'000'000, wrote)[0];
+  EXPECT_DOUBLE_EQ(window.tokens, 9);
+}
+
+TEST(FixedWindowRowTest, RepairsFollowTheTokenBucketsRulesAndNameTheAlgorithm) {
+  const Policy kTen{10, 1000};
+  SharedRow row;
+  // algorithm NULL or unknown: the operation's, the rest kept.
+  EXPECT_EQ(RepairRow(RawRow{3.0, kPastUs, 10, 1000, std::nullopt}, kTen, kNowUs, row, kWindow),
+            "algorithm missing or unknown");
+  EXPECT_EQ(row, (SharedRow{3, kPastUs, 10, 1000, kWindow}));
+  EXPECT_EQ(RepairRow(RawRow{3.0, kPastUs, 10, 1000, 7}, kTen, kNowUs, row),
+            "algorithm missing or unknown");
+  EXPECT_EQ(row.algorithm, Algorithm::kTokenBucket);
+  // A fixed window's admissions are whole.
+  EXPECT_EQ(RepairRow(RawRow{3.5, kPastUs, 10, 1000, 1}, kTen, kNowUs, row),
+            "fractional admissions in a fixed window");
+  EXPECT_EQ(row, (SharedRow{3, kPastUs, 10, 1000, kWindow}));
+  // The shared rules: above capacity, a start a little ahead kept (a clock stepped back), far
+  // ahead moved to now.
+  EXPECT_EQ(RepairRow(RawRow{12.0, kNowUs + 500'000, 10, 1000, 1}, kTen, kNowUs, row),
+            "tokens above capacity");
+  EXPECT_EQ(row, (SharedRow{10, kNowUs + 500'000, 10, 1000, kWindow}));
+  EXPECT_EQ(RepairRow(RawRow{4.0, kNowUs + 5'000'000, 10, 1000, 1}, kTen, kNowUs, row),
+            "updated_at in the future");
+  EXPECT_EQ(row, (SharedRow{4, kNowUs, 10, 1000, kWindow}));
+  // Well formed: kept as it is.
+  EXPECT_EQ(RepairRow(RawRow{4.0, kPastUs, 10, 1000, 1}, kTen, kNowUs, row), "");
 }
 
 }  // namespace

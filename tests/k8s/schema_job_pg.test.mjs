@@ -101,6 +101,7 @@ describe("the schema Job on PostgreSQL 15", { skip, timeout: 60_000 }, () => {
     ).trim().split("\n");
     assert.deepEqual(columns, [
       "key bytea", "tokens double precision", "updated_at timestamp with time zone", "capacity bigint", "window_ms bigint",
+      "algorithm smallint",
     ]);
     const privileges = superuser(
       `SELECT string_agg(privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = '${sidecarRole}' AND table_name = '${table}'`,

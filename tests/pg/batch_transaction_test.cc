@@ -180,6 +180,62 @@ TEST(Decide, AMalformedRowIsRepairedCountedAndWrittenEvenByARead) {
   EXPECT_EQ(d.tokens, (std::vector<std::string>{"10"}));
 }
 
+StoreOp WindowCheck(const std::string& key, uint32_t cost) {
+  StoreOp op = Check(key, cost);
+  op.algorithm = Algorithm::kFixedWindow;
+  return op;
+}
+
+// A fixed window's missing row is inserted with its window ended, so that its first check opens
+// it at the time read once the locks are held; its algorithm is written with every update.
+TEST(LockQueries, AFixedWindowsNewRowStartsWithItsWindowEnded) {
+  const TransactionPlan plan = PlanTransaction({WindowCheck("a", 1)}, KeyHashing::kNone);
+  const PgQuery insert = LockQueries(plan, kTable, 250)[LockPipeline::kInsert];
+  EXPECT_NE(insert.sql.find("clock_timestamp() - w * interval '1 millisecond', c, w, 1"),
+            std::string::npos)
+      << insert.sql;
+  EXPECT_EQ(insert.params, (std::vector<std::string>{"{61}", "{10}", "{1000}"}));
+  EXPECT_EQ(LockQueries(PlanTransaction({Check("a", 1)}, KeyHashing::kNone), kTable,
+                        250)[LockPipeline::kInsert]
+                .sql.find("algorithm"),
+            std::string::npos)
+      << "a token bucket's row leaves the column to its default";
+}
+
+TEST(Decide, AFixedWindowRowIsDecidedAndWrittenWithItsAlgorithm) {
+  const TransactionPlan plan =
+      PlanTransaction({WindowCheck("a", 3), WindowCheck("b", 1)}, KeyHashing::kNone);
+  // "a": a window that started 100 ms ago with 4 left; "b": a token bucket, converted.
+  const TransactionDecision d =
+      DecideOk(plan, {{kRowA, "4", std::to_string(kNowUs - 100'000), "10", "1000", "1"},
+                      {kRowB, "10", std::to_string(kNowUs), "10", "1000", "0"}});
+  EXPECT_TRUE(d.answers[0].check.allowed);
+  EXPECT_EQ(d.answers[0].check.remaining, 1u);
+  EXPECT_EQ(d.answers[0].check.reset_after_ms, 900u);
+  EXPECT_EQ(d.answers[0].window_end_us, kNowUs + 900'000);
+  EXPECT_EQ(d.switched_rows, 1u);
+  EXPECT_EQ(d.tokens, (std::vector<std::string>{"1", "9"}));
+  EXPECT_EQ(d.updated_us,
+            (std::vector<std::string>{std::to_string(kNowUs - 100'000), std::to_string(kNowUs)}));
+  const PgQuery update = FinishQueries(d, kTable)[FinishPipeline::kUpdate];
+  EXPECT_NE(update.sql.find("algorithm = 1 FROM"), std::string::npos) << update.sql;
+  EXPECT_EQ(update.params.size(), 5u);
+}
+
+// A repaired row left as it was by a read keeps its own algorithm, beside a row of the batch's:
+// the algorithms then go as one more array.
+TEST(Decide, RowsOfBothAlgorithmsAreWrittenWithAnArrayOfThem) {
+  const TransactionPlan plan =
+      PlanTransaction({WindowCheck("a", 1), WindowCheck("b", 0)}, KeyHashing::kNone);
+  const TransactionDecision d = DecideOk(
+      plan, {Row(kRowA, "10"), {kRowB, std::nullopt, std::to_string(kNowUs), "10", "1000", "0"}});
+  EXPECT_EQ(d.repaired_rows, 1u);
+  const PgQuery update = FinishQueries(d, kTable)[FinishPipeline::kUpdate];
+  EXPECT_NE(update.sql.find("algorithm = u.alg"), std::string::npos) << update.sql;
+  ASSERT_EQ(update.params.size(), 6u);
+  EXPECT_EQ(update.params[5], "{1,0}");
+}
+
 TEST(Decide, AKeyWhoseRowIsGoneIsRefusedAndOthersAreDecided) {
   const TransactionPlan plan = PlanTransaction({Check("a", 1), Check("b", 1)}, KeyHashing::kNone);
   const TransactionDecision d = DecideOk(plan, {Row(kRowB, "10")});

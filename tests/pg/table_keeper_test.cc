@@ -216,6 +216,64 @@ TEST_F(TableKeeperWithoutCreation, AKeyWithoutAUniqueIndexIsRefused) {
   EXPECT_EQ(capture_.Count("no primary key or unique index on key alone"), 1u) << capture_.Text();
 }
 
+// A table of the first version (before the algorithm column): the column is added under the
+// creation's advisory lock, then the table is checked again.
+TEST_F(TableKeeperTest, AnOlderTableGetsTheAlgorithmColumnAddedUnderTheLockThenIsReady) {
+  session().Connected();
+  session().Answer(TableCheckAnswer("t", SchemaTableColumns()));
+  ASSERT_EQ(session().runs().size(), 2u);
+  const std::vector<PgQuery>& alter = session().runs()[1];
+  ASSERT_EQ(alter.size(), 4u);
+  EXPECT_EQ(alter[0].sql, "BEGIN");
+  EXPECT_NE(alter[1].sql.find("pg_advisory_xact_lock"), std::string::npos);
+  EXPECT_EQ(alter[2].sql,
+            "ALTER TABLE \"t\" ADD COLUMN IF NOT EXISTS algorithm smallint NOT NULL DEFAULT 0");
+  EXPECT_EQ(alter[3].sql, "COMMIT");
+  EXPECT_FALSE(keeper_.ready());
+  session().Answer(CommandResults(4));
+  ASSERT_EQ(session().runs().size(), 3u);
+  EXPECT_NE(LastSql().find("to_regclass($1)"), std::string::npos);
+  session().Answer(TableCheckAnswer("t"));
+  EXPECT_TRUE(keeper_.ready());
+}
+
+// A role that may not alter the table: one error line with the statement to run.
+TEST_F(TableKeeperTest, AnAlterTheRoleMayNotRunSaysWhatToRun) {
+  session().Connected();
+  session().Answer(TableCheckAnswer("t", SchemaTableColumns()));
+  session().FailStatement("must be owner of table t", "42501");
+  session().Answer(CommandResults(1));  // The ROLLBACK.
+  EXPECT_EQ(keeper_.state(), State::kFailed);
+  EXPECT_EQ(capture_.Count("must be owner of table t (SQLSTATE 42501); the table lacks column "
+                           "algorithm"),
+            1u)
+      << capture_.Text();
+  // The log line is JSON: the quoted name's quotes are escaped.
+  EXPECT_EQ(capture_.Count("run: ALTER TABLE \\\"t\\\" ADD COLUMN IF NOT EXISTS algorithm "
+                           "smallint NOT NULL DEFAULT 0"),
+            1u)
+      << capture_.Text();
+}
+
+TEST_F(TableKeeperWithoutCreation, AnOlderTableIsNotAlteredAndTheErrorSaysWhatToRun) {
+  session().Connected();
+  session().Answer(TableCheckAnswer("t", SchemaTableColumns()));
+  EXPECT_EQ(keeper_.state(), State::kFailed);
+  ASSERT_EQ(session().runs().size(), 1u) << "no DDL";
+  EXPECT_EQ(capture_.Count("ADD COLUMN IF NOT EXISTS algorithm smallint NOT NULL DEFAULT 0"), 1u)
+      << capture_.Text();
+}
+
+// The algorithm column of another type is refused like any other.
+TEST_F(TableKeeperTest, AnAlgorithmColumnOfAnotherTypeIsRefused) {
+  std::vector<ColumnFact> columns = CurrentTableColumns();
+  columns.back().type = "text";
+  session().Connected();
+  session().Answer(TableCheckAnswer("t", columns));
+  EXPECT_EQ(keeper_.state(), State::kFailed);
+  EXPECT_EQ(capture_.Count("column algorithm is text, not smallint"), 1u) << capture_.Text();
+}
+
 TEST(TableKeeper, SqlStatesThatSayTheTableIsUnusable) {
   for (const char* sqlstate : {"42P01", "3F000", "42703", "42804", "42P10", "42501"}) {
     EXPECT_TRUE(TableKeeper::TableUnusable(sqlstate)) << sqlstate;

@@ -15,14 +15,19 @@ namespace ratelimit {
 using CannedRows = std::vector<std::vector<std::optional<std::string>>>;
 
 // One result per LockPipeline statement: `rows` locked (key, tokens, updated_us, capacity,
-// window_ms, as text; nullopt is NULL), and the database time `now_us`, or no row for it.
+// window_ms and algorithm, as text; nullopt is NULL; a row without its algorithm is a token
+// bucket's, "0"), and the database time `now_us`, or no row for it.
 inline std::vector<PgResultPtr> CannedLockResults(const CannedRows& rows,
                                                   std::optional<int64_t> now_us) {
   std::vector<PgResultPtr> results(LockPipeline::kStatements);
   results[LockPipeline::kBegin] = CommandResult();
   results[LockPipeline::kTimeouts] = CannedResult(2, {{"200", "200"}});
   results[LockPipeline::kInsert] = CommandResult();
-  results[LockPipeline::kLock] = CannedResult(5, rows);
+  CannedRows with_algorithm = rows;
+  for (auto& row : with_algorithm) {
+    if (row.size() == LockPipeline::kAlgorithm) row.push_back("0");
+  }
+  results[LockPipeline::kLock] = CannedResult(LockPipeline::kAlgorithm + 1, with_algorithm);
   results[LockPipeline::kClock] =
       now_us ? CannedResult(1, {{std::to_string(*now_us)}}) : CannedResult(1, {});
   return results;

@@ -12,11 +12,22 @@
 
 namespace ratelimit {
 
-// The columns of schema/postgres.sql's table, as the catalog describes them.
+// The columns of the first version of schema/postgres.sql's table (kRequiredColumns), as the
+// catalog describes them.
 inline std::vector<ColumnFact> SchemaTableColumns() {
   std::vector<ColumnFact> columns;
   for (const RequiredColumn& c : kRequiredColumns) {
     columns.push_back({std::string(c.name), std::string(c.type), c.name == "key", c.name == "key"});
+  }
+  return columns;
+}
+
+// The columns of schema/postgres.sql's table as this version creates it: the first version's,
+// then the columns added since (NOT NULL with a default).
+inline std::vector<ColumnFact> CurrentTableColumns() {
+  std::vector<ColumnFact> columns = SchemaTableColumns();
+  for (const RequiredColumn& c : kAddedColumns) {
+    columns.push_back({std::string(c.name), std::string(c.type), false, false});
   }
   return columns;
 }
@@ -35,7 +46,7 @@ inline std::vector<ColumnFact> OlderGatewayColumns() {
 // is on it alone.
 inline std::vector<PgResultPtr> TableCheckAnswer(
     std::optional<std::string> usable,
-    const std::vector<ColumnFact>& columns = SchemaTableColumns()) {
+    const std::vector<ColumnFact>& columns = CurrentTableColumns()) {
   std::vector<std::vector<std::optional<std::string>>> rows;
   if (!usable)
     rows.push_back({std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt});

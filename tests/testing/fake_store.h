@@ -97,8 +97,9 @@ class FakeStore final : public SharedStore {
 
   // Answers Take `index` as a correct database would at database time `now_us`: the operations
   // on each key, in batch order, applied by ApplyOnRow to that key's row in rows(); a missing
-  // row is a full bucket of its first operation's policy. A row is stored only when ApplyOnRow
-  // says it must be written, so a batch of denials or reads leaves rows() as it was.
+  // row is a full bucket of its first operation's policy (or a full, ended window). A row is stored
+  // only when ApplyOnRow says it must be written, so a batch of denials or reads leaves rows() as
+  // it was.
   void Decide(size_t index, int64_t now_us) {
     if (index >= takes_.size() || takes_[index].answered) {
       ADD_FAILURE() << "Decide(" << index << ") of a Take that is not pending";
@@ -110,7 +111,11 @@ class FakeStore final : public SharedStore {
     std::vector<StoreAnswer> answers(ops.size());
     for (const auto& [key, positions] : by_key) {
       const Policy& first = ops[positions.front()].policy;
-      SharedRow row{static_cast<double>(first.limit), now_us, first.limit, first.window_ms};
+      // A fixed window's new row has its window ended, as the real INSERT makes it.
+      const bool window = ops[positions.front()].algorithm == Algorithm::kFixedWindow;
+      SharedRow row{static_cast<double>(first.limit),
+                    window ? now_us - int64_t{first.window_ms} * 1000 : now_us, first.limit,
+                    first.window_ms, ops[positions.front()].algorithm};
       if (auto it = rows_.find(key); it != rows_.end()) row = it->second;
       std::vector<const StoreOp*> of_key;
       for (size_t i : positions) of_key.push_back(&ops[i]);
