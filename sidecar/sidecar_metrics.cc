@@ -123,6 +123,10 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         "Checks that waited for a lease fetch instead of being answered from "
                         "memory at once.",
                         lease.waited);
+    registry.AddCounter("ratelimit_lease_decided_in_store_total",
+                        "Waiting checks the lease that landed did not cover, decided by the "
+                        "database one by one in the next transaction (as strict mode would).",
+                        lease.decided_in_store);
     registry.AddCounter("ratelimit_lease_new_keys_deferred_total",
                         "Checks of keys without lease state answered by RATE_LIMIT_FALLBACK at "
                         "once, without the database, during a flood of new keys.",
