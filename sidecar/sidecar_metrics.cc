@@ -128,8 +128,9 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         "database one by one in the next transaction (as strict mode would).",
                         lease.decided_in_store);
     registry.AddCounter("ratelimit_lease_new_keys_deferred_total",
-                        "Checks of keys without lease state answered by RATE_LIMIT_FALLBACK at "
-                        "once, without the database, during a flood of new keys.",
+                        "Checks of keys without lease state (or let in by the flood and not yet "
+                        "answered by the database) answered by RATE_LIMIT_FALLBACK at once, "
+                        "without the database, during a flood of new keys.",
                         lease.new_keys_deferred);
   }
   if (engines.pg_store != nullptr) {

@@ -62,6 +62,12 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
   state.last_asked_us = now;
   state.demand.Ask(query.cost);
   ExpireLeases(query.key, state, now);
+  if (state.flood_born && !state.row.answered && now < flood_until_us_) {
+    // Its background lease has not landed (or it got nothing): waiting for it would make a
+    // flood's check wait for a row insert at the database's tail.
+    AnswerFlooded(query, tag, done);
+    return;
+  }
   if (state.waiters.empty()) {
     if (state.ledger.held() >= query.cost) {
       state.ledger.Spend(query.cost);
@@ -144,11 +150,11 @@ bool LeaseEngine::MakeRoom(size_t key_bytes) {
 
 void LeaseEngine::AnswerDuringFlood(const CheckQuery& query, const KeyDigest& digest, int64_t now,
                                     uint64_t tag, CheckCallback& done) {
-  metrics_.new_keys_deferred.Add();
   if (query.cost > 0 && TokenBucket::Decide(new_key_budget_, new_key_rate_, 1, now).allowed) {
     // One of the store's new rows per second: a lease for this key's next checks, fetched in
     // the background. This check does not wait for it.
     if (KeyState* state = StateOf(query.key, digest, query.policy, now); state != nullptr) {
+      state->flood_born = true;
       state->last_asked_us = now;
       state->demand.Ask(query.cost);
       StartFetch(query.key, *state, query.cost, now);
@@ -158,6 +164,11 @@ void LeaseEngine::AnswerDuringFlood(const CheckQuery& query, const KeyDigest& di
     // through get rows, not deferrals, so the store alone would never say so again.)
     flood_until_us_ = now + kFloodHoldUs;
   }
+  AnswerFlooded(query, tag, done);
+}
+
+void LeaseEngine::AnswerFlooded(const CheckQuery& query, uint64_t tag, CheckCallback& done) {
+  metrics_.new_keys_deferred.Add();
   const CheckResult refusal =
       StoreRefusal(Status::Unavailable("a flood of new keys"), query.policy.limit);
   done.OnCheckDone(tag, ResolveWith(fallback_, query, refusal));

@@ -117,7 +117,8 @@ struct LeaseMetrics {
 // own rate of new rows: meanwhile a check of a key it holds no state for is answered by the
 // fallback at once, so that no check of a flood waits for the database; at that rate, such a
 // key also gets state and a lease fetched in the background, for its next checks (a legitimate
-// new key is served from its lease from then on). Keys with state are served as always.
+// new key is served from its lease from then on; until the store has answered that lease, the
+// key's checks are answered as the flood's). Other keys with state are served as always.
 //
 // Thread-safety: the loop thread only (metrics() may be read from any thread). The store, clock
 // and fallback (may be null) must outlive the engine; the store must finish (or fail) every Take
@@ -200,6 +201,9 @@ class LeaseEngine final : public Engine {
     WaiterQueue waiters;  // Non-empty only while a fetch is in flight.
     Visit visit;
     int64_t last_asked_us = 0;  // Local clock: the last check that took (or asked) tokens.
+    // Let in by a flood's background lease (AnswerDuringFlood) and not answered by the store
+    // yet: its checks are a flood's, answered at once, not made to wait for that lease.
+    bool flood_born = false;
   };
   struct Revisit {
     int64_t at_us;  // Local clock.
@@ -225,6 +229,8 @@ class LeaseEngine final : public Engine {
   // state, and at the store's rate of new rows, a lease fetched for the key's next checks.
   void AnswerDuringFlood(const CheckQuery& query, const KeyDigest& digest, int64_t now,
                          uint64_t tag, CheckCallback& done);
+  // The fallback's answer to a check the store is not asked for during a flood, counted.
+  void AnswerFlooded(const CheckQuery& query, uint64_t tag, CheckCallback& done);
   // Forgets the key's state (its leases must have gone back).
   void Forget(const KeyDigest& digest, const KeyState& state);
   static size_t KeyBytes(std::string_view key) { return key.size(); }

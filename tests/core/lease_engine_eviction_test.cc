@@ -196,5 +196,55 @@ TEST_F(LeaseFloodTest, DuringAFloodNewKeysAreAnsweredAtOnceAndLeasedForLaterAtTh
   EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 140u);
 }
 
+// A flood's key leased in the background and checked again before its lease lands does not wait
+// for the row insert either: it is answered at once, as a new key is, without a second fetch.
+TEST_F(LeaseFloodTest, AFloodKeyCheckedAgainBeforeItsLeaseLandsIsAnsweredAtOnce) {
+  Check("first");
+  StoreAnswer deferred{Refusal(CheckStatus::kStoreUnavailable, kPolicy.limit, Source::kDatabase), 0,
+                       clock_.NowMicros(), true};
+  store_.Answer(store_.take_count() - 1, std::vector<StoreAnswer>{deferred});
+  recorder_.answers.clear();
+  const size_t leases_before = Takes(Kind::kLease);
+
+  Check("flood-0", 1);  // Within the store's rate: a lease is fetched in the background.
+  ASSERT_EQ(Takes(Kind::kLease) - leases_before, 1u);
+  Check("flood-0", 2);
+  ASSERT_EQ(recorder_.answers.size(), 2u) << "the second check does not wait for the fetch";
+  EXPECT_EQ(recorder_.answers[1].result.status, CheckStatus::kStoreUnavailable);
+  EXPECT_EQ(Takes(Kind::kLease) - leases_before, 1u) << "nor sends another";
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 2u);
+
+  DecideAll();
+  EXPECT_EQ(recorder_.answers.size(), 2u);
+  Check("flood-0", 3);  // The lease landed: served from it.
+  ASSERT_EQ(recorder_.answers.size(), 3u);
+  EXPECT_TRUE(recorder_.answers.back().result.allowed);
+  EXPECT_EQ(recorder_.answers.back().result.source, Source::kLease);
+}
+
+// A key whose first check was waiting for its lease when the flood began (a hot key new at the
+// same moment, say) is not a flood's: its next checks wait for that lease too, and are decided
+// by it, so its decisions stay the store's.
+TEST_F(LeaseFloodTest, AKeyWaitingForItsLeaseWhenTheFloodBeginsKeepsWaitingForIt) {
+  store_.set_slots(2);  // The flood's first key goes to the database beside the hot key's fetch.
+  Check("hot", 1);      // Before any flood: waits for its lease.
+  const size_t hot_fetch = store_.take_count() - 1;
+  Check("first", 2);
+  StoreAnswer deferred{Refusal(CheckStatus::kStoreUnavailable, kPolicy.limit, Source::kDatabase), 0,
+                       clock_.NowMicros(), true};
+  store_.Answer(store_.take_count() - 1, std::vector<StoreAnswer>{deferred});  // A flood is on.
+  ASSERT_EQ(recorder_.answers.size(), 1u);
+  Check("hot", 3);
+  EXPECT_EQ(recorder_.answers.size(), 1u) << "waits with the first, for the same lease";
+  store_.Decide(hot_fetch, clock_.NowMicros());
+  DecideAll();  // What the lease did not cover is decided by the database, one by one.
+  ASSERT_EQ(recorder_.answers.size(), 3u);
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_TRUE(recorder_.answers[i].result.allowed);
+    EXPECT_NE(recorder_.answers[i].result.source, Source::kFallback);
+  }
+  EXPECT_EQ(engine_.metrics().new_keys_deferred.value(), 0u);
+}
+
 }  // namespace
 }  // namespace ratelimit
