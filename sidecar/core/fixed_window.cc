@@ -23,18 +23,14 @@ FixedWindow::State FixedWindow::Fresh(const Policy& policy, int64_t now_us) {
 CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   const int64_t now_ms = FloorMillis(now_us);
   state.used_us = now_us;
-  if (IsFull(state, now_us)) {
-    // The window is over by its own length: the same as no state, which the memory store's
-    // sweep may already have made it. A new policy opens a new window now, as for a new key,
-    // rather than extending one that has ended.
+  if (IsFull(state, now_us) || now_ms - state.window_start_ms >= policy.window_ms) {
+    // The window is over, by its own length or by the policy's: the same as no state, which the
+    // memory store's sweep may already have made it. A window opens now, as for a new key
+    // (under a new policy too, rather than extending one that has ended).
     state = Fresh(policy, now_us);
   } else if (!(state.policy == policy)) {
     state.tokens = std::min(state.tokens, policy.limit);
     state.policy = policy;
-  }
-  if (now_ms - state.window_start_ms >= policy.window_ms) {
-    state.tokens = policy.limit;
-    state.window_start_ms = now_ms;
   }
 
   CheckResult result;
