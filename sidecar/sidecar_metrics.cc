@@ -154,6 +154,10 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         "Rows recording the other algorithm (token bucket or fixed window) than "
                         "the check's, converted to it (each is also logged).",
                         db.switched_rows);
+    registry.AddCounter("ratelimit_db_rows_written_total",
+                        "Rows updated or inserted by committed check, lease and return "
+                        "transactions.",
+                        db.rows_written);
     registry.AddCounter("ratelimit_db_collected_rows_total",
                         "Rows of full buckets deleted by garbage collection.", db.collected_rows);
     registry.AddCounter("ratelimit_db_new_keys_total",

@@ -150,6 +150,7 @@ class BatchTransaction : public std::enable_shared_from_this<BatchTransaction> {
   uint64_t started_ns_ = 0;  // uv_hrtime() at BEGIN.
   size_t inserted_ = 0;      // Rows the INSERT added, once its result is read.
   bool commits_ = false;     // The second pipeline ends in COMMIT (not ROLLBACK).
+  size_t rows_written_ = 0;  // Rows the transaction writes when it commits.
 };
 
 }  // namespace ratelimit

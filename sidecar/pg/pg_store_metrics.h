@@ -26,6 +26,7 @@ struct PgStoreMetrics {
   Counter collected_rows;       // Full buckets deleted by garbage collection.
   Counter new_keys;             // Rows inserted (committed) for keys that had none.
   Counter new_keys_deferred;    // Operations on new keys refused beyond the insert bound.
+  Counter rows_written;         // Rows updated or inserted by committed transactions.
   Histogram batch_size{{std::begin(kBatchSizeBounds), std::end(kBatchSizeBounds)}};
   // From sending BEGIN to the COMMIT's (or failure's) answer.
   Histogram duration{{std::begin(kTransactionBoundsNs), std::end(kTransactionBoundsNs)}};
