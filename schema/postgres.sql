@@ -5,7 +5,9 @@
 --
 --   key         SHA-256 of the API key (RATE_LIMIT_PG_KEY_HASH=sha256, the default), or the
 --               key's bytes (none). Never plaintext unless an operator asks for it.
---   tokens      tokens left at updated_at; fractional, refilled continuously.
+--   tokens      tokens left at updated_at; fractional, refilled continuously. Negative: a debt of
+--               tokens sidecars admitted before the row was asked (lease mode's cold keys),
+--               repaid by refill before anything is granted; at most max(capacity, 1024).
 --   updated_at  the database's clock_timestamp() when tokens was computed; never a pod's clock.
 --   capacity    the bucket's capacity (the request's limit).
 --   window_ms   milliseconds to refill from empty to full.

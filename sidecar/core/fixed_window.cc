@@ -23,7 +23,7 @@ FixedWindow::State FixedWindow::Fresh(const Policy& policy, int64_t now_us) {
 CheckResult FixedWindow::Decide(State& state, const Policy& policy, uint32_t cost, int64_t now_us) {
   const int64_t now_ms = FloorMillis(now_us);
   state.used_us = now_us;
-  if (IsFull(state, now_us) || now_ms - state.window_start_ms >= policy.window_ms) {
+  if (IsOver(state, policy, now_us)) {
     // The window is over, by its own length or by the policy's: the same as no state, which the
     // memory store's sweep may already have made it. A window opens now, as for a new key
     // (under a new policy too, rather than extending one that has ended).

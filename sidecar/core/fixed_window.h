@@ -34,6 +34,13 @@ struct FixedWindow {
   // window with nothing spent is not the same: it still fixes when the next window starts.)
   static bool IsFull(const State& state, int64_t now_us);
 
+  // True when the window is over by its own length or by `policy`'s: the next check under
+  // `policy` opens a new one.
+  static bool IsOver(const State& state, const Policy& policy, int64_t now_us) {
+    return IsFull(state, now_us) ||
+           FloorMillis(now_us) - state.window_start_ms >= int64_t{policy.window_ms};
+  }
+
   // What forgetting the window at `now_us` can over-admit: the tokens spent in it, as a fraction
   // of the limit, in [0, 1]; 0 once it has expired.
   static double ForgetCost(const State& state, int64_t now_us);

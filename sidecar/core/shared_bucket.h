@@ -24,7 +24,8 @@ struct RawRow {
   std::optional<int64_t> algorithm = 0;  // Algorithm's value; NULL or unknown is repaired.
 };
 
-// A well-formed row: 0 <= tokens <= capacity, capacity and window_ms in [1, 2^32).
+// A well-formed row: -MaxDebt(capacity) <= tokens <= capacity, capacity and window_ms in
+// [1, 2^32); negative tokens are a debt (see ApplyOnRow).
 //   token bucket: tokens (fractional) at updated_us, refilling at capacity / window_ms.
 //   fixed window: tokens = the admissions left in the window (whole), updated_us = when the
 //                 window started; it ends window_ms later, and the next check after that opens
@@ -42,7 +43,8 @@ struct SharedRow {
 // Makes `raw` well formed at database time `now_us`, so that a damaged row never crashes the
 // sidecar nor locks a key out for good. Returns what was wrong (empty when nothing was):
 //   capacity or window NULL, 0, negative or too large: the bucket takes `policy`;
-//   tokens NULL, NaN or infinite: full; negative: 0; above capacity: capacity;
+//   tokens NULL, NaN or infinite: full; above capacity: capacity; negative: a debt (see
+//   ApplyOnRow), kept down to -MaxDebt(capacity), and 0 below that;
 //   updated_at NULL, or more than one window in the future: now. (Less than a window ahead is a
 //   database clock that stepped back: kept, so refill waits until the clock catches up.)
 //   updated_at more than an hour in the future, further than any database clock steps back,
@@ -50,6 +52,13 @@ struct SharedRow {
 //   algorithm NULL or unknown: `algorithm` (the operation's), the rest of the row kept.
 //   a fixed window's tokens fractional: rounded down.
 // The same rules hold for both algorithms: for a fixed window, updated_at is the window's start.
+// A row may owe at most this many tokens, or its capacity if that is more, before RepairRow
+// counts it as damage: about what a fleet's sidecars may admit unconfirmed at once for one key
+// (P * u, see LeaseEngine), so that a damaged row locks its key for no longer than that takes to
+// refill.
+inline constexpr uint32_t kMaxDebtTokens = 1024;
+double MaxDebt(uint32_t capacity);
+
 std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, SharedRow& row,
                       Algorithm algorithm = Algorithm::kTokenBucket);
 
@@ -67,6 +76,14 @@ std::string RepairRow(const RawRow& raw, const Policy& policy, int64_t now_us, S
 // full row would have stayed full; without that deduction, a return landing after the refill
 // was spent would create tokens, and the pods' bound would grow by up to a whole capacity. A
 // return at a time before its debit (a clock that stepped back) gives back nothing.
+//
+// Debt: a kLease's `owed` tokens were admitted before the row was asked (optimistic admission),
+// so they are taken whether they are there or not. What the row lacks becomes its debt: the row
+// is written with negative tokens, grants nothing (a check, a lease) while it owes, and the
+// refill repays the debt before anything else, so the long-run rate stays exact; a kReturn to a
+// row in debt repays it first. The answer says whether the row owes (StoreAnswer::in_debt), and
+// a lease's retry_after_ms counts the debt in. A fixed window's debt is owed by its current
+// window only: the next window opens full.
 //
 // A fixed window row is decided with FixedWindow's arithmetic, the memory store's, in the same
 // way (a copy for reads and denials, a lease halved for the next sidecar). Answers name the

@@ -18,9 +18,11 @@ namespace ratelimit {
 // One operation on a key's shared bucket. The key is owned: the store answers after the request
 // that carried it is gone.
 //   kCheck:  take `cost` tokens if they are there (strict mode; cost 0 only reads).
-//   kLease:  take as many tokens as are there, at most `want` and at most half of them (unless
-//            `cost` needs more), but only if at least `cost` are: a lease this sidecar then
-//            spends from memory.
+//   kLease:  first take `owed` tokens whether they are there or not (admissions this sidecar
+//            made before asking: optimistic admission, see LeaseEngine), the row going into debt
+//            for what it lacks; then take as many tokens as are there, at most `want` and at
+//            most half of them (unless `cost` needs more), but only if at least `cost` are: a
+//            lease this sidecar then spends from memory. `want` 0 only records `owed`.
 //   kReturn: give back `cost` unused tokens of a lease debited at database time `debit_us`, less
 //            what the bucket has refilled since (see ApplyOnRow), never above capacity. For a
 //            fixed window, `debit_us` is the start of the lease's window instead: the tokens go
@@ -37,6 +39,7 @@ struct StoreOp {
   uint32_t want = 0;     // kLease only.
   int64_t debit_us = 0;  // kReturn only.
   Algorithm algorithm = Algorithm::kTokenBucket;
+  uint32_t owed = 0;  // kLease only.
 };
 
 // The store's answer to one StoreOp.
@@ -54,6 +57,9 @@ struct StoreAnswer {
   // window_end_us - now_us after its fetch was sent, and its return names window_start_us.
   int64_t window_start_us = 0;
   int64_t window_end_us = 0;
+  // The row owes tokens after the operation (see ApplyOnRow): it grants nothing until
+  // check.retry_after_ms (for a kLease) has repaid the debt.
+  bool in_debt = false;
 };
 
 // The answers to one Take, in the order of its batch; or why the store could not decide.

@@ -13,13 +13,6 @@ uint128_t WindowMicros(const Policy& policy) {
 
 uint128_t Capacity(const Policy& policy) { return policy.limit * WindowMicros(policy); }
 
-// Milliseconds, rounded up, until `units` more units have flowed in at `policy`'s rate.
-uint32_t MillisToGain(uint128_t units, const Policy& policy) {
-  const uint128_t per_ms = static_cast<uint128_t>(policy.limit) * 1000;
-  const uint128_t ms = (units + per_ms - 1) / per_ms;
-  return static_cast<uint32_t>(std::min<uint128_t>(ms, std::numeric_limits<uint32_t>::max()));
-}
-
 void Refill(TokenBucket::State& state, int64_t now_us) {
   if (now_us <= state.updated_us) return;  // A clock that stands still or steps back adds nothing.
   const uint128_t elapsed = static_cast<uint64_t>(now_us - state.updated_us);
@@ -82,6 +75,12 @@ uint32_t TokenBucket::Refund(State& state, uint32_t tokens, uint64_t age_us, int
   const uint128_t before = state.level;
   state.level = std::min(Capacity(state.policy), before + (owed - refilled));
   return static_cast<uint32_t>((uint128_t{state.level} - before) / window_us);
+}
+
+uint32_t TokenBucket::MillisToGain(uint128_t units, const Policy& policy) {
+  const uint128_t per_ms = static_cast<uint128_t>(policy.limit) * 1000;
+  const uint128_t ms = (units + per_ms - 1) / per_ms;
+  return static_cast<uint32_t>(std::min<uint128_t>(ms, std::numeric_limits<uint32_t>::max()));
 }
 
 bool TokenBucket::IsFull(const State& state, int64_t now_us) {

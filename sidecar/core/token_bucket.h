@@ -57,6 +57,10 @@ struct TokenBucket {
   // tokens it is missing, as a fraction of its capacity, in [0, 1]; 0 when full.
   static double ForgetCost(const State& state, int64_t now_us);
 
+  // Milliseconds, rounded up, until `units` (tokens times window_us) have flowed in at
+  // `policy`'s rate.
+  static uint32_t MillisToGain(uint128_t units, const Policy& policy);
+
   // When a check last changed the bucket.
   static int64_t LastUsedUs(const State& state) { return state.updated_us; }
 };

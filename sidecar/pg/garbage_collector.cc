@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <utility>
 
+#include "sidecar/core/shared_bucket.h"
 #include "sidecar/log/log.h"
 
 namespace ratelimit {
@@ -51,9 +52,12 @@ PgQuery GarbageCollector::DeleteQuery(const std::string& table_sql) {
   // than after a whole window. Malformed rows are left to RepairRow when next used. A fixed
   // window's row (algorithm 1) goes once its window has ended, a second ago: updated_at is the
   // window's start, and any check taking from the key since would have opened a new window.
+  // A row in debt (negative tokens) is full once the refill has repaid the debt and filled it.
   return {
       "DELETE FROM " + table_sql + " WHERE key IN (SELECT key FROM " + table_sql +
-          " WHERE capacity > 0 AND window_ms > 0 AND tokens >= 0"
+          " WHERE capacity > 0 AND window_ms > 0 AND tokens >= -greatest(capacity, " +
+          std::to_string(kMaxDebtTokens) +
+          ")"
           " AND updated_at <= clock_timestamp()"
           "   - greatest(least(window_ms, " +
           std::to_string(kKeepMs) +

@@ -55,8 +55,12 @@ TEST(RepairRowTest, MalformedRowsAreRepairedAndReported) {
       {"tokens NaN: full", {kNaN, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
       {"tokens +infinity: full", {kInf, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
       {"tokens -infinity: full", {-kInf, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
-      {"tokens negative: empty", {-1.5, kPastUs, 20, 2000}, {0, kPastUs, 20, 2000}},
-      {"tokens barely negative: empty", {-1e-300, kPastUs, 20, 2000}, {0, kPastUs, 20, 2000}},
+      {"a debt beyond the most sidecars may owe: empty",
+       {-1024.5, kPastUs, 20, 2000},
+       {0, kPastUs, 20, 2000}},
+      {"a debt beyond a large capacity: empty",
+       {-5000.5, kPastUs, 5000, 2000},
+       {0, kPastUs, 5000, 2000}},
       {"tokens above capacity: capacity", {20.5, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
       {"tokens huge: capacity", {1e300, kPastUs, 20, 2000}, {20, kPastUs, 20, 2000}},
       {"capacity NULL: the policy", {2.5, kPastUs, std::nullopt, 2000}, {2.5, kPastUs, 10, 1000}},
@@ -118,6 +122,14 @@ TEST(RepairRowTest, WellFormedRowsAreKeptAsTheyAre) {
        {kMaxU32, kPastUs, kMaxU32, kMaxU32},
        {kMaxU32, kPastUs, kMaxU32, kMaxU32}},
       {"a policy other than the request's", {2.5, kPastUs, 3, 60'000}, {2.5, kPastUs, 3, 60'000}},
+      {"a debt", {-1.5, kPastUs, 20, 2000}, {-1.5, kPastUs, 20, 2000}},
+      {"a debt barely below zero", {-1e-300, kPastUs, 20, 2000}, {-1e-300, kPastUs, 20, 2000}},
+      {"the largest debt of a small bucket",
+       {-1024, kPastUs, 20, 2000},
+       {-1024, kPastUs, 20, 2000}},
+      {"the largest debt of a large bucket",
+       {-5000, kPastUs, 5000, 2000},
+       {-5000, kPastUs, 5000, 2000}},
       {"updated a whole window ahead (a clock stepped back)",
        {2.5, kNowUs + 2000 * 1000, 20, 2000},
        {2.5, kNowUs + 2000 * 1000, 20, 2000}},
@@ -204,7 +216,8 @@ bool AnyTook(const std::vector<StoreOp>& checks, const std::vector<CheckResult>&
 void ExpectWellFormed(const SharedRow& row, int64_t now_us) {
   ASSERT_TRUE(std::isfinite(row.tokens)) << testing::PrintToString(row);
   SharedRow reread;
-  const RawRow raw{row.tokens, row.updated_us, row.capacity, row.window_ms};
+  const RawRow raw{row.tokens, row.updated_us, row.capacity, row.window_ms,
+                   static_cast<int64_t>(row.algorithm)};
   EXPECT_EQ(RepairRow(raw, Policy{row.capacity, row.window_ms}, now_us, reread), "");
   EXPECT_EQ(reread, row);
 }
@@ -1023,6 +1036,150 @@ TEST(FixedWindowRowTest, RepairsFollowTheTokenBucketsRulesAndNameTheAlgorithm) {
   EXPECT_EQ(row, (SharedRow{4, kNowUs, 10, 1000, kWindow}));
   // Well formed: kept as it is.
   EXPECT_EQ(RepairRow(RawRow{4.0, kPastUs, 10, 1000, 1}, kTen, kNowUs, row), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debt: tokens admitted before the row was asked (StoreOp::owed)
+
+StoreOp OwedOp(uint32_t owed, uint32_t cost, uint32_t want, const Policy& policy,
+               Algorithm algorithm = Algorithm::kTokenBucket) {
+  StoreOp op = LeaseOp(cost, want, policy);
+  op.owed = owed;
+  op.algorithm = algorithm;
+  return op;
+}
+
+// What the row owes is taken whether it is there or not; the row then grants nothing, to a
+// check or a lease, until refill has repaid the debt; and every row written along the way reads
+// back as it was written.
+TEST(DebtTest, ARowInDebtGrantsNothingUntilRefillHasRepaidIt) {
+  SharedRow row{1, kNowUs, 10, 1000};  // 1 token; 10 per second.
+  bool wrote = false;
+  StoreAnswer a = Apply(row, {OwedOp(4, 0, 0, kTenPerSecond)}, kNowUs, wrote)[0];
+  EXPECT_TRUE(wrote) << "a debit always writes";
+  EXPECT_TRUE(a.in_debt);
+  EXPECT_EQ(a.granted, 0u);
+  EXPECT_EQ(a.check.retry_after_ms, 400u) << "3 owed and 1 to have: 4 tokens at 10 per second";
+  EXPECT_DOUBLE_EQ(row.tokens, -3);
+  ExpectWellFormed(row, kNowUs);
+
+  // 250 ms refill 2.5 tokens: still 0.5 owed. A check and a lease get nothing.
+  const int64_t later = kNowUs + 250'000;
+  std::vector<StoreAnswer> answers =
+      Apply(row, {StoreOp{"k", 1, kTenPerSecond}, LeaseOp(1, 5, kTenPerSecond)}, later, wrote);
+  EXPECT_FALSE(wrote);
+  EXPECT_FALSE(answers[0].check.allowed);
+  EXPECT_EQ(answers[0].check.retry_after_ms, 150u) << "0.5 owed and 1 to have";
+  EXPECT_EQ(answers[0].check.remaining, 0u);
+  EXPECT_EQ(answers[1].granted, 0u);
+  EXPECT_TRUE(answers[1].in_debt);
+  EXPECT_EQ(answers[1].check.retry_after_ms, 150u);
+  EXPECT_DOUBLE_EQ(row.tokens, -3) << "denials write nothing";
+
+  // 350 ms: repaid, 0.5 refilled: still short of 1. 400 ms: exactly 1.
+  EXPECT_FALSE(Decide(row, {StoreOp{"k", 1, kTenPerSecond}}, kNowUs + 350'000, wrote)[0].allowed);
+  const CheckResult r = Decide(row, {StoreOp{"k", 1, kTenPerSecond}}, kNowUs + 400'000, wrote)[0];
+  EXPECT_TRUE(r.allowed);
+  EXPECT_TRUE(wrote);
+  EXPECT_EQ(row.tokens, 0);
+  ExpectWellFormed(row, kNowUs + 400'000);
+}
+
+// A debit that the row can pay is an ordinary take; one it cannot pay in full takes what is
+// there and owes the rest; a lease in the same operation then gets nothing.
+TEST(DebtTest, ADebitTakesWhatIsThereAndOwesOnlyTheRest) {
+  struct Case {
+    const char* name;
+    double tokens;
+    uint32_t owed;
+    uint32_t want;
+    double tokens_after;
+    bool in_debt;
+    uint32_t granted;
+  };
+  const Case kCases[] = {
+      {"paid in full, no lease wanted", 5, 2, 0, 3, false, 0},
+      {"paid in full, then a lease of half the rest", 5, 1, 4, 2, false, 2},
+      {"exactly what is there", 2, 2, 0, 0, false, 0},
+      {"a fraction short", 1.5, 2, 3, -0.5, true, 0},
+      {"an empty row", 0, 3, 1, -3, true, 0},
+      {"a row already in debt owes more", -2, 1, 1, -3, true, 0},
+  };
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SharedRow row{c.tokens, kNowUs, 10, 1000};
+    bool wrote = false;
+    const StoreAnswer a = Apply(row, {OwedOp(c.owed, 1, c.want, kTenPerSecond)}, kNowUs, wrote)[0];
+    EXPECT_TRUE(wrote);
+    EXPECT_DOUBLE_EQ(row.tokens, c.tokens_after);
+    EXPECT_EQ(a.in_debt, c.in_debt);
+    EXPECT_EQ(a.granted, c.granted);
+    ExpectWellFormed(row, kNowUs);
+  }
+}
+
+// A return to a row in debt repays it first (less the refill since its debit, as always), and
+// only what is left over fills the row.
+TEST(DebtTest, AReturnRepaysTheDebtFirst) {
+  SharedRow row{-2, kNowUs, 10, 1000};
+  bool wrote = false;
+  // 3 tokens debited 100 ms ago: 1 refilled since, 2 come back, all of it to the debt.
+  StoreAnswer a = Apply(row, {ReturnOp(3, kNowUs - 100'000, kTenPerSecond)}, kNowUs, wrote)[0];
+  EXPECT_TRUE(wrote);
+  EXPECT_EQ(a.granted, 2u);
+  EXPECT_DOUBLE_EQ(row.tokens, 0);
+  row.tokens = -1;
+  a = Apply(row, {ReturnOp(4, kNowUs, kTenPerSecond)}, kNowUs, wrote)[0];
+  EXPECT_EQ(a.granted, 4u);
+  EXPECT_DOUBLE_EQ(row.tokens, 3) << "1 to the debt, 3 to the row";
+  ExpectWellFormed(row, kNowUs);
+}
+
+// Under another policy a debt keeps its tokens, and is repaid at the new rate.
+TEST(DebtTest, ADebtKeepsItsTokensUnderANewPolicy) {
+  SharedRow row{-2, kNowUs, 10, 1000};
+  bool wrote = false;
+  const Policy kTwentyPerSecond{20, 1000};
+  const CheckResult r = Decide(row, {StoreOp{"k", 1, kTwentyPerSecond}}, kNowUs, wrote)[0];
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.retry_after_ms, 150u) << "2 owed and 1 to have, at 20 per second";
+}
+
+// A fixed window's debt is owed by its own window only: checks are denied until the window
+// ends, and the next window opens full.
+TEST(DebtTest, AFixedWindowsDebtEndsWithItsWindow) {
+  const Policy kFivePerSecond{5, 1000};
+  SharedRow row = NewWindowRow(kFivePerSecond, kNowUs);
+  bool wrote = false;
+  // Opens the window, takes 4 by lease, then owes 3 of which 1 is there.
+  Apply(row, {WindowLease(4, 4, kFivePerSecond)}, kNowUs, wrote);
+  StoreAnswer a =
+      Apply(row, {OwedOp(3, 0, 0, kFivePerSecond, kWindow)}, kNowUs + 100'000, wrote)[0];
+  EXPECT_TRUE(a.in_debt);
+  EXPECT_DOUBLE_EQ(row.tokens, -2);
+  EXPECT_EQ(a.check.retry_after_ms, 900u) << "the rest of the window";
+  ExpectWellFormed(row, kNowUs + 100'000);
+  // A return to the window repays its debt first.
+  a = Apply(row, {WindowReturn(1, kNowUs, kFivePerSecond)}, kNowUs + 200'000, wrote)[0];
+  EXPECT_EQ(a.granted, 1u);
+  EXPECT_DOUBLE_EQ(row.tokens, -1);
+  EXPECT_FALSE(Decide(row, {WindowCheck(1, kFivePerSecond)}, kNowUs + 999'000, wrote)[0].allowed);
+  const CheckResult r = Decide(row, {WindowCheck(1, kFivePerSecond)}, kNowUs + 1'000'000, wrote)[0];
+  EXPECT_TRUE(r.allowed) << "a new window owes nothing";
+  EXPECT_EQ(r.remaining, 4u);
+}
+
+// A row in debt converted to the other algorithm still owes, never admitting more than it had.
+TEST(DebtTest, AConvertedRowStillOwes) {
+  SharedRow row{-1.5, kNowUs, 10, 1000};
+  bool wrote = false;
+  const StoreAnswer a = Apply(row, {OwedOp(1, 0, 0, kTenPerSecond, kWindow)}, kNowUs, wrote)[0];
+  EXPECT_TRUE(a.in_debt);
+  EXPECT_EQ(row.algorithm, kWindow);
+  EXPECT_DOUBLE_EQ(row.tokens, -3) << "1.5 owed, rounded up to whole admissions, and 1 more";
+  row = SharedRow{-2, kNowUs, 10, 1000, kWindow};
+  EXPECT_FALSE(Decide(row, {StoreOp{"k", 1, kTenPerSecond}}, kNowUs, wrote)[0].allowed)
+      << "a window in debt becomes a bucket in debt";
 }
 
 }  // namespace
