@@ -43,7 +43,9 @@ std::unique_ptr<Engine> SharedEngine(const Config& config, Clock& clock,
                    .max_keys = LeaseKeys(config.max_keys),
                    .max_key_bytes = LeaseKeys(config.max_keys) * kLeaseKeyBytes,
                    .new_keys_per_sec = config.pg_new_keys_per_sec,
-                   .algorithm = config.algorithm},
+                   .algorithm = config.algorithm,
+                   .unconfirmed_per_key = config.lease_unconfirmed_per_key,
+                   .unconfirmed_max = config.lease_unconfirmed_max},
       engines.fallback.get());
   engines.lease = lease.get();
   return lease;

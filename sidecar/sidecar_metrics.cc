@@ -127,6 +127,19 @@ void RegisterSidecarMetrics(MetricsRegistry& registry, const ServerMetrics& serv
                         "Waiting checks the lease that landed did not cover, decided by the "
                         "database one by one in the next transaction (as strict mode would).",
                         lease.decided_in_store);
+    registry.AddCounter("ratelimit_lease_unconfirmed_allowed_total",
+                        "Checks of keys holding no lease allowed from memory at once, from the "
+                        "per-key allowance (RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY), their debit "
+                        "sent with the next transaction.",
+                        lease.unconfirmed_allowed);
+    registry.AddGauge("ratelimit_lease_unconfirmed_tokens",
+                      "Tokens admitted from the allowance that the database has not confirmed "
+                      "yet (at most RATE_LIMIT_LEASE_UNCONFIRMED_MAX).",
+                      lease.unconfirmed);
+    registry.AddCounter("ratelimit_lease_debts_total",
+                        "Database answers that left a shared bucket owing tokens admitted "
+                        "unconfirmed: it grants nothing until refill repays them.",
+                        lease.debts);
     registry.AddCounter("ratelimit_lease_new_keys_deferred_total",
                         "Checks of keys without lease state (or let in by the flood and not yet "
                         "answered by the database) answered by RATE_LIMIT_FALLBACK at once, "

@@ -53,6 +53,8 @@ struct Config {
   // PostgreSQL store only.
   StoreMode mode = StoreMode::kLease;
   uint32_t lease_ttl_ms = 1000;
+  uint32_t lease_unconfirmed_per_key = 1;
+  uint32_t lease_unconfirmed_max = 4096;
   FallbackPolicy fallback = FallbackPolicy::kLocal;
   uint32_t expected_replicas = 1;
   std::string database_url;  // Empty: libpq's PG* variables and defaults decide.

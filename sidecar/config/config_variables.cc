@@ -118,6 +118,17 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "Lease mode: how long a lease may be spent after it was asked for; then its "
                  "unused tokens go back. The bound of [lease mode](#lease-mode-the-default) "
                  "grows by `rate * ttl`."),
+    MakeVariable("RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY", IntegerIn{0, 1000, "tokens"},
+                 &Config::lease_unconfirmed_per_key,
+                 "Lease mode: the most tokens of a key this sidecar admits before the database "
+                 "has confirmed them (`u`), so that a key holding no lease is answered from "
+                 "memory too; its debit goes with the next transaction. `0`: every check of a "
+                 "key holding no lease waits for the database. The bound of "
+                 "[lease mode](#lease-mode-the-default) grows by `P * u`."),
+    MakeVariable("RATE_LIMIT_LEASE_UNCONFIRMED_MAX", IntegerIn{1, 1000000, "tokens"},
+                 &Config::lease_unconfirmed_max,
+                 "Lease mode: the most tokens admitted unconfirmed at once, all keys together; "
+                 "past it, checks of keys holding no lease wait for the database."),
     Redacted(MakeVariable(
         "DATABASE_URL",
         AnyText{"a libpq connection string or URI (checked at start-up with the postgres "

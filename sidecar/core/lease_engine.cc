@@ -16,6 +16,11 @@ uint32_t MillisUntil(int64_t at, int64_t now) {
   return static_cast<uint32_t>(std::min<int64_t>(ms, std::numeric_limits<uint32_t>::max()));
 }
 
+// Whole milliseconds, rounded up, for `tokens` to refill at `policy`'s rate.
+uint32_t MillisToRefill(const Policy& policy, uint32_t tokens) {
+  return TokenBucket::MillisToGain(uint128_t{tokens} * policy.window_ms * 1000, policy);
+}
+
 }  // namespace
 
 LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_key,
@@ -31,6 +36,8 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       max_key_bytes_(options.max_key_bytes),
       new_key_rate_{options.new_keys_per_sec, 1000},
       new_key_budget_(TokenBucket::Fresh(new_key_rate_, clock.NowMicros())),
+      unconfirmed_per_key_(options.unconfirmed_per_key),
+      unconfirmed_max_(options.unconfirmed_max),
       fallback_(fallback) {
   metrics_.max_keys.Set(static_cast<int64_t>(keys_.max_keys()));
 }
@@ -81,6 +88,12 @@ void LeaseEngine::Check(const CheckQuery& query, uint64_t tag, CheckCallback& do
       done.OnCheckDone(tag, Denied(state, now));
       return;
     }
+    if (MayAdmitUnconfirmed(state, query.cost, now) &&
+        AdmitUnconfirmed(query.key, state, query.cost, now)) {
+      metrics_.unconfirmed_allowed.Add();
+      done.OnCheckDone(tag, Allowed(state, now));
+      return;
+    }
   }
   metrics_.waited.Add();
   state.waiters.push_back(Waiter{tag, &done, query.cost, query.policy});
@@ -106,7 +119,7 @@ LeaseEngine::KeyState* LeaseEngine::StateOf(std::string_view key, const KeyDiges
                                             const Policy& policy, int64_t now) {
   KeyState* state = keys_.Find(digest);
   if (state == nullptr) {
-    if (!MakeRoom(KeyBytes(key))) return nullptr;
+    if (!MakeRoom(KeyBytes(key), now)) return nullptr;
     KeyState fresh;
     fresh.key = std::string(key);
     fresh.policy = policy;
@@ -127,13 +140,15 @@ LeaseEngine::KeyState* LeaseEngine::StateOf(std::string_view key, const KeyDiges
   return state;
 }
 
-bool LeaseEngine::MakeRoom(size_t key_bytes) {
+bool LeaseEngine::MakeRoom(size_t key_bytes, int64_t now) {
   while (keys_.full() || key_bytes_ + key_bytes > max_key_bytes_) {
     const bool evicted = keys_.EvictOne(
         [](const KeyState& state) { return state.last_asked_us; },
-        [](const KeyState& state) {
-          // A key waiting for a fetch is in use; any other costs one return to forget.
-          const bool busy = state.ledger.fetching() || !state.waiters.empty();
+        [now](const KeyState& state) {
+          // A key waiting for a fetch is in use; any other costs one return to forget. A key
+          // with tokens admitted unconfirmed, or a debt, holds what keeps its bound: kept too.
+          const bool busy = state.ledger.fetching() || !state.waiters.empty() ||
+                            state.unconfirmed > 0 || state.debt_until_us > now;
           return busy ? BucketTable<KeyState>::kNeverEvict : 0.0;
         },
         [this](KeyState& state) {
@@ -180,13 +195,19 @@ void LeaseEngine::Forget(const KeyDigest& digest, const KeyState& state) {
   metrics_.keys.Set(static_cast<int64_t>(keys_.size()));
 }
 
-void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now) {
+bool LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now) {
   state.demand.OnFetch(now, refresh_us_);
-  const uint64_t waiting = state.waiters.total_cost();
-  Fetch fetch{std::string(key), state.policy, now,
-              SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need, waiting,
-                        fixed_window_ ? Algorithm::kFixedWindow : Algorithm::kTokenBucket)};
+  const Algorithm algorithm = fixed_window_ ? Algorithm::kFixedWindow : Algorithm::kTokenBucket;
+  FetchSize size;  // With `need` 0 while giving everything back: only what it carries.
+  if (need > 0) {
+    size = SizeFetch(state.policy, state.demand.per_us(), refresh_us_, need,
+                     state.waiters.total_cost(), algorithm);
+  } else if (!returning_all_) {
+    size = SizeUnconfirmedFetch(state.policy, state.demand.per_us(), refresh_us_, algorithm);
+  }
+  Fetch fetch{std::string(key), state.policy, now, size, state.unconfirmed};
   StoreOp op{fetch.key, fetch.size.min_grant, fetch.policy, StoreOp::Kind::kLease, fetch.size.want};
+  op.owed = fetch.owed;
   // In flight before Submit: a store may answer (fail) the fetch before Submit returns.
   state.ledger.set_fetching(true);
   ++fetches_in_flight_;
@@ -196,11 +217,45 @@ void LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
   });
   if (sent.ok()) {
     metrics_.fetches.Add();
-  } else {
-    state.ledger.set_fetching(false);
-    --fetches_in_flight_;
-    FailWaiters(key, state, sent);
+    return true;
   }
+  state.ledger.set_fetching(false);
+  --fetches_in_flight_;
+  FailWaiters(key, state, sent);
+  return false;
+}
+
+bool LeaseEngine::MayAdmitUnconfirmed(const KeyState& state, uint32_t cost, int64_t now) const {
+  // The row had tokens at its last answer (a grant not cut short, or a debit it could pay), or
+  // this sidecar has no answer of it yet: a key that was scarce or denied waits, as before.
+  const bool had_tokens =
+      !state.row.answered || (state.denial.granted_last() && !state.ledger.scarce());
+  // A database that has confirmed nothing for R while tokens wait (locked, stalled) is treated
+  // as one that cannot be reached.
+  const bool confirming = unconfirmed_total_ == 0 || now - last_confirmed_us_ <= refresh_us_;
+  return state.unconfirmed + uint64_t{cost} <= unconfirmed_per_key_ &&
+         unconfirmed_total_ + cost <= unconfirmed_max_ && !state.ledger.fetching() &&
+         now >= state.debt_until_us && had_tokens && confirming && batcher_.store().ready();
+}
+
+bool LeaseEngine::AdmitUnconfirmed(std::string_view key, KeyState& state, uint32_t cost,
+                                   int64_t now) {
+  if (unconfirmed_total_ == 0) last_confirmed_us_ = now;  // Waiting for confirmations from now.
+  state.unconfirmed += cost;
+  unconfirmed_total_ += cost;
+  if (!StartFetch(key, state, 0, now)) {
+    SettleUnconfirmed(&state, cost);  // Not admitted after all.
+    return false;
+  }
+  metrics_.unconfirmed.Set(static_cast<int64_t>(unconfirmed_total_));
+  return true;
+}
+
+void LeaseEngine::SettleUnconfirmed(KeyState* state, uint32_t tokens) {
+  if (tokens == 0) return;
+  unconfirmed_total_ -= tokens;
+  if (state != nullptr) state->unconfirmed -= tokens;
+  metrics_.unconfirmed.Set(static_cast<int64_t>(unconfirmed_total_));
 }
 
 void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
@@ -210,6 +265,7 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   }
   KeyState* found = keys_.Find(fetch.key);  // A key with a fetch in flight is never forgotten.
   if (found == nullptr) {
+    SettleUnconfirmed(nullptr, fetch.owed);
     MaybeFinishReturnAll();
     return;
   }
@@ -222,9 +278,10 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
     FailWaiters(fetch.key, state,
                 answer.ok() ? Status::Unavailable("store could not decide") : answer.status());
     // A key that got nothing (a flood's new key past the store's bound, say) is forgotten at
-    // the next Tick, if it is still idle then, rather than held for a ttl.
+    // the next Tick, if it is still idle then, rather than held for a ttl. Tokens it admitted
+    // unconfirmed stay on it, and go again with its next fetch, or from Tick after ttl.
     if (KeyState* still = keys_.Find(fetch.key); still != nullptr) {
-      ScheduleRevisit(fetch.key, *still, now);
+      ScheduleRevisit(fetch.key, *still, still->unconfirmed > 0 ? now + ttl_us_ : now);
     }
     MaybeFinishReturnAll();
     return;
@@ -232,6 +289,14 @@ void LeaseEngine::OnFetched(const Fetch& fetch, Result<StoreAnswer> answer) {
   // What a landing sends (returns, the checks the lease does not cover, a prefetch) goes in
   // one transaction: no check waits for more than the next one.
   const StoreBatcher::Hold together(batcher_);
+  SettleUnconfirmed(&state, fetch.owed);  // Taken by the row, there or not.
+  if (fetch.owed > 0) last_confirmed_us_ = now;
+  if (answer->in_debt) {
+    // The row owes (what this sidecar or others admitted unconfirmed): nothing is admitted
+    // unconfirmed here until refill has repaid it, under any policy.
+    metrics_.debts.Add();
+    state.debt_until_us = now + int64_t{std::max<uint32_t>(1, answer->check.retry_after_ms)} * 1000;
+  }
   if (returning_all_ || !(fetch.policy == state.policy)) {
     // Leased under a policy the key no longer has, or while giving everything back.
     if (answer->granted > 0) {
@@ -262,6 +327,8 @@ void LeaseEngine::Record(const Fetch& fetch, KeyState& state, const StoreAnswer&
     state.ledger.Add(answer.granted, fetch.size.want, expires, DebitOf(answer));
     state.denial.OnGranted();
     ScheduleRevisit(fetch.key, state, expires);
+  } else if (fetch.size.want == 0 && !answer.in_debt) {
+    state.denial.OnGranted();  // Only a debit, which the row could pay: it had tokens.
   } else {
     state.denial.OnDenied(
         now + std::max<int64_t>(1, row.retry_after_ms) * 1000 +
@@ -393,10 +460,16 @@ void LeaseEngine::Tick() {
     if (state == nullptr || state->visit.ticket != visit.ticket) continue;  // Stale.
     state->visit.ticket = 0;
     ExpireLeases(state->key, *state, now);
+    if (state->unconfirmed > 0 && !state->ledger.fetching() && batcher_.store().ready()) {
+      StartFetch(state->key, *state, 0, now);  // What the store did not confirm, again.
+    }
     const bool idle = state->ledger.empty() && state->waiters.empty() &&
-                      !state->ledger.fetching() && !state->denial.Denies(now);
+                      !state->ledger.fetching() && !state->denial.Denies(now) &&
+                      state->unconfirmed == 0 && state->debt_until_us <= now;
     if (idle) {
       Forget(visit.key, *state);
+    } else if (state->unconfirmed > 0) {
+      ScheduleRevisit(state->key, *state, now + ttl_us_);
     } else {
       // Leases expire in order, all within ttl; anything else is looked at again after ttl.
       ScheduleRevisit(state->key, *state,
@@ -411,7 +484,12 @@ void LeaseEngine::ReturnAll(std::function<void()> done) {
   // A store may fail a return before Submit returns: finishing is held off until every lease
   // has been sent, so that no key is skipped.
   sending_all_ = true;
-  keys_.ForEach([this](KeyState& state) { ExpireLeases(state.key, state, kForever); });
+  const int64_t now = clock_.NowMicros();
+  keys_.ForEach([this, now](KeyState& state) {
+    ExpireLeases(state.key, state, kForever);
+    // Tokens admitted unconfirmed go to the store before the end (lost if it is down).
+    if (state.unconfirmed > 0 && !state.ledger.fetching()) StartFetch(state.key, state, 0, now);
+  });
   sending_all_ = false;
   MaybeFinishReturnAll();
 }
@@ -427,12 +505,21 @@ void LeaseEngine::MaybeFinishReturnAll() {
 CheckResult LeaseEngine::Allowed(const KeyState& state, int64_t now) const {
   // remaining and reset_after_ms are estimates: what this sidecar holds plus what the row kept
   // at the last answer.
+  // A key this sidecar has no answer for yet (admitted unconfirmed) is taken to be full, as its
+  // admission assumed; tokens admitted unconfirmed are counted out.
   CheckResult r;
   r.allowed = true;
   r.limit = state.policy.limit;
+  const uint64_t row_left = state.row.answered ? state.row.remaining : state.policy.limit;
+  const uint64_t left = state.ledger.held() + row_left;
   r.remaining = static_cast<uint32_t>(
-      std::min<uint64_t>(state.policy.limit, state.ledger.held() + state.row.remaining));
-  r.reset_after_ms = MillisUntil(state.row.full_at_us, now);
+      std::min<uint64_t>(state.policy.limit, left - std::min<uint64_t>(left, state.unconfirmed)));
+  if (state.row.answered) {
+    r.reset_after_ms = MillisUntil(state.row.full_at_us, now);
+  } else {  // A window opens with its first check.
+    r.reset_after_ms =
+        fixed_window_ ? state.policy.window_ms : MillisToRefill(state.policy, state.unconfirmed);
+  }
   r.source = Source::kLease;
   return r;
 }

@@ -49,6 +49,13 @@ struct LeaseOptions {
   uint32_t new_keys_per_sec = 0;
   // RATE_LIMIT_ALGORITHM: what every fetch, check and return asks of the rows (see below).
   Algorithm algorithm = Algorithm::kTokenBucket;
+  // RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY (u): the most tokens of a key admitted from memory
+  // before the store has confirmed them (optimistic admission; 0: none, every check of a key
+  // holding no lease waits for the store; the sidecar's default is 1).
+  uint32_t unconfirmed_per_key = 0;
+  // RATE_LIMIT_LEASE_UNCONFIRMED_MAX: the most tokens admitted unconfirmed at once, all keys
+  // together. Past it, checks of keys holding no lease wait for the store.
+  uint32_t unconfirmed_max = 4096;
 };
 
 // What the lease engine counts, for /metrics; written on the loop thread, read from any.
@@ -58,14 +65,17 @@ struct LeaseMetrics {
   Counter waited;         // Checks that waited for a lease fetch.
   Counter fetches;        // kLease operations sent.
   Counter tokens_leased;
-  Counter returns;            // kReturn operations sent.
-  Counter tokens_returned;    // Whole tokens the store put back.
-  Counter tokens_expired;     // Tokens unspent when their lease expired (then sent back).
-  Gauge keys;                 // Keys with lease state; set whenever one is added or forgotten.
-  Gauge max_keys;             // LeaseOptions::max_keys; set at construction.
-  Counter evictions;          // Keys forgotten to make room for a new key (leases given back).
-  Counter new_keys_deferred;  // New keys answered by the fallback during a flood, unasked.
-  Counter decided_in_store;   // Waiting checks the lease that landed did not cover.
+  Counter returns;              // kReturn operations sent.
+  Counter tokens_returned;      // Whole tokens the store put back.
+  Counter tokens_expired;       // Tokens unspent when their lease expired (then sent back).
+  Gauge keys;                   // Keys with lease state; set whenever one is added or forgotten.
+  Gauge max_keys;               // LeaseOptions::max_keys; set at construction.
+  Counter evictions;            // Keys forgotten to make room for a new key (leases given back).
+  Counter new_keys_deferred;    // New keys answered by the fallback during a flood, unasked.
+  Counter decided_in_store;     // Waiting checks the lease that landed did not cover.
+  Counter unconfirmed_allowed;  // Checks allowed from the per-key allowance, unconfirmed.
+  Counter debts;                // Store answers that left a row owing (see ApplyOnRow).
+  Gauge unconfirmed;            // Tokens admitted and not yet confirmed by the store.
 };
 
 // Each key this sidecar sees holds up to a few leases: tokens debited from the key's shared row
@@ -89,7 +99,26 @@ struct LeaseMetrics {
 // one: never for a chain of fetches, which a slow database would stretch past the timeout. Such
 // a check spends its tokens as it takes them, so it adds nothing to the bound below.
 //
-// Together: in any interval of length T the pods admit at most capacity + rate * (T + ttl).
+// Optimistic admission: a check of a key holding no lease (a cold key: first seen, or its lease
+// expired) need not wait for the store. While the key has no fetch in flight, no denial or debt
+// cached, and its last answer was not a denial or a grant cut short, it is admitted from a
+// per-key allowance of u tokens (unconfirmed_per_key), at most unconfirmed_max tokens across all
+// keys, and the fetch it would have waited for is sent at once carrying them (StoreOp::owed): the
+// store takes them whether they are there or not, the row going into debt for what it lacks, and
+// grants nothing until refill has repaid it (see ApplyOnRow). That fetch asks for a lease only
+// when the key's demand is at least half a token per R; otherwise it only records the debit. An
+// answer that leaves the row owing is cached as a denial (and as "no optimistic admission", which
+// survives a policy change) until the debt and a token are refilled: so each sidecar has at most
+// u tokens of a key either unconfirmed or in a debt not yet repaid. An allowance the store did not
+// confirm (a failed transaction) stays on the key, which is neither forgotten nor evicted, and is
+// sent again with its next fetch, or by Tick after ttl. While the store is not ready (down, the
+// breaker open), or has confirmed nothing for R while tokens wait for it (a locked table, a
+// stalled server), no check is admitted unconfirmed: such checks wait or get the fallback, as
+// before.
+//
+// Together: in any interval of length T the pods admit at most
+// capacity + rate * (T + ttl) + P * u, P being the number of sidecars that checked the key
+// (u = 0: capacity + rate * (T + ttl)).
 //
 // Fixed windows (options.algorithm): a lease is debited from its row's window, and spent only
 // until min(ttl, the rest of that window) after its fetch was sent, the rest being the
@@ -204,6 +233,8 @@ class LeaseEngine final : public Engine {
     // Let in by a flood's background lease (AnswerDuringFlood) and not answered by the store
     // yet: its checks are a flood's, answered at once, not made to wait for that lease.
     bool flood_born = false;
+    uint32_t unconfirmed = 0;   // Tokens admitted from the allowance, not confirmed yet.
+    int64_t debt_until_us = 0;  // Local clock: the row owes until then; no admission unconfirmed.
   };
   struct Revisit {
     int64_t at_us;  // Local clock.
@@ -217,6 +248,7 @@ class LeaseEngine final : public Engine {
     Policy policy;
     int64_t sent_us;  // Local clock.
     FetchSize size;
+    uint32_t owed;  // Tokens admitted unconfirmed that it carries (StoreOp::owed).
   };
 
   // The key's state under `policy`; null when the table is full of keys waiting for fetches.
@@ -224,7 +256,7 @@ class LeaseEngine final : public Engine {
   KeyState* StateOf(std::string_view key, const KeyDigest& digest, const Policy& policy,
                     int64_t now);
   // Makes room for a key of `key_bytes` bytes; false when no key could be evicted.
-  bool MakeRoom(size_t key_bytes);
+  bool MakeRoom(size_t key_bytes, int64_t now);
   // During a flood (see the class comment): the fallback's answer to a check of a key without
   // state, and at the store's rate of new rows, a lease fetched for the key's next checks.
   void AnswerDuringFlood(const CheckQuery& query, const KeyDigest& digest, int64_t now,
@@ -239,8 +271,17 @@ class LeaseEngine final : public Engine {
   void Read(const CheckQuery& query, KeyState* found, int64_t now, uint64_t tag,
             CheckCallback& done);
   void Serve(std::string_view key, KeyState& state, int64_t now);
-  // Sends a fetch for the key, sized for `need` tokens and the waiting checks.
-  void StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now);
+  // Sends a fetch for the key, sized for `need` tokens and the waiting checks, or with `need` 0
+  // for the key's demand alone (none: it only carries what was admitted unconfirmed). Every
+  // fetch carries the key's unconfirmed tokens. Returns false when the batcher refused it.
+  bool StartFetch(std::string_view key, KeyState& state, uint32_t need, int64_t now);
+  // Whether a check of `cost` may be admitted unconfirmed now (see the class comment).
+  bool MayAdmitUnconfirmed(const KeyState& state, uint32_t cost, int64_t now) const;
+  // Admits it, and sends the fetch that carries it; false (nothing admitted) when that fetch
+  // could not be sent.
+  bool AdmitUnconfirmed(std::string_view key, KeyState& state, uint32_t cost, int64_t now);
+  // `tokens` admitted unconfirmed are confirmed by the store, or lost with a forgotten key.
+  void SettleUnconfirmed(KeyState* state, uint32_t tokens);
   void OnFetched(const Fetch& fetch, Result<StoreAnswer> answer);
   // Records a decided fetch's grant (a lease) or denial in the key's parts.
   void Record(const Fetch& fetch, KeyState& state, const StoreAnswer& answer, int64_t now);
@@ -275,6 +316,11 @@ class LeaseEngine final : public Engine {
   TokenBucket::State new_key_budget_;  // Of new_key_rate_.
   int64_t flood_until_us_ = 0;         // Local clock; a flood is on before it.
   std::priority_queue<Revisit, std::vector<Revisit>, std::greater<>> revisits_;
+  const uint32_t unconfirmed_per_key_;
+  const uint32_t unconfirmed_max_;
+  uint64_t unconfirmed_total_ = 0;  // Tokens admitted unconfirmed, all keys together.
+  // Local clock: the store last confirmed tokens, or tokens began to wait after none did.
+  int64_t last_confirmed_us_ = 0;
   size_t fetches_in_flight_ = 0;
   size_t returns_in_flight_ = 0;
   bool returning_all_ = false;

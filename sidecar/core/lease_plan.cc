@@ -36,6 +36,12 @@ FetchSize SizeFetch(const Policy& policy, double demand_per_us, int64_t refresh_
                    want};
 }
 
+FetchSize SizeUnconfirmedFetch(const Policy& policy, double demand_per_us, int64_t refresh_us,
+                               Algorithm algorithm) {
+  if (!(demand_per_us * static_cast<double>(refresh_us) >= 0.5)) return FetchSize{};
+  return SizeFetch(policy, demand_per_us, refresh_us, 1, 0, algorithm);
+}
+
 bool ShouldPrefetch(const Policy& policy, const LeaseLedger& ledger, const DemandEstimate& demand,
                     const DenialCache& denial, int64_t now, int64_t refresh_us) {
   if (ledger.fetching() || ledger.scarce() || denial.Denies(now)) return false;

@@ -39,6 +39,13 @@ struct FetchSize {
 FetchSize SizeFetch(const Policy& policy, double demand_per_us, int64_t refresh_us, uint32_t need,
                     uint64_t waiting, Algorithm algorithm = Algorithm::kTokenBucket);
 
+// The fetch that carries a check admitted unconfirmed (see LeaseEngine): a lease sized as
+// SizeFetch's for one token when the key's demand is at least half a token per R; otherwise
+// none (both sizes 0), so that a sparse key's check costs its debit alone, never a lease that
+// would expire unspent and go back.
+FetchSize SizeUnconfirmedFetch(const Policy& policy, double demand_per_us, int64_t refresh_us,
+                               Algorithm algorithm = Algorithm::kTokenBucket);
+
 // Prefetch: after a check is served, when fewer than half a lease, min(ceil(d * R), cap) / 2,
 // are held and no fetch is in flight, the next lease is fetched; steady traffic never waits, and
 // a sidecar holds at most about one and a half leases of a key. Measured against the lease size

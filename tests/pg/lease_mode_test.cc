@@ -185,7 +185,8 @@ void StopAll(std::vector<std::unique_ptr<SidecarProcess>>& sidecars) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The bound, efficiency and fairness.
+// The bound (with the default allowance u = 1: capacity + rate * (T + ttl) + P * u), efficiency
+// and fairness.
 
 struct KeySpec {
   std::string key;
@@ -353,7 +354,11 @@ TEST_P(LeaseModeStatements,
     for (int64_t interval_ns : {int64_t{100'000'000}, int64_t{500'000'000}, int64_t{1'000'000'000},
                                 int64_t{2'000'000'000}, duration_ns}) {
       const size_t most = MaxInAnyInterval(received, interval_ns);
-      const double bound = capacity + per_ns * static_cast<double>(interval_ns + ttl_ns + slack_ns);
+      // P * u: each sidecar may admit u = 1 of a key it holds no lease on before the database
+      // answers (optimistic admission).
+      const double bound = capacity +
+                           per_ns * static_cast<double>(interval_ns + ttl_ns + slack_ns) +
+                           static_cast<double>(kSidecars);
       std::printf("  any %5.0f ms: at most %4zu admitted, bound %7.1f\n", Ms(interval_ns), most,
                   bound);
       EXPECT_LE(static_cast<double>(most), bound)
@@ -534,7 +539,9 @@ TEST(LeaseMode, FloodOfDeniedChecksOnADrainedKeyCostsOnlyAHandfulOfTransactions)
     total_denied += denied[i];
   }
   EXPECT_EQ(all_problems.count, 0) << all_problems.first;
-  EXPECT_EQ(total_allowed, 0);
+  // The fresh sidecar knows nothing of the drained key: its first check is admitted from the
+  // allowance (u = 1) before the database answers; every check after that is denied.
+  EXPECT_LE(total_allowed, 1);
   ASSERT_GE(after_drain, 0);
   ASSERT_GE(after_idle, after_drain);
   ASSERT_GE(after_flood, after_idle);

@@ -51,6 +51,7 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
   ASSERT_EQ(Command(locker.get(), "LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE"), "");
   const auto locked_at = std::chrono::steady_clock::now();
   int fallbacks = 0;
+  int unconfirmed = 0;
   std::chrono::milliseconds slowest{0};
   for (int i = 0; std::chrono::steady_clock::now() - locked_at < std::chrono::seconds(2); ++i) {
     const auto start = std::chrono::steady_clock::now();
@@ -60,12 +61,20 @@ TEST_P(PgTimeout, ALockedTableFallsBackWithinTheTimeoutThenCoordinationResumes) 
     slowest = std::max(slowest, took);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_EQ(r->status, CheckStatus::kOk);
+    // Lease mode admits a new key's first check from its allowance (u = 1) before the database
+    // answers, but only until it has confirmed nothing for R (250 ms): a stalled database.
+    if (mode == "lease" && r->allowed && r->source == Source::kLease &&
+        start - locked_at < std::chrono::milliseconds(350)) {
+      ++unconfirmed;
+      continue;
+    }
     EXPECT_FALSE(r->allowed) << "the deny fallback, or a decision it could not have made";
     EXPECT_EQ(r->source, Source::kFallback);
     ++fallbacks;
   }
-  std::printf("%d checks while locked, slowest %lld ms (timeout %d ms)\n", fallbacks,
-              static_cast<long long>(slowest.count()), kTimeoutMs);
+  std::printf(
+      "%d checks while locked (and %d admitted unconfirmed), slowest %lld ms (timeout %d ms)\n",
+      fallbacks, unconfirmed, static_cast<long long>(slowest.count()), kTimeoutMs);
   // Checks were answered one after another while the lock lasted: not one of them waited for
   // the lock (2 s) to go away. (How long each took is printed, not asserted.) And they did not
   // each wait for a transaction bound to fail: once the circuit breaker opened, the database
