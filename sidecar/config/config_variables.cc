@@ -127,8 +127,9 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "[lease mode](#lease-mode-the-default) grows by `P * u`."),
     MakeVariable("RATE_LIMIT_LEASE_UNCONFIRMED_MAX", IntegerIn{1, 1000000, "tokens"},
                  &Config::lease_unconfirmed_max,
-                 "Lease mode: the most tokens admitted unconfirmed at once, all keys together; "
-                 "past it, checks of keys holding no lease wait for the database."),
+                 "Lease mode: the most tokens admitted unconfirmed at once, all keys together "
+                 "(and at most an eighth of the keys lease state holds: such keys are not "
+                 "evicted); past it, checks of keys holding no lease wait for the database."),
     Redacted(MakeVariable(
         "DATABASE_URL",
         AnyText{"a libpq connection string or URI (checked at start-up with the postgres "

@@ -37,7 +37,8 @@ LeaseEngine::LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_k
       new_key_rate_{options.new_keys_per_sec, 1000},
       new_key_budget_(TokenBucket::Fresh(new_key_rate_, clock.NowMicros())),
       unconfirmed_per_key_(options.unconfirmed_per_key),
-      unconfirmed_max_(options.unconfirmed_max),
+      unconfirmed_max_(std::min<size_t>(options.unconfirmed_max,
+                                        std::max<size_t>(1, options.max_keys / kUnconfirmedShare))),
       fallback_(fallback) {
   metrics_.max_keys.Set(static_cast<int64_t>(keys_.max_keys()));
 }

@@ -103,18 +103,18 @@ struct LeaseMetrics {
 // expired) need not wait for the store. While the key has no fetch in flight, no denial or debt
 // cached, and its last answer was not a denial or a grant cut short, it is admitted from a
 // per-key allowance of u tokens (unconfirmed_per_key), at most unconfirmed_max tokens across all
-// keys, and the fetch it would have waited for is sent at once carrying them (StoreOp::owed): the
-// store takes them whether they are there or not, the row going into debt for what it lacks, and
-// grants nothing until refill has repaid it (see ApplyOnRow). That fetch asks for a lease only
-// when the key's demand is at least half a token per R; otherwise it only records the debit. An
-// answer that leaves the row owing is cached as a denial (and as "no optimistic admission", which
-// survives a policy change) until the debt and a token are refilled: so each sidecar has at most
-// u tokens of a key either unconfirmed or in a debt not yet repaid. An allowance the store did not
-// confirm (a failed transaction) stays on the key, which is neither forgotten nor evicted, and is
-// sent again with its next fetch, or by Tick after ttl. While the store is not ready (down, the
-// breaker open), or has confirmed nothing for R while tokens wait for it (a locked table, a
-// stalled server), no check is admitted unconfirmed: such checks wait or get the fallback, as
-// before.
+// keys (and max_keys / kUnconfirmedShare), and the fetch it would have waited for is sent at once
+// carrying them (StoreOp::owed): the store takes them whether they are there or not, the row going
+// into debt for what it lacks, and grants nothing until refill has repaid it (see ApplyOnRow). That
+// fetch asks for a lease only when the key's demand is at least half a token per R; otherwise it
+// only records the debit. An answer that leaves the row owing is cached as a denial (and as "no
+// optimistic admission", which survives a policy change) until the debt and a token are refilled:
+// so each sidecar has at most u tokens of a key either unconfirmed or in a debt not yet repaid. An
+// allowance the store did not confirm (a failed transaction) stays on the key, which is neither
+// forgotten nor evicted, and is sent again with its next fetch, or by Tick after ttl. While the
+// store is not ready (down, the breaker open), or has confirmed nothing for R while tokens wait for
+// it (a locked table, a stalled server), no check is admitted unconfirmed: such checks wait or get
+// the fallback, as before.
 //
 // Together: in any interval of length T the pods admit at most
 // capacity + rate * (T + ttl) + P * u, P being the number of sidecars that checked the key
@@ -155,6 +155,10 @@ struct LeaseMetrics {
 class LeaseEngine final : public Engine {
  public:
   static constexpr int64_t kFloodHoldUs = 1'000'000;
+  // Tokens admitted unconfirmed keep their keys from eviction: at most max_keys / this many of
+  // them at once (however large unconfirmed_max), so that a flood's new keys never fill the
+  // table with keys that cannot go and crowd out the ones in use.
+  static constexpr size_t kUnconfirmedShare = 8;
 
   LeaseEngine(SharedStore& store, Clock& clock, const HashKey& hash_key,
               const LeaseOptions& options, Fallback* fallback = nullptr);

@@ -49,13 +49,7 @@ class UnconfirmedTest : public testing::Test {
   // Checks, expecting the answer before Check returns.
   CheckResult CheckAtOnce(const std::string& key = kKey, const Policy& policy = kSlow,
                           uint32_t cost = 1) {
-    Recorder done;
-    engine_.Check(CheckQuery{key, cost, policy}, 7, done);
-    if (done.answers.size() != 1) {
-      ADD_FAILURE() << "the check was not answered before Check returned";
-      return CheckResult{};
-    }
-    return done.answers[0].result;
+    return AnswerAtOnce(engine_, CheckQuery{key, cost, policy});
   }
 
   int64_t DbNow() { return clock_.NowMicros() + kSimulatedDbOffsetUs; }
@@ -196,7 +190,7 @@ TEST_F(UnconfirmedTest, ReturnAllSendsTheDebitsNotYetConfirmedAndWaitsForThem) {
 
 class UnconfirmedCapTest : public UnconfirmedTest {
  protected:
-  UnconfirmedCapTest() : UnconfirmedTest(Options(1, 2, 2)) {}
+  UnconfirmedCapTest() : UnconfirmedTest(Options(1, 2)) {}
 };
 
 TEST_F(UnconfirmedCapTest, PastTheTotalCapColdChecksWaitForTheStore) {
@@ -206,13 +200,22 @@ TEST_F(UnconfirmedCapTest, PastTheTotalCapColdChecksWaitForTheStore) {
   EXPECT_TRUE(recorder_.answers.empty()) << "2 tokens unconfirmed: the cap";
   EXPECT_EQ(Unconfirmed(), 2u);
   EXPECT_EQ(engine_.metrics().unconfirmed_allowed.value(), 2u);
+  EXPECT_EQ(engine_.metrics().waited.value(), 1u);
 }
 
-TEST_F(UnconfirmedCapTest, AKeyHoldingUnconfirmedTokensIsNeverEvicted) {
+// A table of 2 keys: at most 2 / 8, so 1, unconfirmed token at once, whatever the cap says.
+class UnconfirmedEvictionTest : public UnconfirmedTest {
+ protected:
+  UnconfirmedEvictionTest() : UnconfirmedTest(Options(1, 4096, 2)) {}
+};
+
+TEST_F(UnconfirmedEvictionTest, AKeyHoldingUnconfirmedTokensIsNeverEvicted) {
   EXPECT_TRUE(CheckAtOnce("a").allowed);
   store_.Fail(0, Status::Unavailable("rolled back"));  // "a" keeps its unconfirmed token.
-  EXPECT_TRUE(CheckAtOnce("b").allowed);
+  Check(2, "b");
+  EXPECT_TRUE(recorder_.answers.empty()) << "an eighth of the table is held unconfirmed already";
   Decide(1);
+  ASSERT_EQ(recorder_.tags(), std::vector<uint64_t>{2});
   clock_.AdvanceMillis(1);
   Check(3, "c");  // The table holds 2 keys: "b" goes, not "a".
   EXPECT_EQ(engine_.metrics().evictions.value(), 1u);
