@@ -72,13 +72,7 @@ class LeaseEngineTest : public testing::Test {
   // Checks, expecting the answer before Check returns (from memory, or a refusal).
   CheckResult CheckAtOnce(uint32_t cost = 1, const Policy& policy = kPolicy,
                           const std::string& key = kKey) {
-    Recorder done;
-    engine_.Check(CheckQuery{key, cost, policy}, 7, done);
-    if (done.answers.size() != 1) {
-      ADD_FAILURE() << "the check was not answered before Check returned";
-      return CheckResult{};
-    }
-    return done.answers[0].result;
+    return AnswerAtOnce(engine_, CheckQuery{key, cost, policy});
   }
 
   int64_t DbNow() { return clock_.NowMicros() + kDbOffsetUs; }

@@ -27,22 +27,13 @@ using pg_test::DropTable;
 using pg_test::NowNs;
 using pg_test::PingsReady;
 using pg_test::QueryValue;
+using pg_test::StartReadyWithAdmin;
 using pg_test::StrictEnv;
 using pg_test::WaitUntil;
 
 Env LeaseEnv(const std::string& table, const std::string& app, Env extra = {}) {
   extra.emplace("RATE_LIMIT_MODE", "lease");
   return StrictEnv(table, app, std::move(extra));
-}
-
-AdminSidecar StartReady(Env env) {
-  AdminSidecar sidecar = StartWithAdmin(std::move(env));
-  if (sidecar.port == 0) return {};
-  if (!WaitUntil([&] { return PingsReady(sidecar.process->socket_path()); })) {
-    ADD_FAILURE() << "sidecar never became ready; stderr:\n" << sidecar.process->Stderr();
-    return {};
-  }
-  return sidecar;
 }
 
 double Counter(uint16_t port, std::string_view name) {
@@ -69,7 +60,7 @@ TEST(LeaseUnconfirmed, ColdKeysOnThreeSidecarsStayWithinTheBoundPlusPTimesU) {
   DropTable(table);
   std::vector<AdminSidecar> sidecars;
   for (size_t i = 0; i < kSidecars; ++i) {
-    sidecars.push_back(StartReady(LeaseEnv(table, "lease_unconfirmed")));
+    sidecars.push_back(StartReadyWithAdmin(LeaseEnv(table, "lease_unconfirmed")));
     ASSERT_NE(sidecars.back().port, 0);
   }
   PgConnPtr conn = ConnectToTestDatabase();
@@ -177,7 +168,7 @@ TEST(LeaseUnconfirmed, TheAllowanceIsWhatDecidesWhetherAColdCheckWaits) {
   ASSERT_EQ(PQstatus(conn.get()), CONNECTION_OK);
   for (const char* u : {"0", "1"}) {
     SCOPED_TRACE(std::string("u = ") + u);
-    AdminSidecar s = StartReady(
+    AdminSidecar s = StartReadyWithAdmin(
         LeaseEnv(table, "lease_unconfirmed_u", {{"RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY", u}}));
     ASSERT_NE(s.port, 0);
     Client client({.socket_path = s.process->socket_path(), .timeout_ms = 5000});

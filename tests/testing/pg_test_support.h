@@ -17,6 +17,7 @@
 
 #include "ratelimit/client.h"
 #include "sidecar/pg/pg_ptr.h"
+#include "tests/testing/http_client.h"
 #include "tests/testing/sidecar_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_database.h"
@@ -126,6 +127,18 @@ inline std::unique_ptr<SidecarProcess> StartReadySidecar(Env env) {
   const bool ready = WaitUntil([&] { return PingsReady(sidecar->socket_path()); });
   EXPECT_TRUE(ready) << "sidecar never became ready; stderr:\n" << sidecar->Stderr();
   return ready ? std::move(sidecar) : nullptr;
+}
+
+// Starts a sidecar with an admin server (see StartWithAdmin) and waits up to 10 s for it to be
+// ready; empty, with a test failure recorded, when it does not start or never becomes ready.
+inline AdminSidecar StartReadyWithAdmin(Env env) {
+  AdminSidecar sidecar = StartWithAdmin(std::move(env));
+  if (sidecar.port == 0) return {};
+  if (!WaitUntil([&] { return PingsReady(sidecar.process->socket_path()); })) {
+    ADD_FAILURE() << "sidecar never became ready; stderr:\n" << sidecar.process->Stderr();
+    return {};
+  }
+  return sidecar;
 }
 
 // Starts `n` sidecars with `env` at the same moment (one thread each), then waits up to 10 s

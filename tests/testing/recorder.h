@@ -2,6 +2,8 @@
 #ifndef RATELIMIT_TESTS_TESTING_RECORDER_H_
 #define RATELIMIT_TESTS_TESTING_RECORDER_H_
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <ostream>
 #include <vector>
@@ -38,6 +40,18 @@ class Recorder final : public CheckCallback {
 
   std::vector<Answer> answers;
 };
+
+// Checks `query` with `engine`, expecting the answer before Check returns (from memory, or a
+// refusal), and returns it; a default result with a test failure when there was none.
+inline CheckResult AnswerAtOnce(Engine& engine, const CheckQuery& query) {
+  Recorder done;
+  engine.Check(query, 7, done);
+  if (done.answers.size() != 1) {
+    ADD_FAILURE() << "the check was not answered before Check returned";
+    return CheckResult{};
+  }
+  return done.answers[0].result;
+}
 
 }  // namespace ratelimit
 
