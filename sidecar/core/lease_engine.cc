@@ -227,16 +227,16 @@ bool LeaseEngine::StartFetch(std::string_view key, KeyState& state, uint32_t nee
 }
 
 bool LeaseEngine::MayAdmitUnconfirmed(const KeyState& state, uint32_t cost, int64_t now) const {
-  // The row had tokens at its last answer (a grant not cut short, or a debit it could pay), or
-  // this sidecar has no answer of it yet: a key that was scarce or denied waits, as before.
-  const bool had_tokens =
-      !state.row.answered || (state.denial.granted_last() && !state.ledger.scarce());
+  // Only a key this sidecar has had no answer for (first seen here, or forgotten since its
+  // leases went back): one it has heard of within ttl waits for what the database says, as
+  // before, so that a key in use (hot, scarce, denied, or a window spent) is decided exactly.
   // A database that has confirmed nothing for R while tokens wait (locked, stalled) is treated
   // as one that cannot be reached.
   const bool confirming = unconfirmed_total_ == 0 || now - last_confirmed_us_ <= refresh_us_;
   return state.unconfirmed + uint64_t{cost} <= unconfirmed_per_key_ &&
          unconfirmed_total_ + cost <= unconfirmed_max_ && !state.ledger.fetching() &&
-         now >= state.debt_until_us && had_tokens && confirming && batcher_.store().ready();
+         now >= state.debt_until_us && !state.row.answered && confirming &&
+         batcher_.store().ready();
 }
 
 bool LeaseEngine::AdmitUnconfirmed(std::string_view key, KeyState& state, uint32_t cost,

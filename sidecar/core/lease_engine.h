@@ -100,8 +100,9 @@ struct LeaseMetrics {
 // a check spends its tokens as it takes them, so it adds nothing to the bound below.
 //
 // Optimistic admission: a check of a key holding no lease (a cold key: first seen, or its lease
-// expired) need not wait for the store. While the key has no fetch in flight, no denial or debt
-// cached, and its last answer was not a denial or a grant cut short, it is admitted from a
+// expired and the key forgotten) need not wait for the store. While this sidecar has had no
+// answer for the key (a key it has heard of within ttl waits, as before, so a key in use is
+// decided exactly), no fetch of it is in flight and no debt is cached, it is admitted from a
 // per-key allowance of u tokens (unconfirmed_per_key), at most unconfirmed_max tokens across all
 // keys (and max_keys / kUnconfirmedShare), and the fetch it would have waited for is sent at once
 // carrying them (StoreOp::owed): the store takes them whether they are there or not, the row going

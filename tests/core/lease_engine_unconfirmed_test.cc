@@ -85,11 +85,28 @@ TEST_F(UnconfirmedTest, AColdKeysCheckIsAdmittedAtOnceAndItsDebitGoesWithTheFetc
   Decide(0);
   EXPECT_EQ(Unconfirmed(), 0u);
   EXPECT_EQ(store_.rows().at(kKey).tokens, 99) << "the debit reached the row";
-  // Confirmed and the row had it: the next check of the cold key is admitted at once again.
+  // Heard of within ttl: the next check waits for the store, as before.
   clock_.AdvanceMillis(900);
-  EXPECT_TRUE(CheckAtOnce().allowed);
+  Check(2);
+  EXPECT_TRUE(recorder_.answers.empty());
   ASSERT_EQ(store_.take_count(), 2u);
-  EXPECT_EQ(OnlyOp(1).owed, 1u);
+  EXPECT_EQ(OnlyOp(1).owed, 0u);
+  Decide(1);
+  ASSERT_EQ(recorder_.tags(), std::vector<uint64_t>{2});
+  // Forgotten once its leases have gone back and it has been idle for ttl: cold again,
+  // admitted at once.
+  for (int i = 0; i < 3; ++i) {
+    clock_.AdvanceMillis(kTtlMs);
+    engine_.Tick();
+    for (size_t t = 0; t < store_.take_count(); ++t) {
+      if (!store_.answered(t)) Decide(t);
+    }
+  }
+  EXPECT_EQ(engine_.key_count(), 0u);
+  const size_t takes = store_.take_count();
+  EXPECT_TRUE(CheckAtOnce().allowed);
+  ASSERT_EQ(store_.take_count(), takes + 1);
+  EXPECT_EQ(OnlyOp(takes).owed, 1u);
 }
 
 TEST_F(UnconfirmedTest, AKeyWhoseAllowanceIsInFlightWaitsForTheStoreAsBefore) {
@@ -351,8 +368,9 @@ TEST(UnconfirmedSimulationTest, ManyColdKeysOnThreeSidecarsStayWithinTheBoundWit
       ExpectWithinBound(r, u, 3);
       EXPECT_GE(r.lowest_tokens, -3.0 * u) << "no row owes more than P * u";
       EXPECT_LT(r.lowest_tokens, 0) << "debts happened: the bound was tested";
-      // Cold keys are answered from memory: most checks were answered before Check returned.
-      EXPECT_GT(double(r.answered_at_once), 0.9 * double(r.answered));
+      // Cold keys are answered from memory: most checks were answered before Check returned
+      // (those of a key its sidecar had heard of within ttl wait, as before).
+      EXPECT_GT(double(r.answered_at_once), 0.8 * double(r.answered));
       uint64_t admitted = 0, perfect = 0;
       for (const auto& [name, demanded] : r.demanded) {
         if (name == "tide") continue;

@@ -38,19 +38,22 @@ constexpr uint32_t kWindowMs = 1000;
 constexpr uint32_t kLeaseTtlMs = 200;
 
 // A sidecar of `mode` on `table` whose default policy is the checks' 50 per 1000 ms.
-Env ModeEnv(const std::string& mode, const std::string& table, const std::string& app) {
-  return StrictEnv(table, app,
-                   {{"RATE_LIMIT_MODE", mode},
-                    {"RATE_LIMIT_LEASE_TTL_MS", std::to_string(kLeaseTtlMs)},
-                    {"RATE_LIMIT_MAX_REQUESTS", std::to_string(kLimit)},
-                    {"RATE_LIMIT_WINDOW_MS", std::to_string(kWindowMs)}});
+Env ModeEnv(const std::string& mode, const std::string& table, const std::string& app,
+            Env extra = {}) {
+  extra.emplace("RATE_LIMIT_MODE", mode);
+  extra.emplace("RATE_LIMIT_LEASE_TTL_MS", std::to_string(kLeaseTtlMs));
+  extra.emplace("RATE_LIMIT_MAX_REQUESTS", std::to_string(kLimit));
+  extra.emplace("RATE_LIMIT_WINDOW_MS", std::to_string(kWindowMs));
+  return StrictEnv(table, app, std::move(extra));
 }
 
-// The bound of any interval of `t_ms` for the checks' policy: capacity + rate * (T + ttl), the
-// ttl being 0 in strict mode (README, lease mode).
-double Bound(const std::string& mode, double t_ms) {
+// The bound of any interval of `t_ms` for the checks' policy on `pods` sidecars:
+// capacity + rate * (T + ttl) + pods * u, the ttl and u (1 by default) being 0 in strict mode
+// (README, lease mode).
+double Bound(const std::string& mode, double t_ms, int pods = 2) {
   const double ttl_ms = mode == "lease" ? kLeaseTtlMs : 0;
-  return kLimit + static_cast<double>(kLimit) / kWindowMs * (t_ms + ttl_ms);
+  const double unconfirmed = mode == "lease" ? pods : 0;
+  return kLimit + static_cast<double>(kLimit) / kWindowMs * (t_ms + ttl_ms) + unconfirmed;
 }
 
 class SharedRowRules : public ::testing::TestWithParam<std::string> {};
@@ -202,12 +205,12 @@ struct RowFixture {
 // Starts a sidecar of `mode` on table t_rows_`name`_`mode`, makes it create the table, then
 // inserts the row of `key` with the SQL expressions `values` for its columns.
 RowFixture StartWithRow(const std::string& mode, const std::string& name, const std::string& key,
-                        const std::string& values) {
+                        const std::string& values, Env extra = {}) {
   RowFixture f;
   f.table = "t_rows_" + name + "_" + mode;
   f.key = key;
   DropTable(f.table);
-  f.sidecar = StartWithAdmin(ModeEnv(mode, f.table, "rows_" + name + "_" + mode));
+  f.sidecar = StartWithAdmin(ModeEnv(mode, f.table, "rows_" + name + "_" + mode, std::move(extra)));
   if (f.sidecar.port == 0) return f;
   if (!WaitUntil([&] { return PingsReady(f.sidecar.process->socket_path()); })) {
     ADD_FAILURE() << "never ready: " << f.sidecar.process->Stderr();
@@ -273,8 +276,11 @@ TEST_P(SharedRowRules, ARowThirtyDaysAheadIsRepairedAndItsKeyAllowedAtOnce) {
 // takes the database's time, so the key refills from now on instead of in 10 minutes.
 TEST_P(SharedRowRules, ARepairIsWrittenEvenWhenTheCheckIsDenied) {
   REQUIRE_TEST_DATABASE();
+  // A lease sidecar admits the first check of a key new to it from its allowance (u = 1), the
+  // row owing it; with u = 0 the row decides it, as strict mode does.
   const RowFixture f = StartWithRow(GetParam(), "denied_repair", "row-ten-minutes-ahead",
-                                    "0, clock_timestamp() + interval '10 minutes', 50, 1000");
+                                    "0, clock_timestamp() + interval '10 minutes', 50, 1000",
+                                    {{"RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY", "0"}});
   ASSERT_TRUE(f.client);
 
   Result<CheckResult> r = f.client->Check({.key = f.key});
