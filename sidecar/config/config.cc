@@ -40,6 +40,12 @@ Result<Config> LoadConfig(const EnvLookup& env) {
     }
   }
   if (Status combined = CheckCombinations(config, env); !combined.ok()) return combined;
+  // Fixed windows shared exactly are what the older gateway's users migrate for: the allowance
+  // (which admits up to P * u more per window) is theirs only when they ask for it.
+  const char* allowance = env("RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY");
+  if ((allowance == nullptr || *allowance == '\0') && config.algorithm == Algorithm::kFixedWindow) {
+    config.lease_unconfirmed_per_key = 0;
+  }
   return config;
 }
 

@@ -124,7 +124,8 @@ const std::vector<ConfigVariable>& kVariables = *new std::vector<ConfigVariable>
                  "has confirmed them (`u`), so that a key holding no lease is answered from "
                  "memory too; its debit goes with the next transaction. `0`: every check of a "
                  "key holding no lease waits for the database. The bound of "
-                 "[lease mode](#lease-mode-the-default) grows by `P * u`."),
+                 "[lease mode](#lease-mode-the-default) grows by `P * u`. Unset with "
+                 "`RATE_LIMIT_ALGORITHM=fixed_window`: `0`, so that shared windows stay exact."),
     MakeVariable("RATE_LIMIT_LEASE_UNCONFIRMED_MAX", IntegerIn{1, 1000000, "tokens"},
                  &Config::lease_unconfirmed_max,
                  "Lease mode: the most tokens admitted unconfirmed at once, all keys together "

@@ -301,6 +301,25 @@ TEST(ConfigTest, AllVariablesSetTogetherAreAllApplied) {
   EXPECT_EQ(config->log_level, LogLevel::kWarn);
 }
 
+// The allowance of cold keys is off with fixed windows unless it is set: shared windows stay
+// exact for the gateway's users; set, it applies to them too.
+TEST(ConfigTest, FixedWindowsHaveNoAllowanceUnlessItIsSet) {
+  Result<Config> bucket = Load({});
+  ASSERT_TRUE(bucket.ok());
+  EXPECT_EQ(bucket->lease_unconfirmed_per_key, 1u);
+  Result<Config> window = Load({{"RATE_LIMIT_ALGORITHM", "fixed_window"}});
+  ASSERT_TRUE(window.ok());
+  EXPECT_EQ(window->lease_unconfirmed_per_key, 0u);
+  Result<Config> asked = Load(
+      {{"RATE_LIMIT_ALGORITHM", "fixed_window"}, {"RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY", "2"}});
+  ASSERT_TRUE(asked.ok());
+  EXPECT_EQ(asked->lease_unconfirmed_per_key, 2u);
+  Result<Config> empty = Load(
+      {{"RATE_LIMIT_ALGORITHM", "fixed_window"}, {"RATE_LIMIT_LEASE_UNCONFIRMED_PER_KEY", ""}});
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->lease_unconfirmed_per_key, 0u) << "empty means unset";
+}
+
 // ---- Bad values ----
 
 struct BadCase {

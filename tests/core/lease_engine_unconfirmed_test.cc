@@ -244,6 +244,40 @@ TEST_F(UnconfirmedEvictionTest, AKeyHoldingUnconfirmedTokensIsNeverEvicted) {
   EXPECT_EQ(OnlyOp(3).owed, 1u) << "a's debit survived";
 }
 
+// Fixed windows, with the allowance set for them: a debt is owed by its window only.
+class UnconfirmedWindowTest : public UnconfirmedTest {
+ protected:
+  static LeaseOptions WindowOptions() {
+    LeaseOptions options = Options(1);
+    options.algorithm = Algorithm::kFixedWindow;
+    return options;
+  }
+  UnconfirmedWindowTest() : UnconfirmedTest(WindowOptions()) {}
+};
+
+TEST_F(UnconfirmedWindowTest, AWindowSpentElsewhereOwesTheAdmissionUntilItEnds) {
+  // 5 per second, all spent by other sidecars in a window that opened 200 ms ago.
+  const Policy kFive{5, 1000};
+  store_.rows()[kKey] = SharedRow{0, DbNow() - 200'000, 5, 1000, Algorithm::kFixedWindow};
+  EXPECT_TRUE(CheckAtOnce(kKey, kFive).allowed) << "new to this sidecar";
+  ASSERT_EQ(store_.take_count(), 1u);
+  EXPECT_EQ(OnlyOp(0).algorithm, Algorithm::kFixedWindow);
+  Decide(0);
+  EXPECT_EQ(store_.rows().at(kKey).tokens, -1) << "the window owes it";
+  const CheckResult denied = CheckAtOnce(kKey, kFive);
+  EXPECT_FALSE(denied.allowed);
+  EXPECT_EQ(denied.retry_after_ms, 800u) << "until the window ends, not longer";
+  // The next window owes nothing: once this sidecar has forgotten the key, it is cold again.
+  for (int i = 0; i < 3; ++i) {
+    clock_.AdvanceMillis(kTtlMs);
+    engine_.Tick();
+  }
+  EXPECT_EQ(engine_.key_count(), 0u);
+  EXPECT_TRUE(CheckAtOnce(kKey, kFive).allowed);
+  Decide(1);
+  EXPECT_EQ(store_.rows().at(kKey).tokens, 4) << "a new window, full, less this admission";
+}
+
 class NoAllowanceTest : public UnconfirmedTest {
  protected:
   NoAllowanceTest() : UnconfirmedTest(Options(0)) {}

@@ -126,11 +126,8 @@ TEST_P(FixedWindowPg, ThreeSidecarsOnAHotKeyAdmitAtMostTheLimitPerWindowAndNearl
               static_cast<long long>(all_denied));
   ASSERT_GE(counts.size(), 4u) << shown;
   ASSERT_GT(all_denied, static_cast<int64_t>(all_ends.size())) << "the key was not saturated";
-  // Lease mode admits up to u = 1 per sidecar before the database answers (cold keys): at most
-  // limit + P * u per window; strict mode exactly the limit.
-  const size_t most = GetParam() == "lease" ? kLimit + kSidecars : kLimit;
   for (size_t w = 0; w < counts.size(); ++w) {
-    EXPECT_LE(counts[w], most) << "window " << w << " of " << shown;
+    EXPECT_LE(counts[w], kLimit) << "window " << w << " of " << shown;
     if (w > 0 && w + 1 < counts.size()) {
       EXPECT_GE(counts[w] * 100, kLimit * 95u) << "window " << w << " of " << shown;
     }
